@@ -1,0 +1,585 @@
+"""Step 1 of a run: the typed config.
+
+Every default lives in the dataclasses below. A run's config is built in three layers, each
+overriding the previous one: these defaults < the YAML file < ``--set key=value`` overrides. The
+result is validated (unknown keys with a did-you-mean suggestion, types, ranges, combinations)
+and written next to every run and every export as ``config.yaml``.
+
+This module imports neither TensorFlow nor Keras, so ``kerasft validate`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from kerasft.errors import ConfigError, expected
+
+BACKBONE_WEIGHTS = ("imagenet", "none")
+HEAD_ACTIVATIONS = ("softmax", "sigmoid")
+HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
+DATA_SOURCES = ("csv", "image_folder", "tfds", "arrays")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "exponential", "linear")
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+LR_SCALING = ("none", "linear")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+
+
+@dataclass
+class BackboneConfig:
+    """Which pretrained network the head sits on."""
+
+    name: str = "bert"
+    weights: str = "imagenet"
+    preset: str | None = None
+    sequence_length: int | None = None
+    input_shape: list[int] | None = None
+
+
+@dataclass
+class HeadConfig:
+    """The new classification head."""
+
+    hidden_units: list[int] = field(default_factory=list)
+    dropout: float = 0.1
+    l2: float = 0.0
+    activation: str = "softmax"
+    pooling: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Where the examples come from and how they are batched."""
+
+    source: str = "csv"
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    validation_split: float | None = None
+    test_split: float | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str = "|"
+    encoding: str = "utf-8"
+    delimiter: str = ","
+    strict: bool = False
+    tfds_name: str | None = None
+    tfds_data_dir: str | None = None
+    image_key: str | None = None
+    label_key: str | None = None
+    batch_size: int = 32
+    max_examples: int | None = None
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    cache: bool = True
+    shuffle_buffer: int = 10000
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop a stage when the monitored metric stops improving."""
+
+    patience: int = 0
+    monitor: str = "val_loss"
+    min_delta: float = 0.0
+
+
+@dataclass
+class StageConfig:
+    """One training stage: which weights train, for how long, with which optimizer."""
+
+    name: str = "head"
+    trainable: Any = "head"
+    epochs: int = 1
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    schedule: str = "constant"
+    warmup_steps: int | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    clipnorm: float | None = None
+    momentum: float = 0.9
+    train_bn: bool = False
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+
+@dataclass
+class TrainingConfig:
+    """How `model.fit` runs: strategy and numerical options."""
+
+    strategy: str = "auto"
+    devices: list[str] | None = None
+    tpu: str | None = None
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    steps_per_execution: int = 1
+    gradient_accumulation_steps: int = 1
+    lr_scaling: str = "none"
+    deterministic: bool = False
+    restore_best: bool = True
+    monitor: str = "val_loss"
+    tensorboard: bool = True
+    verbose: str = "auto"
+
+
+@dataclass
+class ExportConfig:
+    """Where the TF Serving SavedModel goes."""
+
+    dir: str = "saved_models"
+    version: Any = "auto"
+    enabled: bool = True
+    verify: bool = True
+
+
+def _default_stages() -> list[StageConfig]:
+    return [StageConfig()]
+
+
+@dataclass
+class Config:
+    """A whole run. ``kerasft.config.load_config`` builds and validates one."""
+
+    name: str = "model"
+    seed: int = 42
+    output_dir: str = "runs"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    stages: list[StageConfig] = field(default_factory=_default_stages)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a Config from plain data.
+
+
+def _did_you_mean(key: str, options: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin is list:
+        (arg,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_type_name(arg)}"
+    if origin is dict:
+        return "a mapping"
+    if tp is Any:
+        return "a value"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Checks `value` against the annotation `tp`; returns the (possibly converted) value."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(expected(_type_name(tp), key, value))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(expected("a mapping", key, value))
+        return _build(tp, value, key)
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(expected(_type_name(tp), key, value))
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(expected("a mapping", key, value))
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(expected("true or false", key, value))
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(expected("an integer", key, value))
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(expected("a number", key, value))
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(expected("a string", key, value))
+    raise ConfigError(expected(_type_name(tp), key, value))
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{full}'.{_did_you_mean(str(key), names)} "
+                f"Valid keys{' under ' + prefix if prefix else ''}: {', '.join(names)}"
+            )
+        if key == "stages":
+            if not isinstance(value, list) or not value:
+                raise ConfigError(expected("a non-empty list of stages", full, value))
+            kwargs[key] = [
+                _build(StageConfig, _stage_mapping(v, f"stages[{i}]"), f"stages[{i}]")
+                for i, v in enumerate(value)
+            ]
+            continue
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _stage_mapping(value: Any, key: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(expected("a mapping with name, trainable, epochs, ...", key, value))
+    value = dict(value)
+    es = value.get("early_stopping")
+    if isinstance(es, int) and not isinstance(es, bool):  # `early_stopping: 3` = patience 3.
+        value["early_stopping"] = {"patience": es}
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of values and combinations.
+
+
+def _check_choice(value: Any, choices: typing.Sequence[str], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(
+            expected(f"one of {', '.join(choices)}", key, value)
+            + _did_you_mean(str(value), choices)
+        )
+
+
+def _check_positive(value: float | int | None, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        raise ConfigError(expected("a positive number", key, value))
+
+
+def _check_fraction(value: float | None, key: str) -> None:
+    if value is not None and not 0.0 < value < 1.0:
+        raise ConfigError(expected("a fraction between 0 and 1 (exclusive)", key, value))
+
+
+def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
+    """Normalises a stage's `trainable` to ('head'|'all'|'top_n'|'from_layer', argument)."""
+    if value in ("head", "all"):
+        return value, None
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, arg), = value.items()
+        if kind == "top_n":
+            if isinstance(arg, int) and not isinstance(arg, bool) and arg > 0:
+                return "top_n", arg
+            raise ConfigError(expected("a positive integer", f"{key}.top_n", arg))
+        if kind == "from_layer":
+            if isinstance(arg, str) and arg:
+                return "from_layer", arg
+            raise ConfigError(expected("a layer name", f"{key}.from_layer", arg))
+    raise ConfigError(
+        expected("'head', 'all', {top_n: N} or {from_layer: NAME}", key, value)
+    )
+
+
+def validate(cfg: Config) -> Config:
+    """Checks values and combinations that the types alone do not catch. Returns `cfg`."""
+    if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
+        raise ConfigError(expected("a model name without path separators", "name", cfg.name))
+    b = cfg.backbone
+    if not b.name:
+        raise ConfigError(expected("a backbone name (see `kerasft backbones`)", "backbone.name",
+                                   ""))
+    if b.sequence_length is not None:
+        _check_positive(b.sequence_length, "backbone.sequence_length")
+    if b.input_shape is not None and (
+        len(b.input_shape) != 3 or b.input_shape[2] != 3 or min(b.input_shape) <= 0
+    ):
+        raise ConfigError(expected("[height, width, 3]", "backbone.input_shape", b.input_shape))
+    if b.weights not in BACKBONE_WEIGHTS and not b.weights.endswith(".weights.h5"):
+        raise ConfigError(
+            expected("imagenet, none or a path to a .weights.h5 file", "backbone.weights",
+                     b.weights)
+        )
+
+    h = cfg.head
+    _check_choice(h.activation, HEAD_ACTIVATIONS, "head.activation")
+    _check_choice(h.pooling, HEAD_POOLINGS, "head.pooling")
+    if not 0.0 <= h.dropout < 1.0:
+        raise ConfigError(expected("a dropout rate in [0, 1)", "head.dropout", h.dropout))
+    if h.l2 < 0:
+        raise ConfigError(expected("a non-negative L2 factor", "head.l2", h.l2))
+    for i, units in enumerate(h.hidden_units):
+        _check_positive(units, f"head.hidden_units[{i}]")
+
+    d = cfg.data
+    _check_choice(d.source, DATA_SOURCES, "data.source")
+    _check_positive(d.batch_size, "data.batch_size")
+    _check_positive(d.max_examples, "data.max_examples", allow_none=True)
+    _check_positive(d.shuffle_buffer, "data.shuffle_buffer")
+    _check_fraction(d.validation_split, "data.validation_split")
+    _check_fraction(d.test_split, "data.test_split")
+    if d.validation and d.validation_split is not None:
+        raise ConfigError(
+            "data: expected either data.validation or data.validation_split, not both. "
+            f"Received: data.validation={d.validation!r}, "
+            f"data.validation_split={d.validation_split}"
+        )
+    if d.test and d.test_split is not None:
+        raise ConfigError(
+            "data: expected either data.test or data.test_split, not both. "
+            f"Received: data.test={d.test!r}, data.test_split={d.test_split}"
+        )
+    if (d.validation_split or 0) + (d.test_split or 0) >= 1.0:
+        raise ConfigError(
+            "data: expected data.validation_split + data.test_split < 1. "
+            f"Received: data.validation_split={d.validation_split}, data.test_split={d.test_split}"
+        )
+    if d.source == "tfds" and not d.tfds_name:
+        raise ConfigError(expected("a tfds dataset name when data.source is tfds",
+                                   "data.tfds_name", d.tfds_name))
+    if d.source in ("csv", "image_folder", "tfds") and not d.train:
+        raise ConfigError(expected("a path (or tfds split) for the training data",
+                                   "data.train", d.train))
+    for aug in d.augmentation:
+        _check_choice(aug, AUGMENTATIONS, f"data.augmentation.{aug}")
+
+    names = set()
+    for i, s in enumerate(cfg.stages):
+        key = f"stages[{i}]"
+        if s.name in names:
+            raise ConfigError(expected("unique stage names", f"{key}.name", s.name))
+        names.add(s.name)
+        parse_trainable(s.trainable, f"{key}.trainable")
+        _check_positive(s.epochs, f"{key}.epochs")
+        _check_positive(s.learning_rate, f"{key}.learning_rate")
+        _check_choice(s.optimizer, OPTIMIZERS, f"{key}.optimizer")
+        _check_choice(s.schedule, SCHEDULES, f"{key}.schedule")
+        if s.warmup_steps is not None and s.warmup_ratio is not None:
+            raise ConfigError(
+                f"{key}: expected warmup_steps or warmup_ratio, not both. "
+                f"Received: warmup_steps={s.warmup_steps}, warmup_ratio={s.warmup_ratio}"
+            )
+        if s.warmup_steps is not None and s.warmup_steps < 0:
+            raise ConfigError(expected("a non-negative integer", f"{key}.warmup_steps",
+                                       s.warmup_steps))
+        if s.warmup_ratio is not None and not 0.0 <= s.warmup_ratio < 1.0:
+            raise ConfigError(expected("a fraction in [0, 1)", f"{key}.warmup_ratio",
+                                       s.warmup_ratio))
+        if s.weight_decay < 0:
+            raise ConfigError(expected("a non-negative number", f"{key}.weight_decay",
+                                       s.weight_decay))
+        if not 0.0 <= s.label_smoothing < 1.0:
+            raise ConfigError(expected("a number in [0, 1)", f"{key}.label_smoothing",
+                                       s.label_smoothing))
+        _check_positive(s.clipnorm, f"{key}.clipnorm", allow_none=True)
+        if s.early_stopping.patience < 0:
+            raise ConfigError(expected("a non-negative patience", f"{key}.early_stopping.patience",
+                                       s.early_stopping.patience))
+
+    t = cfg.training
+    _check_choice(t.strategy, STRATEGIES, "training.strategy")
+    _check_choice(t.mixed_precision, MIXED_PRECISION, "training.mixed_precision")
+    _check_choice(t.lr_scaling, LR_SCALING, "training.lr_scaling")
+    _check_positive(t.steps_per_execution, "training.steps_per_execution")
+    _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
+    _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
+
+    e = cfg.export
+    if e.version != "auto" and not (
+        isinstance(e.version, int) and not isinstance(e.version, bool) and e.version > 0
+    ):
+        raise ConfigError(expected("'auto' or a positive integer", "export.version", e.version))
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: defaults < YAML < overrides.
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a YAML mapping with `yaml.safe_load`; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(expected("an existing YAML config file", "config", str(path)))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(
+            f"{path}: expected a readable UTF-8 YAML file. Received: error={e}"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: expected valid YAML. Received: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level. "
+                          f"Received: {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parses ``a.b=value``; the value is read as a YAML scalar or list (``[1, 2]``)."""
+    if "=" not in text:
+        raise ConfigError(expected("KEY=VALUE (e.g. stages.0.epochs=3)", "--set", text))
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(expected("a dotted key such as data.batch_size", "--set", text))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Sets `value` at the dotted `path` in a nested dict / list (``stages.1.epochs``)."""
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        dotted = ".".join(path[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(expected(f"an index below {len(node)}", "--set " + dotted, part))
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+
+
+def _default_dict() -> dict[str, Any]:
+    return Config().to_dict()
+
+
+def load_config(
+    source: str | os.PathLike | dict[str, Any] | Config | None = None,
+    overrides: typing.Sequence[str] = (),
+    **kwargs: Any,
+) -> Config:
+    """Builds a validated Config from a YAML path, a dict or a Config, plus overrides.
+
+    `overrides` are ``key=value`` strings (as given to ``--set``); `kwargs` are Python overrides
+    with ``__`` or ``.`` between levels (``data__batch_size=16``), applied after `overrides`.
+    """
+    if isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    elif source is None:
+        data = {}
+    else:
+        data = read_yaml(source)
+    # Overrides of stages.N.x are applied to the YAML's stages list, so make sure one exists.
+    for text in overrides:
+        path, value = parse_override(text)
+        if path[0] == "stages" and "stages" not in data:
+            data["stages"] = [dataclasses.asdict(s) for s in _default_stages()]
+        apply_override(data, path, value)
+    for key, value in kwargs.items():
+        path = key.replace("__", ".").split(".")
+        if path[0] == "stages" and "stages" not in data:
+            data["stages"] = [dataclasses.asdict(s) for s in _default_stages()]
+        apply_override(data, path, value)
+    cfg = _build(Config, data, "")
+    return validate(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(cfg.to_yaml(), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def resolve_pkg_path(uri: str, key: str = "path") -> str:
+    """Resolves ``pkg://<package>/<path inside it>`` without importing the package.
+
+    Only files inside the installed package are reachable: ``..`` and absolute paths are refused.
+    Other strings are returned unchanged (with ``~`` expanded).
+    """
+    if not uri.startswith("pkg://"):
+        return os.path.expanduser(uri)
+    import importlib.util
+
+    rest = uri[len("pkg://"):]
+    package, _, inner = rest.partition("/")
+    if not package:
+        raise ConfigError(expected("pkg://<package>/<path>", key, uri))
+    parts = Path(inner).parts
+    if Path(inner).is_absolute() or ".." in parts:
+        raise ConfigError(expected("a path inside the package (no '..')", key, uri))
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            expected(f"an installed Python package named '{package}' "
+                     f"(pip install {package.replace('_', '-')})", key, uri)
+        )
+    base = Path(list(spec.submodule_search_locations)[0]).resolve()
+    target = (base / inner).resolve()
+    if base != target and base not in target.parents:
+        raise ConfigError(expected("a path inside the package", key, uri))
+    return str(target)
