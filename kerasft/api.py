@@ -1,0 +1,387 @@
+"""Step 9: the Python API that ties the steps together, for Keras users and for the CLI.
+
+    ft = kerasft.build_finetuner("configs/quickstart.yaml", data__batch_size=16)
+    ft.fit()                      # data from the config, stages, metrics, run folder
+    ft.export()                   # saved_models/<name>/<version>/
+
+    ft = kerasft.build_finetuner({"backbone": {"name": "resnet50", "weights": "none"}, ...})
+    ft.fit(x_train, y_train, validation_data=(x_val, y_val))   # numpy arrays or tf.data
+    ft.model                      # the Keras model (backbone + head)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasft.config import Config, load_config, save_config
+from kerasft.errors import KerasftError, expected
+
+Log = Callable[[str], None]
+
+WEIGHTS_FILE = "model.weights.h5"
+LABELS_FILE = "labels.txt"
+
+
+class _RunLog:
+    """Prints a line and appends it to ``<run>/train.log`` once the run folder exists."""
+
+    def __init__(self, echo: Log) -> None:
+        self.echo = echo
+        self.path: Path | None = None
+
+    def __call__(self, line: str) -> None:
+        self.echo(line)
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+
+
+class FineTuner:
+    """A backbone + new head, trained in stages and exported for TF Serving.
+
+    Attributes:
+        config: the resolved :class:`kerasft.config.Config`.
+        model: the Keras model (built on first access; loads the config's data to learn the
+            labels when :meth:`build` was not called).
+        backbone: the :class:`kerasft.backbones.Backbone` with its data config.
+        class_names: the label vocabulary (index = class id).
+        run_dir: the run folder of the last :meth:`fit`.
+    """
+
+    def __init__(self, config: Config, log: Log = print) -> None:
+        self.config = config
+        self.log = _RunLog(log)
+        self.backbone: Any = None
+        self._model: Any = None
+        self.class_names: list[str] | None = None
+        self.multi_label = config.head.activation == "sigmoid"
+        self.data: Any = None
+        self.run_dir: Path | None = None
+        self.strategy_info: Any = None
+        self.stage_results: list[Any] = []
+        self.metrics: dict[str, Any] | None = None
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _prepare_runtime(self) -> None:
+        import keras
+        import tensorflow as tf
+
+        from kerasft.trainer import resolve_strategy
+
+        if self.strategy_info is not None:
+            return
+        keras.utils.set_random_seed(self.config.seed)
+        if self.config.training.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        if self.config.training.mixed_precision != "none":
+            keras.mixed_precision.set_global_policy(self.config.training.mixed_precision)
+        self.strategy_info = resolve_strategy(self.config)
+
+    def build(self, class_names: list[str]) -> Any:
+        """Builds backbone + head for `class_names` inside the strategy scope; returns the model."""
+        import keras
+
+        from kerasft.backbones import build_backbone
+        from kerasft.heads import build_head
+
+        if len(class_names) < 2:
+            raise KerasftError(expected("at least 2 classes", "labels", class_names))
+        self._prepare_runtime()
+        self.class_names = [str(c) for c in class_names]
+        with self.strategy_info.strategy.scope():
+            self.backbone = build_backbone(self.config.backbone, self.config.head.pooling)
+            outputs = build_head(self.backbone.features, len(self.class_names), self.config.head)
+            self._model = keras.Model(self.backbone.inputs, outputs,
+                                      name=f"kerasft_{self.config.name}")
+        return self._model
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            if self.data is None:
+                self.data = self.load_data()
+            self.build(self.data.class_names)
+        return self._model
+
+    def load_data(self) -> Any:
+        """Loads the data named in ``config.data`` (train/validation/test splits)."""
+        from kerasft.data import load_data, log_report
+
+        if not self.config.data.train:
+            raise KerasftError(expected("a path (or tfds split) for the training data, or arrays "
+                                        "passed to fit()", "data.train", None))
+        data = load_data(self.config.data, seed=self.config.seed, multi_label=self.multi_label)
+        log_report(data, self.log)
+        return data
+
+    def _data_from(self, x: Any, y: Any, validation_data: Any, test_data: Any) -> Any:
+        import tensorflow as tf
+
+        from kerasft.data import from_arrays, from_datasets
+
+        if x is None:
+            return self.data if self.data is not None else self.load_data()
+        if isinstance(x, tf.data.Dataset):
+            if self.class_names is None:
+                raise KerasftError(
+                    "fit: expected FineTuner.build(class_names) before fitting a tf.data.Dataset "
+                    "(its labels are integer ids). Received: class_names=None"
+                )
+            return from_datasets(x, validation_data, test_data, class_names=self.class_names,
+                                 multi_label=self.multi_label)
+        if y is None:
+            raise KerasftError(expected("labels y with the arrays x", "y", None))
+        x_val, y_val = validation_data if validation_data is not None else (None, None)
+        x_test, y_test = test_data if test_data is not None else (None, None)
+        split = self.config.data.validation_split
+        if x_val is None and split is None:
+            split = 0.1
+        return from_arrays(
+            np.asarray(x), np.asarray(y), x_val=x_val, y_val=y_val, x_test=x_test, y_test=y_test,
+            class_names=self.class_names, validation_split=split if x_val is None else None,
+            test_split=self.config.data.test_split if x_test is None else None,
+            seed=self.config.seed, multi_label=self.multi_label,
+        )
+
+    def _pipeline(self, split: Any, training: bool) -> Any:
+        from kerasft.data import make_pipeline
+
+        return make_pipeline(
+            split,
+            batch_size=self.config.data.batch_size,
+            training=training,
+            seed=self.config.seed,
+            preprocess=self.backbone.preprocess,
+            image_size=self.backbone.image_size,
+            augmentation=self.config.data.augmentation if training else None,
+            cache=self.config.data.cache,
+            shuffle_buffer=self.config.data.shuffle_buffer,
+            drop_remainder=training and self.strategy_info.kind == "tpu",
+            num_classes=len(self.class_names) if self.multi_label else None,
+        )
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _new_run_dir(self, output_dir: str | os.PathLike | None) -> Path:
+        base = Path(output_dir or self.config.output_dir)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = base / f"{self.config.name}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = base / f"{self.config.name}-{stamp}-{suffix}"
+        try:
+            run_dir.mkdir(parents=True)
+        except OSError as e:
+            raise KerasftError(expected("a writable output folder", "output_dir", str(base))
+                               + f" ({e.strerror})") from None
+        return run_dir
+
+    def fit(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        test_data: Any = None,
+        output_dir: str | os.PathLike | None = None,
+        evaluate: bool = True,
+    ) -> dict[str, Any]:
+        """Runs every stage; returns a summary (stages, metrics, run folder).
+
+        Without `x`, the data comes from ``config.data``. `x`/`y` may be numpy arrays (strings
+        for text, images ``[n, h, w, 3]`` for image backbones; labels as ids or strings) or `x`
+        a ``tf.data.Dataset`` of ``(input, label_id)`` (call :meth:`build` first).
+        """
+        from kerasft.trainer import run_stages
+
+        data = self._data_from(x, y, validation_data, test_data)
+        self.data = data
+        if self._model is None:
+            self.build(data.class_names)
+        elif list(data.class_names) != list(self.class_names):
+            raise KerasftError(expected(f"the labels the model was built for {self.class_names}",
+                                        "labels", data.class_names))
+        if data.task != self.backbone.task:
+            raise KerasftError(expected(f"{self.backbone.task} data for backbone "
+                                        f"{self.backbone.name}", "data task", data.task))
+        self.run_dir = self._new_run_dir(output_dir)
+        self.log.path = self.run_dir / "train.log"
+        save_config(self.config, self.run_dir / "config.yaml")
+        (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
+                                                encoding="utf-8")
+        batch = self.config.data.batch_size
+        self.log(f"run folder: {self.run_dir}")
+        self.log(self.strategy_info.describe(batch))
+        if batch % self.strategy_info.replicas:
+            self.log(f"warning: data.batch_size={batch} is not divisible by "
+                     f"{self.strategy_info.replicas} replicas")
+        info = self.backbone.info
+        self.log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
+                 f"{info.get('parameters', 0):,} parameters, pooling {info.get('pooling')}), "
+                 f"{len(self.class_names)} classes")
+        train_ds = self._pipeline(data.train, training=True)
+        val_ds = self._pipeline(data.validation, training=False) if data.validation else None
+        drop = self.strategy_info.kind == "tpu"
+        steps = (data.train.size // batch) if drop else math.ceil(data.train.size / batch)
+        self.stage_results = run_stages(
+            self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
+            self.run_dir, self.strategy_info, len(self.class_names), self.log,
+        )
+        self._model.save_weights(self.run_dir / WEIGHTS_FILE)
+        from kerasft.metrics import plot_history
+
+        if plot_history(self.run_dir / "history.csv", self.run_dir / "training_curves.png"):
+            self.log(f"training curves: {self.run_dir / 'training_curves.png'}")
+        summary: dict[str, Any] = {"run_dir": str(self.run_dir),
+                                   "stages": [asdict(r) for r in self.stage_results]}
+        if evaluate:
+            summary["metrics"] = self.evaluate()
+        return summary
+
+    # -- evaluation and prediction -----------------------------------------------------------
+
+    def evaluate(self, x: Any = None, y: Any = None, split: str | None = None) -> dict[str, Any]:
+        """Scores the model on `x`/`y`, or on the test split (else validation) of the data.
+
+        Prints a table and, when a run folder exists, writes ``metrics.json``,
+        ``metrics.txt`` and ``confusion_matrix.png`` there.
+        """
+        from kerasft.metrics import (
+            classification_report,
+            format_report,
+            plot_confusion_matrix,
+            write_json,
+        )
+
+        if x is not None:
+            probabilities = self.predict(x)
+            labels = self._label_ids(y)
+            split_name = "given data"
+        else:
+            if self.data is None:
+                self.data = self.load_data()
+            split_name = split or ("test" if self.data.test is not None else "validation")
+            chosen = getattr(self.data, split_name, None)
+            if chosen is None:
+                raise KerasftError(expected("a test or validation split to evaluate on",
+                                            "split", split_name))
+            probabilities = self.model.predict(self._pipeline(chosen, training=False),
+                                               verbose=0)
+            labels = chosen.labels
+        report = classification_report(labels, probabilities, self.class_names,
+                                       multi_label=self.multi_label)
+        report["split"] = split_name
+        self.metrics = report
+        self.log(format_report(report, title=f"metrics on {split_name} "
+                                             f"({report['examples']} examples)"))
+        if self.run_dir is not None:
+            write_json(report, self.run_dir / "metrics.json")
+            (self.run_dir / "metrics.txt").write_text(format_report(report) + "\n",
+                                                      encoding="utf-8")
+            if plot_confusion_matrix(report, self.run_dir / "confusion_matrix.png"):
+                self.log(f"confusion matrix: {self.run_dir / 'confusion_matrix.png'}")
+        return report
+
+    def _label_ids(self, y: Any) -> np.ndarray:
+        y = np.asarray(y)
+        if self.multi_label or y.dtype.kind in "iu":
+            return y
+        index = {name: i for i, name in enumerate(self.class_names)}
+        unknown = sorted({str(v) for v in y} - set(index))
+        if unknown:
+            raise KerasftError(expected(f"labels among {self.class_names}", "y", unknown[:5]))
+        return np.array([index[str(v)] for v in y])
+
+    def predict(self, inputs: Any, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities for raw inputs (strings, or images of any size ``[n, h, w, 3]``)."""
+        import tensorflow as tf
+
+        model = self.model
+        batch_size = batch_size or self.config.data.batch_size
+        if self.backbone.task == "text":
+            ds = tf.data.Dataset.from_tensor_slices(np.asarray(inputs, dtype=object).astype(str))
+            ds = ds.batch(batch_size).map(self.backbone.preprocess)
+        else:
+            images = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
+            ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+            ds = ds.map(self.backbone.preprocess)
+        return np.asarray(model.predict(ds, verbose=0))
+
+    # -- export ------------------------------------------------------------------------------
+
+    def _sample_inputs(self, count: int = 8) -> np.ndarray | None:
+        if self.data is None:
+            return None
+        split = self.data.test or self.data.validation or self.data.train
+        xs = [x.numpy() for x, _ in split.dataset.take(count)]
+        if not xs:
+            return None
+        if self.backbone.task == "text":
+            return np.array(xs)
+        import tensorflow as tf
+
+        shape = xs[0].shape[:2]
+        return np.stack([tf.image.resize(tf.cast(x, tf.float32), shape).numpy() for x in xs])
+
+    def export(self, dir: str | os.PathLike | None = None, version: int | str | None = None,
+               verify: bool | None = None) -> Path:
+        """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``."""
+        from kerasft.export import export_saved_model
+        from kerasft.metrics import format_report
+
+        model = self.model
+        extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
+        if self.metrics is not None:
+            import json
+
+            extra["metrics.json"] = json.dumps(self.metrics, indent=2)
+            extra["metrics.txt"] = format_report(self.metrics) + "\n"
+        return export_saved_model(
+            model, self.backbone, self.class_names,
+            base_dir=dir or self.config.export.dir,
+            name=self.config.name,
+            version=version if version is not None else self.config.export.version,
+            sample_inputs=self._sample_inputs(),
+            extra_files=extra,
+            verify=self.config.export.verify if verify is None else verify,
+            log=self.log,
+        )
+
+    # -- runs --------------------------------------------------------------------------------
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, log: Log = print,
+                 weights: str = WEIGHTS_FILE) -> FineTuner:
+        """Rebuilds a trained model from a run folder (config, labels, weights)."""
+        run_dir = Path(run_dir)
+        for required in ("config.yaml", LABELS_FILE, weights):
+            if not (run_dir / required).is_file():
+                raise KerasftError(expected(f"a kerasft run folder with {required}", "run_dir",
+                                            str(run_dir)))
+        config = load_config(run_dir / "config.yaml")
+        # The trained weights replace the pretrained ones: no download needed to rebuild.
+        config.backbone.weights = "none"
+        ft = cls(config, log=log)
+        labels = (run_dir / LABELS_FILE).read_text(encoding="utf-8").splitlines()
+        ft.build(labels)
+        ft._model.load_weights(run_dir / weights)
+        ft.run_dir = run_dir
+        return ft
+
+
+def build_finetuner(config: str | os.PathLike | dict[str, Any] | Config | None = None,
+                    log: Log = print, **overrides: Any) -> FineTuner:
+    """A :class:`FineTuner` from a YAML path, a dict or a Config; keyword overrides use ``__``
+    between levels (``build_finetuner("x.yaml", data__batch_size=16)``)."""
+    cfg = load_config(config, **overrides)
+    return FineTuner(cfg, log=log)

@@ -1,0 +1,75 @@
+"""Prediction with an exported SavedModel alone (what a TF Serving client sees).
+
+Used by ``kerasft predict EXPORT_DIR``: loads ``serving_default`` (and ``serving_bytes`` for
+image files) with plain TensorFlow, no kerasft model code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasft.errors import ExportError, KerasftError, expected
+
+
+def load_saved_model(export_dir: str | os.PathLike) -> Any:
+    """Loads a SavedModel (registering tensorflow-text's ops first, which BERT exports need)."""
+    import tensorflow as tf
+
+    try:
+        import tensorflow_text  # noqa: F401
+    except ImportError:
+        pass
+    path = Path(export_dir)
+    if not (path / "saved_model.pb").is_file():
+        raise ExportError(expected("a SavedModel version folder (.../<name>/<version>/ with "
+                                   "saved_model.pb)", "export_dir", str(path)))
+    return tf.saved_model.load(str(path))
+
+
+def run_signature(loaded: Any, inputs: list[str], kind: str) -> dict[str, np.ndarray]:
+    """Runs the right signature for texts or image file paths; returns numpy outputs."""
+    import tensorflow as tf
+
+    signatures = loaded.signatures
+    if kind == "text":
+        fn = signatures["serving_default"]
+        name = list(fn.structured_input_signature[1])[0]
+        if name != "text":
+            raise KerasftError(expected("a text model (input 'text')", "serving_default input",
+                                        name))
+        result = fn(text=tf.constant(inputs))
+    else:
+        blobs = []
+        for file in inputs:
+            try:
+                blobs.append(Path(file).read_bytes())
+            except OSError as e:
+                raise KerasftError(expected("a readable image file", "--image", file)
+                                   + f" ({e.strerror})") from None
+        if "serving_bytes" not in signatures:
+            raise KerasftError(expected("an image model with a serving_bytes signature",
+                                        "signatures", sorted(signatures)))
+        result = signatures["serving_bytes"](image_bytes=tf.constant(blobs))
+    return {k: v.numpy() for k, v in result.items()}
+
+
+def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], kind: str = "text",
+                             top: int = 3) -> list[str]:
+    """Readable lines: the predicted label, its probability and the top-k, per input."""
+    loaded = load_saved_model(export_dir)
+    labels_file = Path(export_dir) / "assets.extra" / "labels.txt"
+    out = run_signature(loaded, inputs, kind)
+    probabilities = out["probabilities"]
+    names = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
+             else [str(i) for i in range(probabilities.shape[1])])
+    lines = []
+    for text, label, probs in zip(inputs, out["labels"], probabilities):
+        order = np.argsort(-probs)[:top]
+        best = ", ".join(f"{names[i]} {probs[i]:.3f}" for i in order)
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        lines.append(f"{label.decode('utf-8')}\t[{best}]\t{shown}")
+    return lines

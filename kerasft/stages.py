@@ -1,0 +1,191 @@
+"""Step 5 of a run: stages, each a small freeze/unfreeze template plus its optimizer.
+
+A stage says which backbone weights train (``trainable``), for how many epochs, and with which
+optimizer, learning rate and schedule. Like Lightning's ``BaseFinetuning``, BatchNormalization
+layers stay frozen when a stage unfreezes the backbone unless the stage sets ``train_bn: true``;
+image backbones are also *called* with ``training=False``, so BN always normalises with its
+moving statistics and never updates them. A stage always recompiles the model: Keras only picks
+up a change of ``trainable`` at compile time.
+
+``trainable`` values:
+- ``head``: the backbone is frozen; only the head trains.
+- ``all``: every backbone layer trains (BN only with ``train_bn``).
+- ``{top_n: N}``: the top N backbone layers *that own weights* train (see
+  ``kerasft backbones --layers NAME`` for that list).
+- ``{from_layer: NAME}``: layer NAME and every layer above it train.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kerasft.backbones import Backbone, unfreeze_units
+from kerasft.config import ConfigError, StageConfig, parse_trainable
+from kerasft.errors import expected
+
+
+def _is_batch_norm(layer: Any) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def apply_trainable(
+    backbone: Backbone, stage: StageConfig, key: str = "trainable"
+) -> dict[str, Any]:
+    """Sets ``trainable`` on the backbone's layers for `stage`; returns what was unfrozen."""
+    kind, arg = parse_trainable(stage.trainable, key)
+    network = backbone.network
+    units = unfreeze_units(network)
+    if kind == "head":
+        network.trainable = False
+        return {"trainable": "head", "unfrozen_layers": []}
+
+    network.trainable = True
+    if kind == "all":
+        chosen = list(network.layers)
+    elif kind == "top_n":
+        if arg > len(units):
+            raise ConfigError(
+                expected(f"at most {len(units)} (the layers with weights in {backbone.name})",
+                         f"{key}.top_n", arg)
+            )
+        chosen = units[-arg:]
+    else:
+        names = [layer.name for layer in network.layers]
+        if arg not in names:
+            import difflib
+
+            close = difflib.get_close_matches(arg, names, n=3)
+            hint = f" Close matches: {', '.join(close)}." if close else ""
+            raise ConfigError(
+                expected(f"a layer of {backbone.name} "
+                         f"(`kerasft backbones --layers {backbone.name}` lists them)",
+                         f"{key}.from_layer", arg) + hint
+            )
+        chosen = list(network.layers[names.index(arg):])
+    chosen_ids = {id(layer) for layer in chosen}
+    for layer in network.layers:
+        layer.trainable = id(layer) in chosen_ids and (stage.train_bn or not _is_batch_norm(layer))
+    unfrozen = [layer.name for layer in network.layers if layer.trainable and layer.weights]
+    return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
+
+
+def count_params(weights: list[Any]) -> int:
+    return int(sum(math.prod(w.shape) for w in weights))
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules and optimizers.
+
+
+def _schedule_class() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="kerasft")
+    class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warmup to `peak`, then constant / cosine / linear / exponential decay.
+
+        Decays reach 0 (cosine, linear) or 1% of the peak (exponential) at `total_steps`.
+        """
+
+        def __init__(self, peak: float, total_steps: int, warmup_steps: int = 0,
+                     decay: str = "constant") -> None:
+            self.peak = float(peak)
+            self.total_steps = int(total_steps)
+            self.warmup_steps = int(warmup_steps)
+            self.decay = decay
+
+        def __call__(self, step: Any) -> Any:
+            from keras import ops
+
+            step = ops.cast(step, "float32")
+            peak = ops.cast(self.peak, "float32")
+            warmup = float(max(self.warmup_steps, 0))
+            span = float(max(self.total_steps - self.warmup_steps, 1))
+            progress = ops.clip((step - warmup) / span, 0.0, 1.0)
+            if self.decay == "cosine":
+                decayed = peak * 0.5 * (1.0 + ops.cos(math.pi * progress))
+            elif self.decay == "linear":
+                decayed = peak * (1.0 - progress)
+            elif self.decay == "exponential":
+                decayed = peak * ops.power(0.01, progress)
+            else:
+                decayed = peak * ops.ones_like(progress)
+            if warmup <= 0:
+                return decayed
+            warm = peak * (step + 1.0) / warmup
+            return ops.where(step < warmup, warm, decayed)
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": self.peak, "total_steps": self.total_steps,
+                    "warmup_steps": self.warmup_steps, "decay": self.decay}
+
+    return WarmupSchedule
+
+
+_SCHEDULE: type | None = None
+
+
+def make_schedule(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1.0) -> Any:
+    """The stage's learning rate: a float (constant, no warmup) or a schedule."""
+    global _SCHEDULE
+    total = max(1, steps_per_epoch * stage.epochs)
+    warmup = stage.warmup_steps
+    if warmup is None:
+        warmup = int(round((stage.warmup_ratio or 0.0) * total))
+    peak = stage.learning_rate * lr_scale
+    if stage.schedule == "constant" and warmup == 0:
+        return peak
+    if _SCHEDULE is None:
+        _SCHEDULE = _schedule_class()
+    return _SCHEDULE(peak=peak, total_steps=total, warmup_steps=warmup, decay=stage.schedule)
+
+
+def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1.0,
+                   gradient_accumulation_steps: int | None = None) -> Any:
+    """A fresh Keras optimizer for `stage` (one per stage: state does not leak across)."""
+    import keras
+
+    kwargs: dict[str, Any] = {
+        "learning_rate": make_schedule(stage, steps_per_epoch, lr_scale),
+        "clipnorm": stage.clipnorm,
+    }
+    if gradient_accumulation_steps and gradient_accumulation_steps > 1:
+        kwargs["gradient_accumulation_steps"] = gradient_accumulation_steps
+    if stage.optimizer == "adamw":
+        return keras.optimizers.AdamW(weight_decay=stage.weight_decay or 0.0, **kwargs)
+    if stage.weight_decay:
+        kwargs["weight_decay"] = stage.weight_decay
+    if stage.optimizer == "sgd":
+        return keras.optimizers.SGD(momentum=stage.momentum, **kwargs)
+    return keras.optimizers.Adam(**kwargs)
+
+
+def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:
+    """Cross-entropy for integer labels (softmax) or multi-hot labels (sigmoid)."""
+    import keras
+
+    if activation == "sigmoid":
+        return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy()
+    smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def sparse_categorical_crossentropy_smoothed(y_true: Any, y_pred: Any) -> Any:
+        from keras import ops
+
+        labels = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes)
+        return smoothed(labels, y_pred)
+
+    return sparse_categorical_crossentropy_smoothed
+
+
+def make_metrics(activation: str) -> list[Any]:
+    import keras
+
+    if activation == "sigmoid":
+        return [keras.metrics.BinaryAccuracy(name="accuracy"),
+                keras.metrics.AUC(name="auc", multi_label=True)]
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -1,0 +1,131 @@
+"""``kerasft validate``: check a config fully without training.
+
+Keys and types, the backbone (registry name, preset directory, input size, sequence length,
+weights file), the data (files exist, columns, labels readable, splits), every stage's
+``trainable`` against the real backbone layers, ``TF_CONFIG`` for multi-worker runs and the export
+folder. What only a download can check (ImageNet weights, a KerasHub preset by name, a tfds
+dataset that is not prepared yet) is reported, not fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kerasft.config import BackboneConfig, Config, ConfigError, load_config
+from kerasft.errors import expected
+
+
+def _max_sequence_length(source: dict[str, Any]) -> int | None:
+    config_file = Path(source["path"]) / "config.json"
+    if source["kind"] == "kerashub_name" or not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if source["kind"] == "hf_dir":
+        return config.get("max_position_embeddings")
+    return config.get("config", {}).get("max_sequence_length")
+
+
+def _check_task(cfg: Config, task: str) -> None:
+    image_sources = ("image_folder",)
+    text_sources = ("csv",)
+    if task == "text" and cfg.data.source in image_sources or (
+        task == "image" and cfg.data.source in text_sources
+    ):
+        raise ConfigError(expected(f"a {task} data source for backbone {cfg.backbone.name}",
+                                   "data.source", cfg.data.source))
+
+
+def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
+                    overrides: Sequence[str] = ()) -> list[str]:
+    """Raises a one-line error at the first problem; returns what was checked."""
+    from kerasft.backbones import describe_preset, get_entry
+
+    cfg = load_config(config, overrides)
+    lines = [f"config: {len(cfg.stages)} stages, keys and types OK"]
+    entry = get_entry(cfg.backbone.name)
+    _check_task(cfg, entry.task)
+    if entry.task == "text":
+        if not cfg.backbone.preset:
+            raise ConfigError(expected("a preset for bert", "backbone.preset", None))
+        source = describe_preset(cfg.backbone.preset)
+        max_len = _max_sequence_length(source)
+        if max_len and cfg.backbone.sequence_length and cfg.backbone.sequence_length > max_len:
+            raise ConfigError(expected(f"a sequence length of at most {max_len} (the model's "
+                                       "maximum)", "backbone.sequence_length",
+                                       cfg.backbone.sequence_length))
+        note = " (downloaded at train time)" if source["kind"] == "kerashub_name" else ""
+        lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
+    else:
+        lines.append(f"backbone: {entry.name} ({entry.description})"
+                     + (" with ImageNet weights (downloaded at train time)"
+                        if cfg.backbone.weights == "imagenet" else ""))
+    lines += _check_stages(cfg)
+    lines += _check_data(cfg)
+    if cfg.training.strategy == "multi_worker":
+        from kerasft.distribute_compat import parse_tf_config
+
+        parse_tf_config(os.environ.get("TF_CONFIG", ""))
+        lines.append("TF_CONFIG: OK")
+    export_dir = Path(cfg.export.dir)
+    probe = export_dir if export_dir.exists() else export_dir.parent
+    if cfg.export.enabled and probe.exists() and not os.access(probe, os.W_OK):
+        raise ConfigError(expected("a writable export folder", "export.dir", str(export_dir)))
+    return lines
+
+
+def _build_network(cfg: BackboneConfig) -> Any:
+    from kerasft.backbones import build_backbone
+
+    offline = BackboneConfig(**{**cfg.__dict__, "weights": "none"})
+    return build_backbone(offline)
+
+
+def _check_stages(cfg: Config) -> list[str]:
+    from kerasft.stages import apply_trainable
+
+    needs_network = any(s.trainable not in ("head", "all") for s in cfg.stages)
+    if not needs_network:
+        return ["stages: OK"]
+    backbone = _build_network(cfg.backbone)
+    for i, stage in enumerate(cfg.stages):
+        apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
+    return [f"stages: OK (checked against {backbone.name}'s layers)"]
+
+
+def _check_data(cfg: Config) -> list[str]:
+    if cfg.data.source == "tfds":
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(cfg.data.tfds_name, data_dir=cfg.data.tfds_data_dir)
+        except Exception as e:  # noqa: BLE001 - tfds raises many types for an unknown name.
+            raise ConfigError(expected("a tfds dataset name", "data.tfds_name",
+                                       cfg.data.tfds_name) + f" ({str(e).splitlines()[0]})"
+                              ) from None
+        prepared = builder.is_prepared()
+        return [f"data: tfds {cfg.data.tfds_name} "
+                + ("prepared" if prepared else "not prepared (downloaded at train time)")]
+    from kerasft.data import load_data
+
+    data = load_data(cfg.data, seed=cfg.seed, multi_label=cfg.head.activation == "sigmoid")
+    sizes = ", ".join(f"{name} {getattr(data, name).size}"
+                      for name in ("train", "validation", "test") if getattr(data, name))
+    return [f"data: {data.task}, {len(data.class_names)} classes "
+            f"({', '.join(data.class_names[:10])}{', ...' if len(data.class_names) > 10 else ''})"
+            f"; {sizes}"]
+
+
+def describe_layers(name: str, preset: str | None = None) -> list[str]:
+    """The layers of a backbone as ``top_n`` counts them (top first)."""
+    from kerasft.backbones import unfreeze_units
+
+    backbone = _build_network(BackboneConfig(name=name, weights="none", preset=preset))
+    units = unfreeze_units(backbone.network)
+    lines = [f"{name}: {len(units)} layers with weights (top_n counts these, top first)"]
+    for i, layer in enumerate(reversed(units), start=1):
+        lines.append(f"{i:>4}  {layer.name:<40} {layer.count_params():>12,}")
+    return lines

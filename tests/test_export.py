@@ -1,0 +1,113 @@
+"""Export: TF Serving layout, raw-input signatures, weights once, fresh-process reload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kerasft.errors import ExportError
+
+
+def _trained_image_finetuner(image_arrays, tmp_path):
+    from kerasft.api import build_finetuner
+
+    x, y = image_arrays
+    ft = build_finetuner({
+        "name": "tiny", "backbone": {"name": "tiny_cnn", "weights": "none"},
+        "data": {"source": "arrays", "batch_size": 16},
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent"},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 0.05},
+                   {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.01}],
+        "export": {"dir": str(tmp_path / "saved_models")},
+    }, log=lambda s: None)
+    ft.fit(x, y, output_dir=tmp_path / "runs")
+    return ft
+
+
+def test_image_export_layout_signatures_and_fresh_reload(image_arrays, tmp_path):
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+    path = ft.export()
+    assert path == tmp_path / "saved_models" / "tiny" / "1"
+    assert (path / "saved_model.pb").is_file()
+    assert (path / "assets.extra" / "labels.txt").read_text().split() == ["cat", "dog", "owl"]
+    assert "name: tiny" in (path / "assets.extra" / "config.yaml").read_text()
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".tmp")]
+    assert ft.export() == path.parent / "2"  # next integer version
+
+    # Weights stored once: variables/ holds about the parameters' bytes, not twice as much.
+    params = sum(int(np.prod(w.shape)) for w in ft.model.weights) * 4
+    size = sum(p.stat().st_size for p in (path / "variables").iterdir())
+    assert size < 1.5 * params + 20_000
+
+    # Raw pixels of any size go in; the outputs a client reads come out (in a fresh process).
+    x, _ = image_arrays
+    big = np.repeat(np.repeat(x[:4].astype("float32"), 3, axis=1), 3, axis=2)  # 48x48
+    np.save(tmp_path / "in.npy", big)
+    script = (
+        "import numpy as np, tensorflow as tf, json, sys\n"
+        f"m = tf.saved_model.load({str(path)!r})\n"
+        "f = m.signatures['serving_default']\n"
+        "spec = f.structured_input_signature[1]\n"
+        "out = f(image=tf.constant(np.load(sys.argv[1])))\n"
+        "print(json.dumps({'inputs': sorted(spec), 'outputs': sorted(out),\n"
+        "  'dtypes': {k: v.dtype.name for k, v in out.items()},\n"
+        "  'labels': [s.decode() for s in out['labels'].numpy()],\n"
+        "  'probs': out['probabilities'].numpy().tolist()}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "in.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["inputs"] == ["image"]
+    assert result["outputs"] == ["class_ids", "labels", "probabilities"]
+    assert result["dtypes"] == {"class_ids": "int64", "labels": "string",
+                                "probabilities": "float32"}
+    expected = ft.predict(big)
+    np.testing.assert_allclose(np.array(result["probs"]), expected, atol=1e-5)
+    assert result["labels"] == [ft.class_names[i] for i in expected.argmax(-1)]
+
+
+def test_image_bytes_signature_matches_pixels(image_arrays, tmp_path):
+    import tensorflow as tf
+
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+    path = ft.export(verify=False)
+    loaded = tf.saved_model.load(str(path))
+    x, _ = image_arrays
+    pngs = [tf.io.encode_png(img).numpy() for img in x[:3]]
+    by_bytes = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
+    by_pixels = loaded.signatures["serving_default"](image=tf.constant(x[:3].astype("float32")))
+    np.testing.assert_allclose(by_bytes["probabilities"].numpy(),
+                               by_pixels["probabilities"].numpy(), atol=1e-6)
+
+
+def test_existing_version_is_never_overwritten(image_arrays, tmp_path):
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+    first = ft.export(version=3, verify=False)
+    marker = first / "saved_model.pb"
+    before = marker.stat().st_mtime_ns
+    with pytest.raises(ExportError, match=r"version that does not exist yet \(next free: 4\)"
+                                          r".*Received: export.version=3"):
+        ft.export(version=3, verify=False)
+    assert marker.stat().st_mtime_ns == before
+    assert sorted(p.name for p in first.parent.iterdir()) == ["3"]
+
+
+def test_failed_verification_leaves_no_version(image_arrays, tmp_path, monkeypatch):
+    import kerasft.export as export
+
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+
+    def wrong(model, backbone, raw):
+        return np.zeros((len(raw), 3), dtype="float32")
+
+    monkeypatch.setattr(export, "reference_probabilities", wrong)
+    with pytest.raises(ExportError, match="expected the reloaded export to match"):
+        ft.export()
+    model_dir = tmp_path / "saved_models" / "tiny"
+    assert list(model_dir.iterdir()) == []
