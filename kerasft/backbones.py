@@ -54,6 +54,8 @@ class Backbone:
             (float32 images 0..255 at ``image_size`` for images, a 1-D string tensor for text).
         image_size: (height, width) images are resized to, for images.
         sequence_length: token sequence length, for text.
+        unused_layers: layers of `network` whose output the features do not use (e.g. BERT's
+            pooler under mean pooling); stages never unfreeze them.
         info: plain facts for the log, the model card and ``kerasft backbones``.
     """
 
@@ -66,6 +68,7 @@ class Backbone:
     image_size: tuple[int, int] | None = None
     sequence_length: int | None = None
     preprocessor: Any = None
+    unused_layers: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -444,7 +447,8 @@ def _build_bert(cfg: BackboneConfig, pooling: str) -> Backbone:
     if weights_path:
         network.load_weights(weights_path)
     max_len = int(network.max_sequence_length)
-    seq_len = int(cfg.sequence_length or preprocessor.sequence_length or 128)
+    # KerasHub's preprocessor defaults to 512 when a preset does not say: never above the max.
+    seq_len = int(cfg.sequence_length or min(preprocessor.sequence_length or 128, max_len))
     if seq_len > max_len:
         raise ConfigError(
             expected(f"a sequence length of at most {max_len} (the model's maximum)",
@@ -482,6 +486,7 @@ def _build_bert(cfg: BackboneConfig, pooling: str) -> Backbone:
         preprocess=preprocess,
         sequence_length=seq_len,
         preprocessor=preprocessor,
+        unused_layers=["pooled_dense"] if pooling == "mean" else [],
         info={"architecture": "BertBackbone", "preset": cfg.preset, "preset_kind": source["kind"],
               "pooling": pooling, "sequence_length": seq_len, "max_sequence_length": max_len,
               "num_layers": int(network.num_layers), "hidden_dim": int(network.hidden_dim),

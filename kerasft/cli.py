@@ -206,8 +206,9 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 @main.command()
 @click.option("--layers", "layers_of", default=None, metavar="NAME",
               help="List the layers of one backbone (what top_n and from_layer refer to).")
+@click.option("--preset", default=None, help="BERT preset for --layers bert.")
 @_handle_errors
-def backbones(layers_of: str | None) -> None:
+def backbones(layers_of: str | None, preset: str | None) -> None:
     """List the registered backbones (or the layers of one)."""
     from kerasft.backbones import get_entry, list_backbones
 
@@ -215,7 +216,7 @@ def backbones(layers_of: str | None) -> None:
         from kerasft.validate import describe_layers
 
         get_entry(layers_of)
-        for line in describe_layers(layers_of):
+        for line in describe_layers(layers_of, preset):
             click.echo(line)
         return
     rows = list_backbones()

@@ -385,9 +385,6 @@ def validate(cfg: Config) -> Config:
     if d.source == "tfds" and not d.tfds_name:
         raise ConfigError(expected("a tfds dataset name when data.source is tfds",
                                    "data.tfds_name", d.tfds_name))
-    if d.source in ("csv", "image_folder", "tfds") and not d.train:
-        raise ConfigError(expected("a path (or tfds split) for the training data",
-                                   "data.train", d.train))
     for aug in d.augmentation:
         _check_choice(aug, AUGMENTATIONS, f"data.augmentation.{aug}")
 

@@ -90,8 +90,9 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     if "confusion_matrix" in report:
         lines.append("")
         lines.append("confusion matrix (rows: true, columns: predicted)")
-        cell = max(6, max(len(str(v)) for row in report["confusion_matrix"] for v in row) + 1)
-        short = [n[:cell] for n in names]
+        widest_value = max(len(str(v)) for row in report["confusion_matrix"] for v in row)
+        cell = max(widest_value, min(max(len(n) for n in names), 12)) + 2
+        short = [n[: cell - 2] for n in names]
         lines.append(" " * width + "  " + "".join(f"{s:>{cell}}" for s in short))
         for name, row in zip(names, report["confusion_matrix"]):
             lines.append(f"{name:<{width}}  " + "".join(f"{v:>{cell}d}" for v in row))

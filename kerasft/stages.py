@@ -67,7 +67,11 @@ def apply_trainable(
         chosen = list(network.layers[names.index(arg):])
     chosen_ids = {id(layer) for layer in chosen}
     for layer in network.layers:
-        layer.trainable = id(layer) in chosen_ids and (stage.train_bn or not _is_batch_norm(layer))
+        layer.trainable = (
+            id(layer) in chosen_ids
+            and layer.name not in backbone.unused_layers
+            and (stage.train_bn or not _is_batch_norm(layer))
+        )
     unfrozen = [layer.name for layer in network.layers if layer.trainable and layer.weights]
     return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
 

@@ -83,12 +83,22 @@ def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> Strat
         strategy = tf.distribute.get_strategy()
         return StrategyInfo(strategy, "default", strategy.num_replicas_in_sync)
     if kind == "mirrored":
-        strategy = tf.distribute.MirroredStrategy(devices=cfg.training.devices)
+        devices = cfg.training.devices
+        cross_device_ops = None
+        if devices and all("cpu" in d.lower() for d in devices):
+            # Several MirroredStrategy objects in one process on CPU devices can collide on
+            # collective instance keys ("Shape mismatch in the collective instance"); reducing
+            # to one device avoids collectives. GPUs keep the default (NCCL all-reduce).
+            cross_device_ops = tf.distribute.ReductionToOneDevice()
+        strategy = tf.distribute.MirroredStrategy(devices=devices,
+                                                  cross_device_ops=cross_device_ops)
         return StrategyInfo(strategy, "mirrored", strategy.num_replicas_in_sync)
     if kind == "multi_worker":
-        from kerasft.distribute_compat import make_multi_worker_strategy
+        from kerasft.distribute_compat import make_multi_worker_strategy, parse_tf_config
 
-        strategy, workers = make_multi_worker_strategy(env)
+        tf_config = parse_tf_config(env.get("TF_CONFIG", ""))
+        workers = sum(len(tf_config["cluster"].get(job, [])) for job in ("chief", "worker"))
+        strategy = make_multi_worker_strategy()
         return StrategyInfo(strategy, "multi_worker", strategy.num_replicas_in_sync, workers)
     # TPU.
     try:

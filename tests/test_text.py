@@ -1,0 +1,154 @@
+"""BERT end to end on tiny checkpoints: CSV → stages → metrics → raw-text SavedModel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kerasft.backbones import describe_preset
+from kerasft.config import BackboneConfig, ConfigError
+from tests.bert_fixtures import write_tiny_bert_preset, write_tiny_hf_bert_dir
+
+GOOD = ["a good movie", "great film", "i loved this book", "very nice", "it was great",
+        "liked it", "a great book", "nice film and good"]
+BAD = ["a bad movie", "awful film", "i hated this book", "very terrible", "it was bad",
+       "not good", "an awful book", "terrible film and bad"]
+
+
+def write_csv(path, rows, header=("text", "label")):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def text_csvs(tmp_path):
+    train = [(t, "pos") for t in GOOD] * 3 + [(t, "neg") for t in BAD] * 3
+    test = [(t, "pos") for t in GOOD[:4]] + [(t, "neg") for t in BAD[:4]]
+    return write_csv(tmp_path / "train.csv", train), write_csv(tmp_path / "test.csv", test)
+
+
+def text_config(preset, train, test, tmp_path, **extra):
+    cfg = {
+        "name": "tinybert", "seed": 1,
+        "backbone": {"name": "bert", "preset": preset, "sequence_length": 16},
+        "data": {"source": "csv", "train": train, "test": test, "validation_split": 0.25,
+                 "batch_size": 8},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 2, "learning_rate": 0.01},
+                   {"name": "top", "trainable": {"top_n": 2}, "epochs": 1,
+                    "learning_rate": 0.001, "optimizer": "adamw", "schedule": "cosine",
+                    "warmup_ratio": 0.2}],
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent"},
+        "output_dir": str(tmp_path / "runs"),
+        "export": {"dir": str(tmp_path / "saved_models")},
+    }
+    for key, value in extra.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def test_preset_kinds_are_detected(tmp_path):
+    kh = write_tiny_bert_preset(tmp_path / "kh")
+    hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True)
+    assert describe_preset(kh)["kind"] == "kerashub_dir"
+    info = describe_preset(hf)
+    assert info["kind"] == "hf_dir" and info["sentence_transformers"]
+    roberta = write_tiny_hf_bert_dir(tmp_path / "rob", model_type="roberta")
+    with pytest.raises(ConfigError, match=r"model_type: bert.*Received: .*model_type='roberta'"):
+        describe_preset(roberta)
+    (tmp_path / "kh" / "tokenizer.json").unlink()
+    with pytest.raises(ConfigError, match="KerasHub preset directory with tokenizer.json"):
+        describe_preset(kh)
+    with pytest.raises(ConfigError, match=r"a KerasHub BERT preset name \(.*bert_base_en_uncased"
+                                          r".*Received: backbone.preset='bert_nonexistent"):
+        describe_preset("bert_nonexistent_preset")
+
+
+def test_hf_dir_loads_with_mean_pooling_and_sequence_limit(tmp_path):
+    from kerasft.backbones import build_backbone
+
+    hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True,
+                                max_position_embeddings=32)
+    backbone = build_backbone(BackboneConfig(name="bert", preset=hf))
+    assert backbone.info["pooling"] == "mean" and backbone.sequence_length == 16
+    assert backbone.unused_layers == ["pooled_dense"]
+    with pytest.raises(ConfigError, match=r"at most 32 \(the model's maximum\).*"
+                                          r"backbone.sequence_length=64"):
+        build_backbone(BackboneConfig(name="bert", preset=hf, sequence_length=64))
+    plain = write_tiny_hf_bert_dir(tmp_path / "plain")
+    assert build_backbone(BackboneConfig(name="bert", preset=plain)).info["pooling"] == "cls"
+
+
+def test_mean_pooling_ignores_padding(tmp_path):
+    import keras
+
+    from kerasft.backbones import build_backbone
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    backbone = build_backbone(BackboneConfig(name="bert", preset=preset, sequence_length=8),
+                              pooling="mean")
+    features = keras.Model(backbone.inputs, backbone.features)
+    out8 = features(backbone.preprocess(np.array(["good movie"]))).numpy()
+    backbone.preprocessor.sequence_length = 16
+    out16 = features(backbone.preprocess(np.array(["good movie"]))).numpy()
+    np.testing.assert_allclose(out8, out16, atol=1e-5)  # more padding, same features
+
+
+def test_text_end_to_end_export_and_fresh_reload(tmp_path, text_csvs):
+    from kerasft.api import build_finetuner
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    ft = build_finetuner(text_config(preset, *text_csvs, tmp_path), log=lambda s: None)
+    summary = ft.fit()
+    units = [u for u in ft.backbone.network.layers if u.weights]
+    assert summary["stages"][1]["unfrozen_layers"] == 2
+    assert [u.trainable for u in units][-2:] == [True, True]
+    metrics = json.loads((ft.run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["examples"] == 8
+    assert set(metrics["per_class"]) == {"neg", "pos"}
+    assert len(metrics["confusion_matrix"]) == 2
+    assert (ft.run_dir / "config.yaml").is_file() and (ft.run_dir / "history.csv").is_file()
+
+    path = ft.export()
+    texts = ["a great movie", "terrible and awful", "", "unknownword zzz"]
+    expected = ft.predict(texts)
+    script = (
+        "import json, sys, tensorflow as tf, tensorflow_text\n"
+        f"m = tf.saved_model.load({str(path)!r})\n"
+        "f = m.signatures['serving_default']\n"
+        "out = f(text=tf.constant(json.loads(sys.argv[1])))\n"
+        "print(json.dumps({'inputs': sorted(f.structured_input_signature[1]),\n"
+        "  'probs': out['probabilities'].numpy().tolist(),\n"
+        "  'ids': out['class_ids'].numpy().tolist(),\n"
+        "  'labels': [s.decode() for s in out['labels'].numpy()]}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(texts)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["inputs"] == ["text"]
+    np.testing.assert_allclose(np.array(out["probs"]), expected, atol=1e-5)
+    assert out["labels"] == [ft.class_names[i] for i in out["ids"]]
+
+    # Weights stored once.
+    params = sum(int(np.prod(w.shape)) for w in ft.model.weights) * 4
+    size = sum(p.stat().st_size for p in (path / "variables").iterdir())
+    assert size < 1.5 * params + 50_000
+
+
+def test_tiny_bert_learns_the_toy_task(tmp_path, text_csvs):
+    from kerasft.api import build_finetuner
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    cfg = text_config(preset, *text_csvs, tmp_path)
+    cfg["stages"] = [{"name": "all", "trainable": "all", "epochs": 8, "learning_rate": 0.01}]
+    ft = build_finetuner(cfg, log=lambda s: None)
+    report = ft.fit()["metrics"]
+    assert report["accuracy"] >= 0.75, report
