@@ -60,6 +60,7 @@ class FineTuner:
         self.config = config
         self.log = _RunLog(log)
         self.backbone: Any = None
+        self.head: Any = None
         self._model: Any = None
         self.class_names: list[str] | None = None
         self.multi_label = config.head.activation == "sigmoid"
@@ -91,7 +92,7 @@ class FineTuner:
         import keras
 
         from kerasft.backbones import build_backbone
-        from kerasft.heads import build_head
+        from kerasft.heads import build_head_model
 
         if len(class_names) < 2:
             raise KerasftError(expected("at least 2 classes", "labels", class_names))
@@ -99,8 +100,9 @@ class FineTuner:
         self.class_names = [str(c) for c in class_names]
         with self.strategy_info.strategy.scope():
             self.backbone = build_backbone(self.config.backbone, self.config.head.pooling)
-            outputs = build_head(self.backbone.features, len(self.class_names), self.config.head)
-            self._model = keras.Model(self.backbone.inputs, outputs,
+            self.head = build_head_model(int(self.backbone.features.shape[-1]),
+                                         len(self.class_names), self.config.head)
+            self._model = keras.Model(self.backbone.inputs, self.head(self.backbone.features),
                                       name=f"kerasft_{self.config.name}")
         return self._model
 
@@ -152,15 +154,32 @@ class FineTuner:
             seed=self.config.seed, multi_label=self.multi_label,
         )
 
-    def _pipeline(self, split: Any, training: bool) -> Any:
+    def _preprocess(self) -> Callable[[Any], Any]:
+        """The backbone's preprocessing, plus per-batch padding trim for text when enabled."""
+        from kerasft.backbones import trim_padding
+
+        preprocess = self.backbone.preprocess
+        data = self.config.data
+        if self.backbone.task != "text" or not data.bucket_by_length or (
+            self.strategy_info.kind == "tpu"  # TPUs need static shapes: fixed padding
+        ):
+            return preprocess
+        multiple = data.bucket_multiple
+
+        def preprocess_and_trim(texts: Any) -> Any:
+            return trim_padding(preprocess(texts), multiple)
+
+        return preprocess_and_trim
+
+    def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None) -> Any:
         from kerasft.data import make_pipeline
 
         return make_pipeline(
             split,
             batch_size=self.config.data.batch_size,
-            training=training,
+            training=training if shuffle is None else shuffle,
             seed=self.config.seed,
-            preprocess=self.backbone.preprocess,
+            preprocess=self._preprocess(),
             image_size=self.backbone.image_size,
             augmentation=self.config.data.augmentation if training else None,
             cache=self.config.data.cache,
@@ -236,6 +255,7 @@ class FineTuner:
         self.stage_results = run_stages(
             self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
+            head=self.head, cached_features=self._feature_cache(data),
         )
         self._model.save_weights(self.run_dir / WEIGHTS_FILE)
         from kerasft.metrics import plot_history
@@ -247,6 +267,41 @@ class FineTuner:
         if evaluate:
             summary["metrics"] = self.evaluate()
         return summary
+
+    def _feature_cache(self, data: Any) -> Callable[[], dict[str, Any]] | None:
+        """Features of the frozen backbone, computed once on first use (head-only stages).
+
+        Off when augmentation makes every epoch's inputs different, or when
+        ``training.cache_features: off``. The cached features are computed in inference mode, so
+        dropout inside the backbone (BERT's) is not applied to them: the head trains on clean
+        features (as fastai's and Keras's "extract features, then train a classifier" recipes).
+        """
+        setting = self.config.training.cache_features
+        if setting == "off" or (setting == "auto" and self.config.data.augmentation
+                                and self.backbone.task == "image"):
+            return None
+        if setting == "auto" and self.strategy_info.kind == "multi_worker":
+            return None
+        cache: dict[str, Any] = {}
+
+        def compute() -> dict[str, Any]:
+            import keras
+
+            if not cache:
+                extractor = keras.Model(self.backbone.inputs, self.backbone.features)
+                self.log("computing the frozen backbone's features once for head-only stages")
+                cache["x"] = extractor.predict(self._pipeline(data.train, training=False),
+                                               verbose=0)
+                cache["y"] = data.train.labels
+                if data.validation is not None:
+                    cache["val"] = (
+                        extractor.predict(self._pipeline(data.validation, training=False),
+                                          verbose=0),
+                        data.validation.labels,
+                    )
+            return cache
+
+        return compute
 
     # -- evaluation and prediction -----------------------------------------------------------
 
@@ -310,7 +365,7 @@ class FineTuner:
         batch_size = batch_size or self.config.data.batch_size
         if self.backbone.task == "text":
             ds = tf.data.Dataset.from_tensor_slices(np.asarray(inputs, dtype=object).astype(str))
-            ds = ds.batch(batch_size).map(self.backbone.preprocess)
+            ds = ds.batch(batch_size).map(self._preprocess())
         else:
             images = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
             ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
@@ -338,6 +393,7 @@ class FineTuner:
         """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``."""
         from kerasft.export import export_saved_model
         from kerasft.metrics import format_report
+        from kerasft.model_card import model_card_hook
 
         model = self.model
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
@@ -354,6 +410,7 @@ class FineTuner:
             sample_inputs=self._sample_inputs(),
             extra_files=extra,
             verify=self.config.export.verify if verify is None else verify,
+            after_write=model_card_hook(self),  # assets.extra/README.md
             log=self.log,
         )
 

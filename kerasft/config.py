@@ -83,6 +83,8 @@ class DataConfig:
     augmentation: dict[str, Any] = field(default_factory=dict)
     cache: bool = True
     shuffle_buffer: int = 10000
+    bucket_by_length: bool = True
+    bucket_multiple: int = 16
 
 
 @dataclass
@@ -128,6 +130,7 @@ class TrainingConfig:
     lr_scaling: str = "none"
     deterministic: bool = False
     restore_best: bool = True
+    cache_features: str = "auto"
     monitor: str = "val_loss"
     tensorboard: bool = True
     verbose: str = "auto"
@@ -428,6 +431,8 @@ def validate(cfg: Config) -> Config:
     _check_positive(t.steps_per_execution, "training.steps_per_execution")
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
+    _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
+    _check_positive(d.bucket_multiple, "data.bucket_multiple")
 
     e = cfg.export
     if e.version != "auto" and not (

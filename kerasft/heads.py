@@ -33,6 +33,13 @@ def build_head(features: Any, num_classes: int, cfg: HeadConfig) -> Any:
     )(x)
 
 
-def head_layers(model: Any) -> list[Any]:
-    """The classifier's head layers (always trainable)."""
-    return [layer for layer in model.layers if layer.name.startswith(HEAD_LAYER_PREFIX)]
+def build_head_model(feature_dim: int, num_classes: int, cfg: HeadConfig) -> Any:
+    """The head as its own Keras model (features → probabilities).
+
+    The classifier calls it on the backbone's features; a stage with a frozen backbone can also
+    train it alone on features computed once (``training.cache_features``).
+    """
+    import keras
+
+    features = keras.Input(shape=(feature_dim,), name="features")
+    return keras.Model(features, build_head(features, num_classes, cfg), name="head")

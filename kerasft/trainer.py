@@ -166,11 +166,12 @@ def _callbacks() -> dict[str, type]:
     class BestWeights(Callback):
         """Saves weights when `monitor` improves, across all stages (temporary file + rename)."""
 
-        def __init__(self, path: Path, monitor: str, state: dict) -> None:
+        def __init__(self, path: Path, monitor: str, state: dict, target: Any = None) -> None:
             super().__init__()
             self.path = Path(path)
             self.monitor = monitor
             self.state = state  # shared across stages: {"best": float, "epoch": int}
+            self.target = target  # the whole classifier, when fit runs on the head alone
             self.mode_max = any(k in monitor for k in ("acc", "auc", "f1", "precision",
                                                          "recall"))
 
@@ -184,7 +185,7 @@ def _callbacks() -> dict[str, type]:
             if better:
                 self.state.update(best=value, epoch=epoch)
                 tmp = self.path.with_name("best.tmp.weights.h5")
-                self.model.save_weights(tmp)
+                (self.target or self.model).save_weights(tmp)
                 os.replace(tmp, self.path)
 
     class NaNGuard(Callback):
@@ -272,8 +273,15 @@ def run_stages(
     strategy_info: StrategyInfo,
     num_classes: int,
     log: Log = print,
+    head: Any = None,
+    cached_features: Callable[[], dict[str, Any]] | None = None,
 ) -> list[StageResult]:
-    """Runs every stage of `cfg` in order; returns what each stage did."""
+    """Runs every stage of `cfg` in order; returns what each stage did.
+
+    A ``head`` stage trains `head` alone on the backbone features from `cached_features` when
+    given (they are computed once and reused by every head-only epoch and stage); other stages
+    train `model` end to end on `train_ds`.
+    """
     import keras
 
     from kerasft.stages import apply_trainable, count_params
@@ -289,12 +297,15 @@ def run_stages(
     epoch = 0
     results = []
     for i, stage in enumerate(cfg.stages):
+        use_cache = stage.trainable == "head" and cached_features is not None and head is not None
+        fit_model = head if use_cache else model
         with strategy_info.strategy.scope():
             unfrozen = apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
-            compile_stage(model, stage, cfg, steps_per_epoch, num_classes,
+            compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
                           strategy_info.replicas)
         trainable = count_params(model.trainable_weights)
-        log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}, "
+        log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}"
+            f"{' (head on cached features)' if use_cache else ''}, "
             f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen, "
             f"{trainable:,} trainable parameters, epochs {epoch + 1}-{epoch + stage.epochs}, "
             f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")
@@ -303,7 +314,8 @@ def run_stages(
             classes["StageCSVLogger"](history_csv, stage.name),
         ]
         if val_ds is not None or monitor == "loss":
-            callbacks.append(classes["BestWeights"](best_path, monitor, best_state))
+            callbacks.append(classes["BestWeights"](best_path, monitor, best_state,
+                                                    target=model))
         es = stage.early_stopping
         if es.patience > 0:
             es_monitor = es.monitor if val_ds is not None else es.monitor.removeprefix("val_")
@@ -313,13 +325,20 @@ def run_stages(
             ))
         if cfg.training.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
+        if use_cache:
+            features = cached_features()
+            fit_data: dict[str, Any] = {
+                "x": features["x"], "y": features["y"], "shuffle": True,
+                "batch_size": cfg.data.batch_size, "validation_data": features.get("val"),
+            }
+        else:
+            fit_data = {"x": train_ds, "validation_data": val_ds,
+                        "shuffle": False}  # the tf.data pipeline shuffles (seeded)
+        history = fit_model.fit(
+            **fit_data,
             epochs=epoch + stage.epochs,
             initial_epoch=epoch,
             callbacks=callbacks,
-            shuffle=False,  # the tf.data pipeline shuffles (seeded)
             verbose=_verbose(cfg.training.verbose),
         )
         if nan_state:

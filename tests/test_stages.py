@@ -25,18 +25,21 @@ def _snapshot(layer_list):
     return {w.path: np.array(w.numpy()) for layer in layer_list for w in layer.weights}
 
 
-def test_head_stage_keeps_backbone_bit_identical(image_arrays, tmp_path):
+@pytest.mark.parametrize("cache_features", ["on", "off"])
+def test_head_stage_keeps_backbone_bit_identical(image_arrays, tmp_path, cache_features):
     x, y = image_arrays
-    ft = _finetuner([{"name": "head", "trainable": "head", "epochs": 2, "learning_rate": 0.05}])
+    ft = _finetuner([{"name": "head", "trainable": "head", "epochs": 2, "learning_rate": 0.05}],
+                    training={"strategy": "default", "tensorboard": False, "verbose": "silent",
+                              "cache_features": cache_features})
     ft.build(sorted(set(y)))
     before = _snapshot([ft.backbone.network])
-    head_before = ft.model.get_layer("head_predictions").get_weights()[0].copy()
+    head_before = ft.head.get_layer("head_predictions").get_weights()[0].copy()
     ft.fit(x, y, output_dir=tmp_path, evaluate=False)
     after = _snapshot([ft.backbone.network])
     assert before.keys() == after.keys()
     for key in before:  # kernels, BN gamma/beta and moving statistics alike
         np.testing.assert_array_equal(before[key], after[key], err_msg=key)
-    assert not np.allclose(head_before, ft.model.get_layer("head_predictions").get_weights()[0])
+    assert not np.allclose(head_before, ft.head.get_layer("head_predictions").get_weights()[0])
 
 
 def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path):

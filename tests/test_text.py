@@ -152,3 +152,21 @@ def test_tiny_bert_learns_the_toy_task(tmp_path, text_csvs):
     ft = build_finetuner(cfg, log=lambda s: None)
     report = ft.fit()["metrics"]
     assert report["accuracy"] >= 0.75, report
+
+
+def test_length_bucketing_gives_the_same_predictions(tmp_path, text_csvs):
+    from kerasft.api import build_finetuner
+
+    preset = write_tiny_bert_preset(tmp_path / "kh", sequence_length=32, max_sequence_length=64)
+    texts = ["good", "a great movie and a nice book", "it was bad", "not good but nice"]
+    outputs = []
+    for bucket in (True, False):
+        cfg = text_config(preset, *text_csvs, tmp_path, data={"bucket_by_length": bucket,
+                                                              "bucket_multiple": 8})
+        cfg["backbone"]["sequence_length"] = 32
+        ft = build_finetuner(cfg, log=lambda s: None)
+        ft.build(["neg", "pos"])
+        outputs.append(ft.predict(texts))
+        features = ft._preprocess()(np.array(texts))
+        assert features["token_ids"].shape[1] == (16 if bucket else 32)
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
