@@ -308,6 +308,9 @@ def make_pipeline(
     if batch_size <= 0:
         raise DataError(expected("a positive batch size", "batch_size", batch_size))
     ds = split.dataset
+    if split.size and ds.cardinality() < 0:
+        # Known sizes give Keras a total for progress bars and no "ran out of data" warning.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(split.size))
     x_spec, y_spec = ds.element_spec
     is_text = x_spec.dtype == tf.string
     deterministic = not training or seed is not None

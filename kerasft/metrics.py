@@ -145,6 +145,7 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     with open(history_csv, newline="", encoding="utf-8") as f:
@@ -163,7 +164,8 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
             if previous is not None and row["stage"] != previous:
                 ax.axvline(epoch - 0.5, color="grey", linewidth=0.8)
             previous = row["stage"]
-        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch (vertical lines: stage boundaries)")
         ax.set_title(metric)
         ax.legend()
     fig.tight_layout()
