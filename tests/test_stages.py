@@ -25,6 +25,15 @@ def _snapshot(layer_list):
     return {w.path: np.array(w.numpy()) for layer in layer_list for w in layer.weights}
 
 
+def _changed_layers(network, before):
+    """Names of the layers whose weights differ from the snapshot `before` (name → weights)."""
+    return {
+        name for name, weights in before.items()
+        if any(not np.array_equal(v, _snapshot([network.get_layer(name)])[k])
+               for k, v in weights.items())
+    }
+
+
 @pytest.mark.parametrize("cache_features", ["on", "off"])
 def test_head_stage_keeps_backbone_bit_identical(image_arrays, tmp_path, cache_features):
     x, y = image_arrays
@@ -50,25 +59,16 @@ def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path)
     network = ft.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
     ft.fit(x, y, output_dir=tmp_path, evaluate=False)
-    changed = {
-        name for name, weights in before.items()
-        if any(not np.array_equal(v, _snapshot([network.get_layer(name)])[k])
-               for k, v in weights.items())
-    }
     # units are conv1, bn1, conv2, bn2: top_n=1 is bn2, which stays frozen (train_bn false).
-    assert changed == set()
+    assert _changed_layers(network, before) == set()
     ft2 = _finetuner([{"name": "top", "trainable": {"top_n": 2}, "epochs": 2,
                        "learning_rate": 0.05}])
     ft2.build(sorted(set(y)))
     network = ft2.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
     ft2.fit(x, y, output_dir=tmp_path, evaluate=False)
-    changed = {
-        name for name, weights in before.items()
-        if any(not np.array_equal(v, _snapshot([network.get_layer(name)])[k])
-               for k, v in weights.items())
-    }
-    assert changed == {"conv2"}  # bn2's gamma/beta and moving statistics untouched
+    # bn2's gamma/beta and moving statistics untouched
+    assert _changed_layers(network, before) == {"conv2"}
 
 
 def test_train_bn_unfreezes_gamma_beta_but_not_statistics(image_arrays, tmp_path):
