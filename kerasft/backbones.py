@@ -102,6 +102,8 @@ def get_entry(name: str) -> BackboneEntry:
 def build_backbone(cfg: BackboneConfig, pooling: str = "auto") -> Backbone:
     """Builds the backbone named by ``cfg.name`` with pooled features (`pooling`)."""
     entry = get_entry(cfg.name)
+    if cfg.weights not in ("imagenet", "none"):
+        _check_weights_file(cfg.weights)  # for every entry, before it builds anything
     return entry.build(cfg, pooling)
 
 
@@ -225,7 +227,7 @@ def _build_keras_application(cfg: BackboneConfig, pooling: str) -> Backbone:
     module_name, fn_name, default, min_size = KERAS_APPLICATIONS[cfg.name.lower()]
     height, width = _image_size(cfg, cfg.name, default, min_size)
     module = importlib.import_module(f"keras.applications.{module_name}")
-    constructor = getattr(module, fn_name)
+    constructor = getattr(keras.applications, fn_name)
     weights_path = None if cfg.weights in ("imagenet", "none") else _check_weights_file(cfg.weights)
     weights = "imagenet" if cfg.weights == "imagenet" else None
     try:

@@ -30,7 +30,8 @@ def test_every_keras_application_is_registered():
 
 
 @pytest.mark.parametrize("name, channels", [("vgg16", 512), ("resnet50", 2048),
-                                            ("efficientnetb0", 1280)])
+                                            ("efficientnetb0", 1280),
+                                            ("mobilenetv3small", 576)])
 def test_keras_applications_build_with_the_same_keywords(name, channels):
     import keras
 
