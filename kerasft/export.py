@@ -1,7 +1,10 @@
 """Step 8 of a run: a SavedModel in TensorFlow Serving's layout.
 
 ``<export.dir>/<name>/<version>/`` holds ``saved_model.pb``, ``variables/`` and
-``assets.extra/`` (the resolved ``config.yaml``, ``labels.txt``, ``metrics.json``). The
+``assets.extra/`` (the resolved ``config.yaml``, ``labels.txt``, ``metrics.json``, the warmup
+requests ``tf_serving_warmup_requests`` and, from :meth:`FineTuner.export`, the model card
+``README.md``). Before the rename, every op of the graph is checked against what TF Serving's
+standard build links (:func:`kerasft.serving.check_serving_ops`). The
 ``serving_default`` signature takes raw inputs and does the preprocessing inside the graph:
 
 - text models: ``text``, a 1-D ``tf.string`` batch (tokenised by KerasHub's tokenizer in-graph;
@@ -172,6 +175,55 @@ def reference_probabilities(model: Any, backbone: Any, raw_inputs: np.ndarray) -
     return np.asarray(model(x, training=False), dtype=np.float32)
 
 
+def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
+                    max_batch: int = 4) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Representative requests ``(signature, inputs)``: per signature, a batch of one and a batch
+    of up to `max_batch` sample inputs (a neutral text or a grey image when there are none)."""
+    import tensorflow as tf
+
+    have = sample_inputs is not None and len(sample_inputs) > 0
+    if backbone.task == "text":
+        texts = list(sample_inputs[:max_batch]) if have else ["a short example text"]
+        batch = np.array([t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts],
+                         dtype=object)
+        batches = [batch[:1]] + ([batch] if len(batch) > 1 else [])
+        return [("serving_default", {"text": b}) for b in batches]
+    if have:  # at the model's input size: a few photos at full size would weigh megabytes
+        images = tf.image.resize(np.asarray(sample_inputs[:max_batch], dtype=np.float32),
+                                 backbone.image_size).numpy()
+    else:
+        images = np.full((1, *backbone.image_size, 3), 127.0, dtype=np.float32)
+    pngs = np.array([tf.io.encode_png(np.clip(np.round(im), 0, 255).astype(np.uint8)).numpy()
+                     for im in images], dtype=object)
+    sizes = [1] + ([len(images)] if len(images) > 1 else [])
+    return ([("serving_default", {"image": images[:n]}) for n in sizes]
+            + [("serving_bytes", {"image_bytes": pngs[:n]}) for n in sizes])
+
+
+def write_warmup(export_dir: str | os.PathLike, model_name: str, backbone: Any,
+                 sample_inputs: np.ndarray | None) -> int:
+    """Writes ``assets.extra/tf_serving_warmup_requests`` with :func:`warmup_requests` (each
+    built and checked against the signatures by :func:`kerasft.serving.write_warmup_requests`);
+    returns the number of records."""
+    import tensorflow as tf
+
+    from kerasft import serving
+
+    records = []
+    target = None
+    for signature, inputs in warmup_requests(backbone, sample_inputs):
+        target = serving.write_warmup_requests(export_dir, signature, inputs,
+                                               model_name=model_name)
+        records += [r.SerializeToString() for r in serving.read_warmup_requests(target)]
+    assert target is not None
+    partial = target.with_name(f".{target.name}.partial")
+    with tf.io.TFRecordWriter(str(partial)) as writer:  # one file holding every request
+        for record in records:
+            writer.write(record)
+    os.replace(partial, target)
+    return len(records)
+
+
 def export_saved_model(
     model: Any,
     backbone: Any,
@@ -184,12 +236,17 @@ def export_saved_model(
     verify: bool = True,
     after_write: Callable[[Path], None] | None = None,
     log: Callable[[str], None] = print,
+    check_ops: bool = True,
+    warmup: bool = True,
 ) -> Path:
     """Writes ``<base_dir>/<name>/<version>/`` atomically and returns its path.
 
     `sample_inputs` are raw serving inputs (strings or images) used to check the export in a
-    fresh process; `extra_files` go to ``assets.extra/``; `after_write` may add more files (e.g.
-    warmup requests) before the version is renamed into place.
+    fresh process and for the warmup requests; `extra_files` go to ``assets.extra/``;
+    `after_write` may add more files (e.g. a model card) before the version is renamed into place.
+    With `check_ops`, an op TF Serving cannot run fails the export (:func:`kerasft.serving.
+    check_serving_ops`); with `warmup`, ``assets.extra/tf_serving_warmup_requests`` is written
+    (:func:`write_warmup`). Any failure leaves no version folder.
     """
     import tensorflow as tf
 
@@ -221,6 +278,14 @@ def export_saved_model(
             with open(extras / filename, mode, **({} if mode == "wb" else
                                                    {"encoding": "utf-8"})) as f:
                 f.write(content)
+        if check_ops:
+            from kerasft import serving
+
+            ops = serving.check_serving_ops(tmp)
+            log(f"op check: {len(ops)} op types, all run by TF Serving's standard build")
+        if warmup:
+            count = write_warmup(tmp, name, backbone, sample_inputs)
+            log(f"warmup: {count} requests in assets.extra/tf_serving_warmup_requests")
         if after_write is not None:
             after_write(tmp)
         if verify and sample_inputs is not None and len(sample_inputs):

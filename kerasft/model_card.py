@@ -1,0 +1,354 @@
+"""The model card: ``<version>/assets.extra/README.md`` in every export made by a FineTuner.
+
+An operator reads it to serve the model without reading kerasft's code: task and labels, the
+backbone and its preset, the data sizes, the training stages, the metrics, the signatures (read
+back from the written ``saved_model.pb``, so the card cannot disagree with the graph) with example
+REST requests for TF Serving, the date and the versions of kerasft, TensorFlow and Keras.
+
+    info = card_info_from_finetuner(ft)          # plain data, taken before the export
+    write_model_card(version_dir, info)          # or: after_write=model_card_hook(ft)
+
+TF Serving ignores everything in ``assets.extra/`` except the warmup file, so the card travels
+with the version folder at no cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from kerasft.errors import ExportError, expected
+
+CARD_FILENAME = "README.md"
+EXTRAS_DIRNAME = "assets.extra"
+
+
+@dataclass
+class ModelCardInfo:
+    """What a model card says, as plain data (JSON-friendly)."""
+
+    name: str
+    task: str
+    labels: list[str]
+    multi_label: bool = False
+    backbone: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Collecting the facts from a FineTuner.
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    from kerasft import __version__
+
+    out = {"kerasft": __version__}
+    for package in ("tensorflow", "keras", "keras-hub", "tensorflow-text"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _original_backbone_weights(ft: Any) -> str:
+    """``from_run`` sets ``backbone.weights: none`` to rebuild offline; the run's own
+    ``config.yaml`` says which weights training started from."""
+    weights = ft.config.backbone.weights
+    run_config = Path(ft.run_dir) / "config.yaml" if ft.run_dir else None
+    if run_config is not None and run_config.is_file():
+        import yaml
+
+        try:
+            saved = yaml.safe_load(run_config.read_text(encoding="utf-8")) or {}
+            weights = (saved.get("backbone") or {}).get("weights", weights)
+        except (OSError, yaml.YAMLError):
+            pass
+    return str(weights)
+
+
+def _stages_from_history(history_csv: Path) -> dict[str, dict[str, Any]]:
+    """Epochs run and last logged values of each stage, from a run's ``history.csv``."""
+    out: dict[str, dict[str, Any]] = {}
+    if not history_csv.is_file():
+        return out
+    with open(history_csv, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            stage = row.get("stage") or "?"
+            entry = out.setdefault(stage, {"epochs_run": 0, "final_logs": {}})
+            entry["epochs_run"] += 1
+            entry["final_logs"] = {
+                k: float(v) for k, v in row.items()
+                if k not in ("stage", "epoch", "learning_rate") and v not in (None, "")
+            }
+    return out
+
+
+def card_info_from_finetuner(ft: Any) -> ModelCardInfo:
+    """The card's facts from a built (trained or reloaded) :class:`kerasft.api.FineTuner`."""
+    cfg = ft.config
+    backbone = ft.backbone
+    weights = _original_backbone_weights(ft)
+    if backbone.task == "text" and weights == "imagenet":  # the config's default: "pretrained"
+        weights = "the preset's pretrained weights"
+    info: dict[str, Any] = {"name": backbone.name, "weights": weights}
+    if cfg.backbone.preset:
+        info["preset"] = cfg.backbone.preset
+    info.update({k: v for k, v in backbone.info.items() if k not in ("weights", "preset")})
+    if backbone.image_size:
+        info["input_size"] = list(backbone.image_size)
+    if backbone.sequence_length:
+        info["sequence_length"] = int(backbone.sequence_length)
+
+    data: dict[str, Any] = {"source": cfg.data.source}
+    if ft.data is not None:
+        report = ft.data.report or {}
+        data["sizes"] = dict(report.get("sizes") or {
+            name: split.size for name in ("train", "validation", "test")
+            if (split := getattr(ft.data, name, None)) is not None
+        })
+        if report.get("split"):
+            data["split"] = dict(report["split"])
+        if report.get("class_counts"):
+            data["class_counts"] = report["class_counts"]
+    files = {k: getattr(cfg.data, k) for k in ("train", "validation", "test")
+             if getattr(cfg.data, k)}
+    if files:
+        data["files"] = files
+
+    results = [asdict(r) if is_dataclass(r) else dict(r) for r in (ft.stage_results or [])]
+    history = _stages_from_history(Path(ft.run_dir) / "history.csv") if ft.run_dir else {}
+    stages = []
+    for index, stage in enumerate(cfg.stages):
+        entry: dict[str, Any] = {
+            "name": stage.name, "trainable": stage.trainable, "epochs": stage.epochs,
+            "optimizer": stage.optimizer, "learning_rate": stage.learning_rate,
+            "schedule": stage.schedule,
+        }
+        if index < len(results):
+            entry.update({k: results[index][k] for k in
+                          ("epochs_run", "trainable_params", "unfrozen_layers", "stopped_early",
+                           "final_logs") if k in results[index]})
+        elif stage.name in history:
+            entry.update(history[stage.name])
+        stages.append(entry)
+
+    return ModelCardInfo(
+        name=cfg.name,
+        task=backbone.task,
+        labels=list(ft.class_names or []),
+        multi_label=bool(ft.multi_label),
+        backbone=info,
+        data=data,
+        stages=stages,
+        metrics=ft.metrics,
+        versions=_library_versions(),
+        created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering.
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10_000:
+        text = f"{value:,}"
+    elif isinstance(value, (dict, list)):
+        text = json.dumps(value, separators=(", ", ": "))
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _shape(shape: list[int] | None) -> str:
+    if shape is None:
+        return "unknown rank"
+    return "[" + ", ".join("batch" if i == 0 and d == -1 else ("any" if d == -1 else str(d))
+                           for i, d in enumerate(shape)) + "]"
+
+
+def _example_requests(name: str, task: str, labels: list[str],
+                      signatures: dict[str, dict[str, Any]]) -> list[str]:
+    url = f"http://localhost:8501/v1/models/{name}:predict"
+    label = labels[0] if labels else "<label>"
+    probs = ", ".join(["0.9"] + ["0.0"] * (len(labels) - 1)) if labels else "..."
+    answer_row = f'{{"class_ids": 0, "labels": "{label}", "probabilities": [{probs}]}}'
+    lines = ["## Example requests (TensorFlow Serving REST API)", "",
+             "Serve the model folder (the parent of this version) with the standard image:", "",
+             "```sh",
+             f'docker run -p 8501:8501 -v "$PWD/saved_models/{name}:/models/{name}" '
+             f"-e MODEL_NAME={name} tensorflow/serving",
+             "```", ""]
+    if "serving_default" in signatures and task == "text":
+        lines += [
+            "Texts, row format (`instances`, answer `predictions`, one object per text):", "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            '  -d \'{"instances": ["great movie", "a waste of two hours"]}\'',
+            "```", "",
+            f"Answer: `{{\"predictions\": [{answer_row}, ...]}}`", "",
+            "Columnar format (`inputs`, answer `outputs`, one list per output):", "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            '  -d \'{"inputs": {"text": ["great movie", "a waste of two hours"]}}\'',
+            "```", "",
+        ]
+    if "serving_default" in signatures and task == "image":
+        lines += [
+            "Pixels (`serving_default`, input `image`): one `height x width x 3` array of 0..255 "
+            "values per instance, any size (resized in the graph):", "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            '  -d \'{"instances": [[[[255, 0, 0], [250, 10, 5]], [[245, 3, 0], [251, 0, 9]]]]}\'',
+            "```", "",
+        ]
+    if "serving_bytes" in signatures:
+        lines += [
+            "Encoded JPEG/PNG files (`serving_bytes`, input `image_bytes`), base64 in "
+            '`{"b64": ...}`:', "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            '  -d "{\\"signature_name\\": \\"serving_bytes\\", \\"instances\\": '
+            '[{\\"b64\\": \\"$(base64 -w0 photo.jpg)\\"}]}"',
+            "```", "",
+            f"Answer: `{{\"predictions\": [{answer_row}]}}`", "",
+        ]
+    lines += [f"With kerasft: `kerasft predict --server http://localhost:8501 --model {name} "
+              + ("--text \"great movie\"`" if task == "text" else "--image photo.jpg`"), ""]
+    if task == "text":
+        lines += ["The graph tokenises with TensorFlow Text ops: TF Serving's standard build "
+                  "links them; a Python process must `import tensorflow_text` before "
+                  "`tf.saved_model.load`.", ""]
+    return lines
+
+
+def render_model_card(info: ModelCardInfo,
+                      signatures: dict[str, dict[str, Any]] | None = None) -> str:
+    """The card as Markdown; `signatures` as returned by :func:`kerasft.serving.read_signatures`."""
+    kind = "multi-label" if info.multi_label else "single-label"
+    lines = [f"# {info.name}: model card", "",
+             f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} classes), "
+             f"fine-tuned with kerasft {info.versions.get('kerasft', '?')} on {info.created}.", ""]
+    lines += ["## Labels", "", "Class id = row; `labels.txt` next to this card has the same "
+              "order.", ""]
+    lines += _table(["class_id", "label"], [[i, name] for i, name in enumerate(info.labels)])
+    if info.multi_label:
+        lines += ["", "Multi-label: read `probabilities` (one sigmoid per class, threshold 0.5); "
+                  "`class_ids`/`labels` give the most likely class only."]
+
+    lines += ["", "## Backbone", ""]
+    lines += _table(["key", "value"], [[k, v] for k, v in info.backbone.items()])
+
+    lines += ["", "## Data", ""]
+    data = info.data
+    rows = [["source", data.get("source", "?")]]
+    rows += [[f"{k} file", v] for k, v in (data.get("files") or {}).items()]
+    sizes = data.get("sizes")
+    if sizes:
+        rows += [[f"{k} examples", v] for k, v in sizes.items()]
+    else:
+        rows.append(["sizes", "not recorded (exported without loading the data)"])
+    rows += [[f"{k} split", v] for k, v in (data.get("split") or {}).items()]
+    lines += _table(["key", "value"], rows)
+
+    lines += ["", "## Training stages", ""]
+    rows = []
+    for stage in info.stages:
+        final = stage.get("final_logs") or {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
+        rows.append([stage["name"], stage["trainable"],
+                     f"{stage.get('epochs_run', '?')}/{stage['epochs']}",
+                     f"{stage['optimizer']} {stage['learning_rate']:g} ({stage['schedule']})",
+                     stage.get("trainable_params", ""), shown])
+    lines += _table(["stage", "trainable", "epochs run", "optimizer", "trainable params",
+                     "last epoch"], rows)
+
+    lines += ["", "## Metrics", ""]
+    metrics = info.metrics
+    if metrics:
+        lines += [f"On the {metrics.get('split', '?')} split ({metrics.get('examples', '?')} "
+                  "examples):", ""]
+        lines += _table(["metric", "value"], [[k, metrics[k]] for k in
+                                              ("accuracy", "macro_f1", "weighted_f1",
+                                               "macro_precision", "macro_recall")
+                                              if k in metrics])
+        per_class = metrics.get("per_class") or {}
+        if per_class:
+            lines += [""]
+            lines += _table(["label", "precision", "recall", "f1", "support"],
+                            [[k, v["precision"], v["recall"], v["f1"], v["support"]]
+                             for k, v in per_class.items()])
+    else:
+        lines += ["No metrics recorded (the run was exported without an evaluation)."]
+
+    lines += ["", "## Signatures", ""]
+    for sig_name, sig in sorted((signatures or {}).items()):
+        rows = [["input", k, v["dtype"], _shape(v["shape"])] for k, v in sorted(
+            sig["inputs"].items())]
+        rows += [["output", k, v["dtype"], _shape(v["shape"])] for k, v in sorted(
+            sig["outputs"].items())]
+        lines += [f"`{sig_name}`", ""] + _table(["", "name", "dtype", "shape"], rows) + [""]
+    if not signatures:
+        lines += ["(not read)", ""]
+    lines += _example_requests(info.name, info.task, info.labels, signatures or {})
+
+    lines += ["## Versions", ""]
+    lines += _table(["package", "version"], [[k, v] for k, v in info.versions.items()])
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo) -> Path:
+    """Writes ``<export_dir>/assets.extra/README.md`` (signatures read from its
+    ``saved_model.pb``) through a temporary file; returns its path."""
+    from kerasft.serving import read_signatures
+
+    export_dir = Path(export_dir)
+    if not (export_dir / "saved_model.pb").is_file():
+        raise ExportError(expected("a SavedModel folder with saved_model.pb", "export_dir",
+                                   str(export_dir), "write_model_card"))
+    text = render_model_card(info, read_signatures(export_dir))
+    extras = export_dir / EXTRAS_DIRNAME
+    extras.mkdir(exist_ok=True)
+    target = extras / CARD_FILENAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_FILENAME}.", dir=extras)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def model_card_hook(ft: Any) -> Callable[[Path], None]:
+    """An ``after_write`` hook for :func:`kerasft.export.export_saved_model` writing `ft`'s card."""
+    info = card_info_from_finetuner(ft)
+
+    def write(export_dir: Path) -> None:
+        write_model_card(export_dir, info)
+
+    return write
