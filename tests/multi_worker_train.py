@@ -1,0 +1,43 @@
+"""One worker of tests/test_multi_worker.py: ``kerasft train`` with the test backbone registered.
+
+Usage: ``TF_CONFIG=... python tests/multi_worker_train.py WEIGHTS.npy CONFIG [train options]``.
+
+Runs the real CLI (``kerasft.cli.main(["train", CONFIG, ...])``) after registering ``tiny_cnn``
+(a test-only backbone), and saves this worker's final weights (all of them, flattened in
+``model.weights`` order) to WEIGHTS.npy when ``FineTuner.fit`` returns, so the test can compare
+workers whose own run folders are temporary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from kerasft import api, cli  # noqa: E402
+from tests.tiny_backbone import register_tiny_cnn  # noqa: E402
+
+
+def main(weights_out: str, args: list[str]) -> None:
+    # Two processes share 2 cores: one compute thread each (set before TF's runtime starts).
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+    register_tiny_cnn()
+    fit = api.FineTuner.fit
+
+    def fit_and_save_weights(self: api.FineTuner, *a: object, **k: object) -> dict:
+        summary = fit(self, *a, **k)
+        np.save(weights_out, np.concatenate([np.ravel(w) for w in self.model.get_weights()]))
+        return summary
+
+    api.FineTuner.fit = fit_and_save_weights  # type: ignore[method-assign]
+    cli.main(["train", *args], prog_name="kerasft")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])

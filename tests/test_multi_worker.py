@@ -1,0 +1,449 @@
+"""Multi-worker and TPU runs (kerasft.distributed): strategy choice, sharding and padding, run
+folder naming, ``kerasft train --dry-run``, and a real 2-worker ``kerasft train`` on loopback."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+from click.testing import CliRunner
+
+from kerasft.config import load_config
+from kerasft.distributed import (
+    STEPS_PER_EXECUTION_BUG,
+    Placement,
+    distribute_pipeline,
+    open_run_folder,
+    pad_to_full_batches,
+    placement,
+    resolve_run_id,
+    select_strategy_kind,
+    steps_per_epoch,
+    tpu_address,
+)
+from kerasft.errors import ConfigError, KerasftError
+from kerasft.trainer import StrategyInfo, resolve_strategy
+from tests.cluster import REPO, run_cluster
+from tests.data_fixtures import write_png
+
+WORKER_SCRIPT = REPO / "tests" / "multi_worker_train.py"
+
+
+def two_workers(index: int = 0) -> dict[str, str]:
+    return {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                     "task": {"type": "worker", "index": index}})}
+
+
+def write_images(root: Path, per_class: int = 15, size: int = 16) -> Path:
+    """3 classes of small PNGs whose class shows in the mean colour."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["cat", "dog", "owl"]):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            image = rng.uniform(0, 80, size=(size, size, 3))
+            image[..., c] += 150
+            write_png(root / name / f"{i}.png", image.astype("uint8"))
+    return root
+
+
+def image_config(tmp_path: Path, images: Path, **training) -> dict:
+    return {
+        "name": "tiny", "seed": 3, "output_dir": str(tmp_path / "runs"),
+        "backbone": {"name": "tiny_cnn", "weights": "none", "input_shape": [16, 16, 3]},
+        "data": {"source": "image_folder", "train": str(images), "validation_split": 0.2,
+                 "batch_size": 8},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 0.01},
+                   {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.001}],
+        "training": {"strategy": "auto", "verbose": "epoch", "tensorboard": True, **training},
+        "export": {"dir": str(tmp_path / "saved_models")},
+    }
+
+
+# --------------------------------------------------------------------------- strategy choice
+
+
+@pytest.mark.parametrize("env, training, kind", [
+    ({}, {}, "default"),
+    ({"TPU_NAME": "my-tpu"}, {}, "tpu"),
+    ({"COLAB_TPU_ADDR": "10.0.0.2:8470"}, {}, "tpu"),
+    ({"KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS": "grpc://10.0.0.2:8470"}, {}, "tpu"),
+    ({"TPU_NAME": ""}, {}, "default"),
+    ({}, {"tpu": "local"}, "tpu"),
+    (two_workers(), {}, "multi_worker"),
+    ({"TPU_NAME": "t", **two_workers()}, {}, "tpu"),
+    ({"TF_CONFIG": json.dumps({"cluster": {"worker": ["h:1"]},
+                               "task": {"type": "worker", "index": 0}})}, {}, "default"),
+    ({}, {"devices": ["/cpu:0", "/cpu:1"]}, "mirrored"),
+    (two_workers(), {"strategy": "mirrored"}, "mirrored"),
+    ({"TPU_NAME": "t"}, {"strategy": "default"}, "default"),
+])
+def test_select_strategy_kind(env, training, kind):
+    cfg = load_config({"training": training})
+    assert select_strategy_kind(cfg, env) == kind
+
+
+def test_auto_counts_gpus_only_when_needed():
+    cfg = load_config({})
+    assert select_strategy_kind(cfg, {}, lambda: 2) == "mirrored"
+    assert select_strategy_kind(cfg, {}, lambda: 1) == "default"
+
+    def boom() -> int:
+        raise AssertionError("counting GPUs initialises TensorFlow: not before multi_worker")
+
+    assert select_strategy_kind(cfg, two_workers(), boom) == "multi_worker"
+
+
+def test_tpu_address_precedence():
+    assert tpu_address(load_config({"training": {"tpu": "local"}}), {"TPU_NAME": "x"}) == "local"
+    cfg = load_config({})
+    assert tpu_address(cfg, {"COLAB_TPU_ADDR": "10.0.0.2:8470", "TPU_NAME": "x"}) == \
+        "grpc://10.0.0.2:8470"
+    assert tpu_address(cfg, {"TPU_NAME": "my-tpu"}) == "my-tpu"
+    assert tpu_address(cfg, {}) is None  # TPUClusterResolver discovers it
+
+
+def test_unreachable_tpu_address_fails_fast():
+    import socket
+
+    from kerasft.distributed import check_tpu_reachable
+
+    check_tpu_reachable(None)
+    check_tpu_reachable("local")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        check_tpu_reachable(f"grpc://127.0.0.1:{port}")
+    with pytest.raises(KerasftError) as info:  # the listener is closed now
+        check_tpu_reachable(f"grpc://127.0.0.1:{port}", timeout_s=5)
+    assert "\n" not in str(info.value)
+    assert f"Received: training.tpu='grpc://127.0.0.1:{port}'" in str(info.value)
+
+
+def test_steps_per_execution_rejected_for_multi_worker():
+    with pytest.raises(ConfigError) as info:
+        load_config({"training": {"strategy": "multi_worker", "steps_per_execution": 4}})
+    message = str(info.value)
+    assert "\n" not in message and "keras-team/keras#19246" in message
+    assert message.endswith("Received: training.steps_per_execution=4")
+    # auto + a multi-worker TF_CONFIG: rejected before the strategy (and its server) is created.
+    cfg = load_config({"training": {"steps_per_execution": 2}})
+    with pytest.raises(ConfigError, match=re.escape(STEPS_PER_EXECUTION_BUG)):
+        resolve_strategy(cfg, env=two_workers())
+    # Other strategies keep steps_per_execution.
+    load_config({"training": {"strategy": "mirrored", "steps_per_execution": 4}})
+
+
+def test_placement_reads_tf_config():
+    assert placement("default", two_workers(1)) == Placement("default")
+    worker1 = placement("multi_worker", two_workers(1))
+    assert (worker1.workers, worker1.task, worker1.is_chief) == (2, "worker 1", False)
+    assert placement("multi_worker", two_workers(0)).is_chief
+    with_chief = {"TF_CONFIG": json.dumps({"cluster": {"chief": ["h:0"], "worker": ["h:1"]},
+                                           "task": {"type": "worker", "index": 0}})}
+    assert not placement("multi_worker", with_chief).is_chief
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        placement("multi_worker", {})
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(45, 8, drop_remainder=False) == 6
+    assert steps_per_epoch(45, 8, drop_remainder=True) == 5
+    assert steps_per_epoch(3, 8, drop_remainder=False) == 1
+    with pytest.raises(KerasftError, match=r"full global batch.*Received: training examples=3"):
+        steps_per_epoch(3, 8, drop_remainder=True)
+
+
+def _batches(n: int, batch: int) -> tf.data.Dataset:
+    x = np.arange(n * 2, dtype="float32").reshape(n, 2)
+    y = (np.arange(n) % 2).astype("int32")
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch)
+
+
+def test_pad_to_full_batches():
+    padded = list(pad_to_full_batches(_batches(5, 4), 5, 4).as_numpy_iterator())
+    assert [len(y) for _, y, _ in padded] == [4, 4]
+    (x0, _, w0), (x1, y1, w1) = padded
+    np.testing.assert_allclose(w0, [1.6] * 4)  # 8 padded rows / 5 real ones
+    np.testing.assert_allclose(w1, [1.6, 0, 0, 0])
+    np.testing.assert_array_equal(x1, [[8, 9]] * 4)  # padding repeats the batch's first row
+    np.testing.assert_array_equal(y1, [0, 0, 0, 0])
+    spec = pad_to_full_batches(_batches(5, 4), 5, 4).element_spec
+    assert all(s.shape.is_fully_defined() for s in spec)
+
+
+def test_padded_evaluation_is_exact():
+    """Keras divides the loss by the padded batch length; the weights compensate exactly."""
+    import keras
+
+    from kerasft.trainer import compile_stage
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    cfg = load_config({})
+    compile_stage(model, cfg.stages[0], cfg, steps_per_epoch=4, num_classes=2)
+    plain = model.evaluate(_batches(13, 4), verbose=0, return_dict=True)
+    padded = model.evaluate(pad_to_full_batches(_batches(13, 4), 13, 4), verbose=0,
+                            return_dict=True)
+    assert padded["loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert padded["accuracy"] == pytest.approx(plain["accuracy"], rel=1e-6)
+    predictions = model.predict(pad_to_full_batches(_batches(13, 4), 13, 4), verbose=0)
+    assert len(predictions) == 16
+    np.testing.assert_allclose(predictions[:13], model.predict(_batches(13, 4), verbose=0),
+                               atol=1e-6)
+
+
+def test_distribute_pipeline_by_kind():
+    ds = _batches(5, 4)
+    assert distribute_pipeline(ds, "default", size=5, global_batch=4, training=False) is ds
+    assert distribute_pipeline(ds, "mirrored", size=5, global_batch=4, training=True) is ds
+    data_policy = tf.data.experimental.AutoShardPolicy.DATA
+    for kind in ("multi_worker", "tpu"):
+        train = distribute_pipeline(ds, kind, size=5, global_batch=4, training=True)
+        assert train.options().experimental_distribute.auto_shard_policy == data_policy
+        assert len(train.element_spec) == 2
+        evaluation = distribute_pipeline(ds, kind, size=5, global_batch=4, training=False)
+        assert evaluation.options().experimental_distribute.auto_shard_policy == data_policy
+        assert len(evaluation.element_spec) == 3
+
+
+def _fake_tpu(ft) -> None:
+    """The TPU code paths of FineTuner without a TPU: the default strategy labelled 'tpu'."""
+    ft.strategy_info = StrategyInfo(tf.distribute.get_strategy(), "tpu", 8)
+
+
+def test_tpu_image_pipelines_have_static_shapes(image_arrays):
+    from kerasft.api import build_finetuner
+    from kerasft.data import from_arrays
+
+    x, y = image_arrays
+    ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
+                          "data": {"batch_size": 8}}, log=lambda s: None)
+    _fake_tpu(ft)
+    data = from_arrays(x, y, validation_split=0.2, seed=0)
+    ft.build(data.class_names)
+    train = ft._pipeline(data.train, training=True)
+    evaluation = ft._pipeline(data.validation, training=False)
+    for ds in (train, evaluation):
+        for spec in ds.element_spec:
+            assert spec.shape.is_fully_defined(), ds.element_spec
+            assert spec.shape[0] == 8
+    assert sum(1 for _ in train) == data.train.size // 8
+
+
+def test_tpu_text_pipeline_keeps_fixed_length(tmp_path):
+    """data.bucket_by_length trims batches to their longest text; on TPU it is off."""
+    from kerasft.api import build_finetuner
+    from kerasft.data import from_arrays
+    from tests.bert_fixtures import write_tiny_bert_preset
+    from tests.test_text import BAD, GOOD
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    texts = GOOD * 2 + BAD * 2
+    labels = ["pos"] * len(GOOD) * 2 + ["neg"] * len(BAD) * 2
+    ft = build_finetuner({"backbone": {"name": "bert", "preset": preset, "sequence_length": 16},
+                          "data": {"batch_size": 4, "bucket_by_length": True}},
+                         log=lambda s: None)
+    _fake_tpu(ft)
+    data = from_arrays(np.array(texts, dtype=object), np.array(labels), validation_split=0.25,
+                       seed=0)
+    ft.build(data.class_names)
+    for training in (True, False):
+        x_spec = ft._pipeline(data.train, training=training).element_spec[0]
+        for name, spec in x_spec.items():
+            assert spec.shape.as_list() == [4, 16], (name, spec)
+
+
+def test_compile_stage_scales_learning_rate_linearly():
+    import keras
+
+    from kerasft.trainer import compile_stage
+
+    cfg = load_config({"training": {"lr_scaling": "linear"},
+                       "stages": [{"name": "head", "learning_rate": 0.002}]})
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
+    compile_stage(model, cfg.stages[0], cfg, steps_per_epoch=3, num_classes=2, replicas=4)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.008)
+    cfg.training.lr_scaling = "none"
+    compile_stage(model, cfg.stages[0], cfg, steps_per_epoch=3, num_classes=2, replicas=4)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.002)
+
+
+# --------------------------------------------------------------------------- run folder
+
+
+def test_run_folder_single_process(tmp_path):
+    single = Placement("default")
+    now = dt.datetime(2026, 1, 2, 3, 4, 5)
+    first = open_run_folder(tmp_path, "m", None, single, now=now)
+    second = open_run_folder(tmp_path, "m", None, single, now=now)
+    assert first.run_dir.name == "m-20260102-030405" and first.write_dir == first.run_dir
+    assert second.run_dir.name == "m-20260102-030405-2" and second.run_dir.is_dir()
+    named = open_run_folder(tmp_path, "m", "job-7", single)
+    assert named.run_dir == tmp_path / "m-job-7" and not named.temporary
+    with pytest.raises(KerasftError, match=r"a new run id.*Received: run id='job-7'"):
+        open_run_folder(tmp_path, "m", "job-7", single)
+
+
+def test_run_id_from_option_or_environment():
+    assert resolve_run_id(None, {}) is None
+    assert resolve_run_id(None, {"KERASFT_RUN_ID": "tfjob-a1"}) == "tfjob-a1"
+    assert resolve_run_id("x.2", {"KERASFT_RUN_ID": "tfjob-a1"}) == "x.2"
+    for bad in ("../up", "a/b", "-x", "", "é"):
+        if bad:
+            with pytest.raises(ConfigError, match="Received: run id="):
+                resolve_run_id(bad, {})
+
+
+def test_fit_uses_run_id(tmp_path, image_arrays):
+    from kerasft.api import build_finetuner
+
+    x, y = image_arrays
+    ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
+                          "data": {"batch_size": 16},
+                          "training": {"tensorboard": False, "verbose": "silent"}},
+                         log=lambda s: None)
+    summary = ft.fit(x, y, output_dir=tmp_path, run_id="r1", evaluate=False)
+    assert summary["run_dir"] == str(tmp_path / "model-r1")
+    assert (tmp_path / "model-r1" / "model.weights.h5").is_file()
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def test_plan_creates_no_strategy(monkeypatch, tmp_path, image_arrays):
+    from kerasft.api import build_finetuner
+
+    monkeypatch.setenv("TF_CONFIG", two_workers(1)["TF_CONFIG"])
+    x, y = image_arrays  # 60 images: 54 train, 6 validation
+    ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
+                          "output_dir": str(tmp_path / "runs"),
+                          "data": {"batch_size": 8},
+                          "training": {"lr_scaling": "linear"},
+                          "stages": [{"name": "head", "epochs": 2, "learning_rate": 0.01},
+                                     {"name": "all", "trainable": "all", "epochs": 1}],
+                          "export": {"dir": str(tmp_path / "saved")}}, log=lambda s: None)
+    plan = ft.plan(x, y, run_id="r9")
+    assert ft.strategy_info is None  # nothing created: no port bound
+    assert plan["strategy"] == "multi_worker" and plan["workers"] == 2
+    assert plan["replicas"] == 2 and plan["per_replica_batch"] == 4
+    assert plan["data"]["train"] == 54 and plan["data"]["validation"] == 6
+    assert plan["steps_per_epoch"] == 6  # 54 // 8: the remainder is dropped
+    assert [s["steps"] for s in plan["stages"]] == [12, 6] and plan["total_steps"] == 18
+    assert plan["stages"][0]["effective_learning_rate"] == pytest.approx(0.02)
+    assert plan["run_dir"] == str(tmp_path / "runs" / "model-r9")
+    assert plan["export"]["path"] == str(tmp_path / "saved" / "model" / "1")
+    assert not plan["chief"]
+    text = "\n".join(plan["lines"])
+    assert "temporary folders" in text and "AutoShardPolicy.DATA" in text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "saved").exists()
+
+
+def _dry_run(tmp_path, monkeypatch, env: dict[str, str], *args: str, **training):
+    images = write_images(tmp_path / "images", per_class=10)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(image_config(tmp_path, images, **training)))
+    monkeypatch.delenv("KERASFT_RUN_ID", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from kerasft.cli import main
+
+    return CliRunner().invoke(main, ["train", str(config), "--dry-run", *args])
+
+
+def test_cli_dry_run_multi_worker(tmp_path, monkeypatch):
+    result = _dry_run(tmp_path, monkeypatch, two_workers(0), "--run-id", "job-3")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "strategy: multi_worker (MultiWorkerMirroredStrategy)" in out
+    assert "workers: 2 (this process: worker 0, chief)" in out
+    assert "replicas: 2" in out
+    assert "global batch: 8, per-replica batch: 4, last partial training batch dropped" in out
+    assert "train 24, validation 6, test 0 examples" in out  # 30 images, validation_split 0.2
+    assert "steps per epoch: 3 training, 1 validation" in out
+    assert "stage 'head': 1 epochs x 3 steps = 3 steps" in out
+    assert "stage 'all': 1 epochs x 3 steps = 3 steps" in out
+    assert "total: 2 epochs, 6 steps" in out
+    assert f"run folder: {tmp_path / 'runs' / 'tiny-job-3'}" in out
+    assert f"export: {tmp_path / 'saved_models' / 'tiny' / '1'} (version 1)" in out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "saved_models").exists()
+
+
+def test_cli_dry_run_single_process(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    result = _dry_run(tmp_path, monkeypatch, {}, "--no-export")
+    assert result.exit_code == 0, result.output
+    assert "strategy: default" in result.output and "workers: 1" in result.output
+    assert "steps per epoch: 3 training" in result.output  # ceil(24 / 8)
+    assert "tiny-<start time YYYYmmdd-HHMMSS>" in result.output
+    assert "export: disabled" in result.output
+
+
+def test_cli_dry_run_rejects_unknown_backbone(tmp_path, monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    images = write_images(tmp_path / "images", per_class=4)
+    config = tmp_path / "cfg.yaml"
+    cfg = image_config(tmp_path, images)
+    cfg["backbone"]["name"] = "tiny_cn"
+    config.write_text(yaml.safe_dump(cfg))
+    from kerasft.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(config), "--dry-run"])
+    assert result.exit_code == 2 and "Did you mean 'tiny_cnn'?" in result.output
+
+
+def test_cli_dry_run_rejects_steps_per_execution(tmp_path, monkeypatch):
+    result = _dry_run(tmp_path, monkeypatch, two_workers(1), steps_per_execution=2)
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()[-1:]
+    assert line.startswith("Error: ") and "keras-team/keras#19246" in line
+
+
+# --------------------------------------------------------------------------- 2 real workers
+
+
+@pytest.mark.slow
+def test_two_workers_train_end_to_end(tmp_path):
+    """`kerasft train` on 2 workers (loopback): both exit 0, one run folder and one export (the
+    chief's), nothing left in the workers' temporary folders, identical final weights."""
+    images = write_images(tmp_path / "images")  # 45 images: 36 train, 9 validation
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(image_config(tmp_path, images)))
+    out = tmp_path / "cluster"
+    run = run_cluster(out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"),
+                                      str(config)], timeout_s=240)
+    assert run.returncodes == [0, 0], run.tail()
+    logs = run.logs
+    # The CLI's last line names the run folder: the same on both workers (the chief's).
+    folders = [re.findall(r"^run folder: (\S+)", log, re.M) for log in logs]
+    assert len(set(folders[0] + folders[1])) == 1, run.tail()
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [str(p) for p in runs] == [folders[0][-1]]
+    for name in ("model.weights.h5", "metrics.json", "history.csv", "config.yaml", "train.log",
+                 "checkpoints/best.weights.h5", "tensorboard"):
+        assert (runs[0] / name).exists(), name
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["examples"] == 9  # every validation example, none of the padding
+    assert sorted(p.name for p in (tmp_path / "saved_models" / "tiny").iterdir()) == ["1"]
+    assert all(f"SavedModel: {tmp_path / 'saved_models' / 'tiny' / '1'}" in log for log in logs)
+    for i in range(2):  # TMPDIR of each worker: temporary run and export folders are gone
+        assert list((run.out / f"tmp_{i}").iterdir()) == [], i
+    assert "AutoShardPolicy.DATA" in logs[0] and "writes to a temporary folder" in logs[1]
+    w0, w1 = (np.load(out / f"weights_{i}.npy") for i in range(2))
+    assert np.all(np.isfinite(w0))
+    # Gradients are all-reduced and batch-norm statistics averaged: every weight agrees.
+    np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
