@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -83,8 +81,9 @@ class FineTuner:
         keras.utils.set_random_seed(self.config.seed)
         if self.config.training.deterministic:
             tf.config.experimental.enable_op_determinism()
-        if self.config.training.mixed_precision != "none":
-            keras.mixed_precision.set_global_policy(self.config.training.mixed_precision)
+        # Always set: a policy left by an earlier mixed-precision FineTuner must not leak in.
+        policy = self.config.training.mixed_precision
+        keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
         self.strategy_info = resolve_strategy(self.config)
 
     def build(self, class_names: list[str]) -> Any:
@@ -114,7 +113,7 @@ class FineTuner:
             self.build(self.data.class_names)
         return self._model
 
-    def load_data(self) -> Any:
+    def load_data(self, report: bool = True) -> Any:
         """Loads the data named in ``config.data`` (train/validation/test splits)."""
         from kerasft.data import load_data, log_report
 
@@ -122,7 +121,8 @@ class FineTuner:
             raise KerasftError(expected("a path (or tfds split) for the training data, or arrays "
                                         "passed to fit()", "data.train", None))
         data = load_data(self.config.data, seed=self.config.seed, multi_label=self.multi_label)
-        log_report(data, self.log)
+        if report:
+            log_report(data, self.log)
         return data
 
     def _data_from(self, x: Any, y: Any, validation_data: Any, test_data: Any) -> Any:
@@ -171,39 +171,88 @@ class FineTuner:
 
         return preprocess_and_trim
 
-    def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None) -> Any:
+    def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None,
+                  start_epoch: int | None = None) -> Any:
         from kerasft.data import make_pipeline
+        from kerasft.distributed import distribute_pipeline, drops_remainder
 
-        return make_pipeline(
+        preprocess = self._preprocess()
+        return distribute_pipeline(make_pipeline(
             split,
             batch_size=self.config.data.batch_size,
             training=training if shuffle is None else shuffle,
             seed=self.config.seed,
-            preprocess=self._preprocess(),
+            preprocess=preprocess,
             image_size=self.backbone.image_size,
             augmentation=self.config.data.augmentation if training else None,
             cache=self.config.data.cache,
             shuffle_buffer=self.config.data.shuffle_buffer,
-            drop_remainder=training and self.strategy_info.kind == "tpu",
+            drop_remainder=training and drops_remainder(self.strategy_info.kind),
             num_classes=len(self.class_names) if self.multi_label else None,
-        )
+            start_epoch=start_epoch,
+            # trimmed text: training batches also grouped by length
+            group_by_length=(self.config.data.bucket_multiple
+                             if preprocess is not self.backbone.preprocess else None),
+        ), self.strategy_info.kind, size=split.size, global_batch=self.config.data.batch_size,
+            training=training)
 
     # -- training ----------------------------------------------------------------------------
 
-    def _new_run_dir(self, output_dir: str | os.PathLike | None) -> Path:
-        base = Path(output_dir or self.config.output_dir)
-        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = base / f"{self.config.name}-{stamp}"
-        suffix = 1
-        while run_dir.exists():
-            suffix += 1
-            run_dir = base / f"{self.config.name}-{stamp}-{suffix}"
+    def _new_run_dir(self, output_dir: str | os.PathLike | None,
+                     run_id: str | None = None) -> Path:
+        """Creates the run folder; returns where this process writes (see kerasft.distributed:
+        a temporary folder on non-chief workers, removed by :meth:`_close_run_dir`)."""
+        from kerasft.distributed import open_run_folder, placement, resolve_run_id
+
+        where = placement(self.strategy_info.kind, os.environ)
+        self._run_folder = open_run_folder(
+            output_dir or self.config.output_dir, self.config.name,
+            resolve_run_id(run_id, os.environ), where, self.strategy_info.strategy)
+        self._run_folder_lines = self._run_folder.describe(where)
+        return self._run_folder.write_dir
+
+    def _close_run_dir(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Reports the real run folder; removes a non-chief worker's temporary folder."""
+        folder = getattr(self, "_run_folder", None)
+        if folder is not None:
+            summary["run_dir"] = str(folder.run_dir)
+            if folder.temporary:
+                folder.close()
+                self.run_dir = self.log.path = None
+        return summary
+
+    def _open_run(self, output_dir: str | os.PathLike | None, run_id: str | None,
+                  resume: bool | str | os.PathLike, force: bool, data: Any) -> Any:
+        """Creates the run folder, or reopens the run to resume; returns its
+        :class:`kerasft.resume.Checkpointer` (None with ``training.checkpoint_every_epoch:
+        false``)."""
+        from kerasft.resume import Checkpointer, find_latest_run
+
+        if resume is False or resume is None:
+            self.run_dir = self._new_run_dir(output_dir, run_id)
+            self.log.path = self.run_dir / "train.log"
+            save_config(self.config, self.run_dir / "config.yaml")
+            (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
+                                                    encoding="utf-8")
+            if not self.config.training.checkpoint_every_epoch:
+                return None
+            return Checkpointer.start(self.run_dir, data, self.log)
+        if self.strategy_info.kind == "multi_worker":
+            raise KerasftError(expected("a single-process strategy to resume a run (multi_worker "
+                                        "runs cannot resume yet)", "training.strategy",
+                                        "multi_worker"))
+        run_dir = (find_latest_run(output_dir or self.config.output_dir, self.config.name)
+                   if resume is True else Path(resume))
+        self.log.path = run_dir / "train.log"  # what resuming logs goes to the run's log
         try:
-            run_dir.mkdir(parents=True)
-        except OSError as e:
-            raise KerasftError(expected("a writable output folder", "output_dir", str(base))
-                               + f" ({e.strerror})") from None
-        return run_dir
+            checkpoint = Checkpointer.resume(run_dir, self.config, data, self.log, force)
+        except KerasftError:
+            self.log.path = None
+            raise
+        self._run_folder = None
+        self._run_folder_lines = [f"run folder: {run_dir} (resumed)"]
+        self.run_dir = run_dir
+        return checkpoint
 
     def fit(
         self,
@@ -214,16 +263,33 @@ class FineTuner:
         test_data: Any = None,
         output_dir: str | os.PathLike | None = None,
         evaluate: bool = True,
+        run_id: str | None = None,
+        resume: bool | str | os.PathLike = False,
+        force: bool = False,
     ) -> dict[str, Any]:
         """Runs every stage; returns a summary (stages, metrics, run folder).
 
         Without `x`, the data comes from ``config.data``. `x`/`y` may be numpy arrays (strings
         for text, images ``[n, h, w, 3]`` for image backbones; labels as ids or strings) or `x`
         a ``tf.data.Dataset`` of ``(input, label_id)`` (call :meth:`build` first).
+        `run_id` (or ``KERASFT_RUN_ID``) names the run folder ``<name>-<run_id>``.
+        `resume` continues an interrupted run: a run folder, or True for the newest
+        ``<output_dir>/<name>-<timestamp>`` with a run state; its config.yaml must equal this
+        config unless `force` (see kerasft/resume.py). Nothing is written before the data, the
+        backbone and every stage's ``trainable`` were checked.
         """
+        from kerasft.distributed import distribution_notes, drops_remainder
+        from kerasft.distributed import steps_per_epoch as count_steps
         from kerasft.trainer import run_stages
 
-        data = self._data_from(x, y, validation_data, test_data)
+        self._prepare_runtime()  # multi_worker: the strategy must exist before any TF op
+        report = x is None and self.data is None  # logged once the run folder exists
+        if report:
+            from kerasft.validate import check_data_source
+
+            check_data_source(self.config)
+        data = self.load_data(report=False) if report else self._data_from(
+            x, y, validation_data, test_data)
         self.data = data
         if self._model is None:
             self.build(data.class_names)
@@ -233,14 +299,20 @@ class FineTuner:
         if data.task != self.backbone.task:
             raise KerasftError(expected(f"{self.backbone.task} data for backbone "
                                         f"{self.backbone.name}", "data task", data.task))
-        self.run_dir = self._new_run_dir(output_dir)
-        self.log.path = self.run_dir / "train.log"
-        save_config(self.config, self.run_dir / "config.yaml")
-        (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
-                                                encoding="utf-8")
+        from kerasft.stages import check_stages
+
+        check_stages(self.backbone, self.config)
+        checkpoint = self._open_run(output_dir, run_id, resume, force, data)
         batch = self.config.data.batch_size
-        self.log(f"run folder: {self.run_dir}")
+        for line in self._run_folder_lines:
+            self.log(line)
+        if report:
+            from kerasft.data import log_report
+
+            log_report(data, self.log)
         self.log(self.strategy_info.describe(batch))
+        for line in distribution_notes(self.config, self.strategy_info.kind, data):
+            self.log(line)
         if batch % self.strategy_info.replicas:
             self.log(f"warning: data.batch_size={batch} is not divisible by "
                      f"{self.strategy_info.replicas} replicas")
@@ -248,16 +320,19 @@ class FineTuner:
         self.log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
                  f"{info.get('parameters', 0):,} parameters, pooling {info.get('pooling')}), "
                  f"{len(self.class_names)} classes")
-        train_ds = self._pipeline(data.train, training=True)
+        def train_ds(start_epoch: int) -> Any:  # epoch-keyed: resumed runs see the same orders
+            return self._pipeline(data.train, training=True, start_epoch=start_epoch)
+
         val_ds = self._pipeline(data.validation, training=False) if data.validation else None
-        drop = self.strategy_info.kind == "tpu"
-        steps = (data.train.size // batch) if drop else math.ceil(data.train.size / batch)
+        steps = count_steps(data.train.size, batch, drops_remainder(self.strategy_info.kind))
         self.stage_results = run_stages(
             self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
-            head=self.head, cached_features=self._feature_cache(data),
+            head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
         )
         self._model.save_weights(self.run_dir / WEIGHTS_FILE)
+        if checkpoint is not None:
+            checkpoint.finish()
         from kerasft.metrics import plot_history
 
         if plot_history(self.run_dir / "history.csv", self.run_dir / "training_curves.png"):
@@ -266,7 +341,36 @@ class FineTuner:
                                    "stages": [asdict(r) for r in self.stage_results]}
         if evaluate:
             summary["metrics"] = self.evaluate()
-        return summary
+        return self._close_run_dir(summary)
+
+    def plan(
+        self,
+        x: Any = None,
+        y: Any = None,
+        *,
+        validation_data: Any = None,
+        test_data: Any = None,
+        output_dir: str | os.PathLike | None = None,
+        run_id: str | None = None,
+    ) -> dict[str, Any]:
+        """What :meth:`fit` would do, without training (``kerasft train --dry-run``).
+
+        Loads the data (same arguments as :meth:`fit`) but creates no strategy unless one exists
+        already: no port is bound, no device initialised, nothing written. Returns strategy,
+        workers, replicas, batches, data sizes, steps per stage, run folder and export path;
+        ``plan["lines"]`` is the printable summary. Multi-worker: fit in a fresh process (the
+        strategy must be created before the data is loaded).
+        """
+        from kerasft.backbones import get_entry
+        from kerasft.distributed import make_plan, plan_lines
+
+        get_entry(self.config.backbone.name)  # an unknown backbone fails here, not at fit
+        data = self._data_from(x, y, validation_data, test_data)
+        self.data = data
+        plan = make_plan(self.config, data, run_id=run_id, output_dir=output_dir,
+                         strategy_info=self.strategy_info)
+        plan["lines"] = plan_lines(plan)
+        return plan
 
     def _feature_cache(self, data: Any) -> Callable[[], dict[str, Any]] | None:
         """Features of the frozen backbone, computed once on first use (head-only stages).
@@ -290,18 +394,35 @@ class FineTuner:
             if not cache:
                 extractor = keras.Model(self.backbone.inputs, self.backbone.features)
                 self.log("computing the frozen backbone's features once for head-only stages")
-                cache["x"] = extractor.predict(self._pipeline(data.train, training=False),
-                                               verbose=0)
+                cache["x"] = self._predict_split(extractor, data.train)
                 cache["y"] = data.train.labels
                 if data.validation is not None:
-                    cache["val"] = (
-                        extractor.predict(self._pipeline(data.validation, training=False),
-                                          verbose=0),
-                        data.validation.labels,
-                    )
+                    cache["val"] = (self._predict_split(extractor, data.validation),
+                                    data.validation.labels)
             return cache
 
         return compute
+
+    def _predict_split(self, model: Any, split: Any) -> np.ndarray:
+        """``model.predict`` over `split`; rows in the split's order.
+
+        Trimmed text is predicted in order of token length (batches of similar lengths carry
+        little padding, while a random batch of tweets nearly always holds one long text), then
+        put back in the split's order. Rows past ``split.size`` (tpu/multi_worker padding) are cut.
+        """
+        from kerasft.data import length_order, reordered
+
+        order = None
+        if self.backbone.task == "text" and self._preprocess() is not self.backbone.preprocess:
+            order = length_order(split, self.backbone.preprocess)
+            split = reordered(split, order)
+        out = np.asarray(model.predict(self._pipeline(split, training=False),
+                                       verbose=0))[: split.size]
+        if order is None:
+            return out
+        restored = np.empty_like(out)
+        restored[order] = out
+        return restored
 
     # -- evaluation and prediction -----------------------------------------------------------
 
@@ -330,8 +451,7 @@ class FineTuner:
             if chosen is None:
                 raise KerasftError(expected("a test or validation split to evaluate on",
                                             "split", split_name))
-            probabilities = self.model.predict(self._pipeline(chosen, training=False),
-                                               verbose=0)
+            probabilities = self._predict_split(self.model, chosen)
             labels = chosen.labels
         report = classification_report(labels, probabilities, self.class_names,
                                        multi_label=self.multi_label)
@@ -390,7 +510,12 @@ class FineTuner:
 
     def export(self, dir: str | os.PathLike | None = None, version: int | str | None = None,
                verify: bool | None = None) -> Path:
-        """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``."""
+        """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``.
+
+        Multi-worker: every worker runs the export (saving may run collective ops); only the
+        chief's is kept, the others go to a temporary folder (kerasft.distributed.export_target).
+        """
+        from kerasft.distributed import export_target, placement
         from kerasft.export import export_saved_model
         from kerasft.metrics import format_report
         from kerasft.model_card import model_card_hook
@@ -402,17 +527,26 @@ class FineTuner:
 
             extra["metrics.json"] = json.dumps(self.metrics, indent=2)
             extra["metrics.txt"] = format_report(self.metrics) + "\n"
-        return export_saved_model(
-            model, self.backbone, self.class_names,
-            base_dir=dir or self.config.export.dir,
-            name=self.config.name,
-            version=version if version is not None else self.config.export.version,
-            sample_inputs=self._sample_inputs(),
-            extra_files=extra,
-            verify=self.config.export.verify if verify is None else verify,
-            after_write=model_card_hook(self),  # assets.extra/README.md
-            log=self.log,
-        )
+        with export_target(dir or self.config.export.dir, self.config.name,
+                           version if version is not None else self.config.export.version,
+                           placement(self.strategy_info.kind, os.environ),
+                           self.strategy_info.strategy) as target:
+            written = export_saved_model(
+                model, self.backbone, self.class_names,
+                base_dir=target.base_dir,
+                name=self.config.name,
+                version=target.version,
+                sample_inputs=self._sample_inputs(),
+                extra_files=extra,
+                verify=(self.config.export.verify if verify is None else verify)
+                if target.verify is None else target.verify,
+                after_write=model_card_hook(self),  # assets.extra/README.md
+                log=self.log,
+            )
+        if target.temporary:
+            self.log(f"this worker's export copy was removed; the chief writes {target.path}")
+            return target.path
+        return written
 
     # -- runs --------------------------------------------------------------------------------
 

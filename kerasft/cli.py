@@ -78,17 +78,42 @@ set_option = click.option(
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Parent folder of the run folder (default: the config's output_dir).")
 @click.option("--no-export", is_flag=True, help="Train and evaluate, but do not export.")
+@click.option("--run-id", default=None, metavar="ID",
+              help="Name the run folder <name>-<ID> (default: $KERASFT_RUN_ID, else the start "
+                   "time; multi-worker: the chief's). Must be the same on every worker.")
+@click.option("--dry-run", is_flag=True,
+              help="Print strategy, workers, replicas, batches, steps and output paths; no "
+                   "training.")
+@click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None,
+              metavar="[RUN_DIR]",
+              help="Continue an interrupted run: RUN_DIR, or alone the newest "
+                   "<output_dir>/<name>-<timestamp> of this config (put --resume after CONFIG).")
+@click.option("--force", is_flag=True,
+              help="With --resume: continue even though the resolved config changed.")
 @_handle_errors
-def train(config: str, sets: tuple[str, ...], output_dir: str | None, no_export: bool) -> None:
+def train(config: str, sets: tuple[str, ...], output_dir: str | None, no_export: bool,
+          run_id: str | None, dry_run: bool, resume: str | None, force: bool) -> None:
     """Train CONFIG's stages, print metrics, export a SavedModel."""
     from kerasft.api import build_finetuner
     from kerasft.config import load_config
+    from kerasft.validate import check_export_target
 
     cfg = load_config(config, _parse_sets(sets))
     if output_dir:
         cfg.output_dir = output_dir
+    if dry_run:
+        if no_export:
+            cfg.export.enabled = False
+        for line in build_finetuner(cfg, log=click.echo).plan(run_id=run_id)["lines"]:
+            click.echo(line)
+        return
+    if force and not resume:
+        raise click.UsageError("--force only applies with --resume")
+    if cfg.export.enabled and not no_export:
+        check_export_target(cfg)  # before training: a bad export target writes nothing
     ft = build_finetuner(cfg, log=click.echo)
-    summary = ft.fit()
+    summary = ft.fit(run_id=run_id, force=force,
+                     resume=False if resume is None else True if resume == "latest" else resume)
     if cfg.export.enabled and not no_export:
         path = ft.export()
         click.echo(f"SavedModel: {path}")
@@ -128,16 +153,50 @@ def evaluate(run_dir: str, split: str | None, weights: str) -> None:
 @click.option("--version", "version", default=None,
               help="Version number (default: the config's export.version, auto = next).")
 @click.option("--no-verify", is_flag=True, help="Skip the fresh-process reload check.")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite"]),
+              default="savedmodel", show_default=True,
+              help="tflite: a .tflite file + tflite_report.json (into --dir, default "
+                   "<export.dir>/<name>/tflite).")
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]),
+              default=None, help="TFLite quantisation (default none); int8 calibrates on "
+                                 "training examples.")
+@click.option("--calibration-examples", type=click.IntRange(min=1), default=100,
+              show_default=True, help="Training examples used to calibrate int8.")
+@click.option("--saved-model", "saved_model", type=click.Path(file_okay=False), default=None,
+              help="TFLite: compare against this SavedModel version folder (default: the float "
+                   "Keras model, which it equals within 1e-5).")
+@click.option("--allow-float-fallback", is_flag=True,
+              help="int8: keep ops the converter cannot quantise in float.")
 @weights_option
 @_handle_errors
 def export(run_dir: str, export_dir: str | None, version: str | None, no_verify: bool,
-           weights: str) -> None:
-    """Export a trained run (RUN_DIR) as a TF Serving SavedModel."""
+           fmt: str, quantize: str | None, calibration_examples: int, saved_model: str | None,
+           allow_float_fallback: bool, weights: str) -> None:
+    """Export a trained run (RUN_DIR) as a TF Serving SavedModel (or a TFLite file)."""
     import json
 
     if version is not None and version != "auto" and not version.isdigit():
         raise click.BadParameter(f"expected a positive integer or auto. Received: {version}",
                                  param_hint="--version")
+    if fmt == "tflite":
+        if version is not None or no_verify:
+            raise click.BadParameter("expected --version/--no-verify only with --format "
+                                     "savedmodel. Received: --format=tflite",
+                                     param_hint="--format")
+        from kerasft.tflite import export_tflite
+
+        ft = _load_run(run_dir, weights)
+        ft.data = ft.load_data()
+        entry = export_tflite(ft, export_dir, quantize or "none",
+                              calibration_examples=calibration_examples,
+                              saved_model=saved_model, allow_float_fallback=allow_float_fallback,
+                              log=click.echo)
+        click.echo(f"TFLite: {entry['path']}")
+        return
+    if quantize is not None or saved_model is not None or allow_float_fallback:
+        raise click.BadParameter("expected --quantize/--saved-model/--allow-float-fallback only "
+                                 "with --format tflite. Received: --format=savedmodel",
+                                 param_hint="--format")
     ft = _load_run(run_dir, weights)
     metrics = Path(run_dir) / "metrics.json"
     if metrics.is_file():
@@ -150,7 +209,18 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 
 
 @main.command()
-@click.argument("export_dir", type=click.Path(file_okay=False))
+@click.argument("export_dir", type=click.Path(file_okay=False), required=False)
+@click.option("--server", default=None, metavar="URL",
+              help="Ask a TF Serving server instead (REST: http://host:8501; --grpc: host:8500).")
+@click.option("--model", "model_name", default=None, help="Model name on the server.")
+@click.option("--version", "model_version", type=click.IntRange(min=0), default=None,
+              help="Model version on the server (default: the latest it serves).")
+@click.option("--label", "version_label", default=None, help="Version label (e.g. stable).")
+@click.option("--grpc", "use_grpc", is_flag=True, help="Use gRPC (PredictionService) not REST.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the server.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="REST retries on connection errors and 5xx answers.")
 @click.option("--text", "texts", multiple=True, help="A text to classify. Repeatable.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image file to classify. Repeatable.")
@@ -159,11 +229,31 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 @click.option("--column", default="text", show_default=True, help="CSV column with the inputs.")
 @click.option("--top", default=3, show_default=True, help="Probabilities shown per example.")
 @_handle_errors
-def predict(export_dir: str, texts: tuple[str, ...], images: tuple[str, ...],
+def predict(export_dir: str | None, server: str | None, model_name: str | None,
+            model_version: int | None, version_label: str | None, use_grpc: bool,
+            timeout: float, retries: int, texts: tuple[str, ...], images: tuple[str, ...],
             input_csv: str | None, column: str, top: int) -> None:
-    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>) alone."""
+    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>) alone, or with
+    a TF Serving server (--server URL --model NAME)."""
     from kerasft.predict import predict_with_saved_model
 
+    remote = (model_name, model_version, version_label, use_grpc)
+    if server is None and any(v not in (None, False) for v in remote):
+        raise click.BadParameter("expected --server with --model/--version/--label/--grpc. "
+                                 "Received: --server=None", param_hint="--server")
+    if server is not None:
+        if export_dir is not None:
+            raise click.BadParameter(f"expected EXPORT_DIR or --server, not both. Received: "
+                                     f"EXPORT_DIR={export_dir}", param_hint="--server")
+        if not model_name:
+            raise click.BadParameter("expected the model name with --server. Received: "
+                                     "--model=None", param_hint="--model")
+        if model_version is not None and version_label is not None:
+            raise click.BadParameter("expected --version or --label, not both. Received: "
+                                     f"--label={version_label}", param_hint="--label")
+    elif export_dir is None:
+        raise click.UsageError("give EXPORT_DIR (a SavedModel version folder) or --server URL "
+                               "--model NAME")
     inputs: list[str] = list(texts) or list(images)
     kind = "image" if images else "text"
     if input_csv:
@@ -173,8 +263,64 @@ def predict(export_dir: str, texts: tuple[str, ...], images: tuple[str, ...],
             kind = "image"
     if not inputs:
         raise click.UsageError("give --text, --image or --input")
+    if server is not None:
+        from kerasft.serving_client import format_rows, predict_on_server
+
+        rows = predict_on_server(server, model_name, inputs, kind, version=model_version,
+                                 label=version_label, use_grpc=use_grpc, timeout=timeout,
+                                 retries=retries)
+        for line in format_rows(inputs, rows, top=top):
+            click.echo(line)
+        return
     for line in predict_with_saved_model(export_dir, inputs, kind=kind, top=top):
         click.echo(line)
+
+
+@main.command("serve-config")
+@click.argument("models_config", type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="Model name (the REST path /v1/models/NAME).")
+@click.option("--base-path", required=True,
+              help="The model folder (holding integer versions) as the server sees it, e.g. "
+                   "/models/NAME in Docker.")
+@click.option("--local-base-path", type=click.Path(file_okay=False), default=None,
+              help="The same folder as seen here, when the server sees another path; versions "
+                   "are checked here.")
+@click.option("--policy", type=click.Choice(["latest", "specific", "all"]), default="latest",
+              show_default=True, help="Which versions the server loads.")
+@click.option("--num-versions", type=click.IntRange(min=1), default=None,
+              help="policy latest: how many of the newest versions (default 1).")
+@click.option("--versions", default=None, metavar="1,2",
+              help="policy specific: the versions, comma-separated.")
+@click.option("--label", "labels", multiple=True, metavar="NAME=VERSION",
+              help="A version label, e.g. --label stable=1 --label canary=2. Repeatable.")
+@click.option("--no-check", is_flag=True,
+              help="Do not check that the versions exist as SavedModel folders.")
+@_handle_errors
+def serve_config(models_config: str, name: str, base_path: str, local_base_path: str | None,
+                 policy: str, num_versions: int | None, versions: str | None,
+                 labels: tuple[str, ...], no_check: bool) -> None:
+    """Add or update model NAME in TF Serving's MODELS_CONFIG (created if missing)."""
+    from kerasft.serving import update_models_config
+    from kerasft.serving_client import describe_models_config, parse_labels, parse_versions
+
+    try:
+        version_list = parse_versions(versions)
+    except KerasftError as e:
+        raise click.BadParameter(str(e), param_hint="--versions") from None
+    try:
+        label_map = parse_labels(labels)
+    except KerasftError as e:
+        raise click.BadParameter(str(e), param_hint="--label") from None
+    if num_versions is not None and policy != "latest":
+        raise click.BadParameter(f"expected --num-versions only with --policy latest. "
+                                 f"Received: --policy={policy}", param_hint="--num-versions")
+    path = update_models_config(models_config, name, base_path, policy=policy,  # type: ignore
+                                num_versions=num_versions or 1, versions=version_list,
+                                labels=label_map, local_base_path=local_base_path,
+                                check_versions=not no_check)
+    click.echo(f"{path}:")
+    for line in describe_models_config(path):
+        click.echo(f"  {line}")
 
 
 def _read_column(path: str, column: str) -> list[str]:

@@ -130,6 +130,7 @@ class TrainingConfig:
     lr_scaling: str = "none"
     deterministic: bool = False
     restore_best: bool = True
+    checkpoint_every_epoch: bool = True
     cache_features: str = "auto"
     monitor: str = "val_loss"
     tensorboard: bool = True
@@ -264,8 +265,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(
-                f"unknown config key '{full}'.{_did_you_mean(str(key), names)} "
-                f"Valid keys{' under ' + prefix if prefix else ''}: {', '.join(names)}"
+                expected(f"a known config key (valid{' under ' + prefix if prefix else ''}: "
+                         f"{', '.join(names)})", "unknown key", full)
+                + _did_you_mean(str(key), names)
             )
         if key == "stages":
             if not isinstance(value, list) or not value:
@@ -429,6 +431,10 @@ def validate(cfg: Config) -> Config:
     _check_choice(t.mixed_precision, MIXED_PRECISION, "training.mixed_precision")
     _check_choice(t.lr_scaling, LR_SCALING, "training.lr_scaling")
     _check_positive(t.steps_per_execution, "training.steps_per_execution")
+    if t.strategy == "multi_worker":  # auto + multi-worker TF_CONFIG: checked in resolve_strategy
+        from kerasft.distributed import check_strategy_options
+
+        check_strategy_options(cfg, t.strategy)
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
     _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
@@ -463,12 +469,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{where}: expected valid YAML. Received: {problem}") from None
+        raise ConfigError(f"{where}: expected valid YAML. Received: error={problem!r}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level. "
-                          f"Received: {type(data).__name__}")
+                          f"Received: top level={type(data).__name__}")
     return data
 
 

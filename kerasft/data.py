@@ -21,7 +21,9 @@ unbatched ``tf.data`` splits plus the label vocabulary, and reports what it read
 2. **Vocabulary**: the sorted labels of the training part (integer-like labels sort as numbers, so
    ``"2" < "10"``). ``tfds`` keeps the dataset's own ``ClassLabel`` order, ``from_datasets`` and
    ``from_arrays(class_names=...)`` the order given, so class ids match the source's ids.
-   Validation / test labels must occur in the training part; labels must be usable as file names.
+   Validation / test labels must occur in the training part; labels must not be empty, '.' or
+   '..', or contain line breaks (they are lines of labels.txt; '/' is fine: kerasft never makes a
+   path of a label).
 
 3. **Split**: without a test file, ``data.test_split`` takes a stratified, seeded test split of the
    training part first; without a validation file, ``data.validation_split`` (0.1 when neither is
@@ -56,11 +58,13 @@ from kerasft.config import DataConfig, resolve_pkg_path
 from kerasft.errors import ConfigError, DataError, expected
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+LENGTH_GROUP_BATCHES = 16  # training text batches are sorted by length within this many
 DEFAULT_VALIDATION_SPLIT = 0.1
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 _SHOWN = 5  # row numbers / file names listed per reason in the report
 _PROGRESS_EVERY_S = 10.0
 _INT_LABEL = re.compile(r"-?\d+")
+_EPOCH_GRAPH_SEED = 87654321  # see epoch_batches
 
 _logger = logging.getLogger(__name__)
 
@@ -292,6 +296,8 @@ def make_pipeline(
     shuffle_buffer: int = 10000,
     drop_remainder: bool = False,
     num_classes: int | None = None,
+    start_epoch: int | None = None,
+    group_by_length: int | None = None,
 ) -> tf.data.Dataset:
     """Batches a split for ``model.fit`` / ``evaluate`` / ``predict``.
 
@@ -300,10 +306,18 @@ def make_pipeline(
     float32 0..255 -> augmentation (training) -> ``preprocess(batch)`` -> prefetch. Resized images
     are cached as ``uint8`` (rounded; a quarter of the memory of float32).
 
-    Shuffling is seeded and reshuffles each epoch. Evaluation pipelines (``training=False``) keep
+    Shuffling is seeded and reshuffles each epoch. With `start_epoch` (training only) the
+    pipeline repeats forever from that epoch and epoch e's order depends only on (`seed`, e)
+    (:func:`epoch_batches`): give ``model.fit`` ``steps_per_epoch``; a resumed run sees the same
+    orders as an uninterrupted one. Evaluation pipelines (``training=False``) keep
     the split's order, so predictions line up with ``split.labels``; training pipelines are
     deterministic when `seed` is not None. With `num_classes`, multi-hot labels get the static
     shape ``[num_classes]`` (int labels stay sparse).
+
+    With `group_by_length` (text, training, no `drop_remainder`), batches are cut from windows of
+    ``LENGTH_GROUP_BATCHES`` shuffled batches sorted by token length, and each is trimmed to its
+    longest sequence rounded up to `group_by_length` (:func:`length_grouped_batches`): a random
+    batch of tweets nearly always holds one long text, so trimming alone saves little.
     """
     if batch_size <= 0:
         raise DataError(expected("a positive batch size", "batch_size", batch_size))
@@ -336,10 +350,17 @@ def make_pipeline(
 
     if cache:
         ds = ds.cache()
-    if training:
-        buffer = max(1, min(int(shuffle_buffer), split.size or int(shuffle_buffer)))
-        ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    buffer = max(1, min(int(shuffle_buffer), split.size or int(shuffle_buffer)))
+    grouped = bool(group_by_length and is_text and training and not drop_remainder
+                   and LENGTH_GROUP_BATCHES > 1)
+    window = batch_size * LENGTH_GROUP_BATCHES if grouped else batch_size
+    if training and start_epoch is not None:
+        ds = epoch_batches(ds, start_epoch=start_epoch, seed=seed, buffer=buffer,
+                           batch_size=window, drop_remainder=drop_remainder)
+    else:
+        if training:
+            ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        ds = ds.batch(window, drop_remainder=drop_remainder)
 
     if is_text:
         def apply(x: tf.Tensor, y: tf.Tensor) -> tuple[Any, tf.Tensor]:
@@ -354,10 +375,88 @@ def make_pipeline(
             return preprocess(x), y
 
     ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if grouped:
+        ds = ds.flat_map(lambda x, y: length_grouped_batches(
+            x, y, batch_size=batch_size, multiple=int(group_by_length), seed=seed))
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
     return ds.with_options(options)
+
+
+def length_order(split: Split, preprocess: Callable[[tf.Tensor], Any],
+                 chunk: int = 1024) -> np.ndarray:
+    """Indices that sort a text split by token length (stable; `preprocess` tokenizes)."""
+    lengths = [
+        tf.reduce_sum(tf.cast(preprocess(texts)["padding_mask"], tf.int32), axis=1).numpy()
+        for texts, _ in split.dataset.batch(chunk)
+    ]
+    return np.argsort(np.concatenate(lengths) if lengths else np.zeros(0, int), kind="stable")
+
+
+def reordered(split: Split, order: np.ndarray) -> Split:
+    """`split` with its examples (and labels) in the order `order`."""
+    xs, ys = [], []
+    for x, y in split.dataset.as_numpy_iterator():
+        xs.append(x)
+        ys.append(y)
+    x_arr, y_arr = np.asarray(xs, dtype=object), np.asarray(ys)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.constant(list(x_arr[order]), dtype=tf.string), y_arr[order]))
+    return Split(dataset=dataset, labels=np.asarray(split.labels)[order], size=split.size)
+
+
+def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size: int,
+                           multiple: int, seed: int | None) -> tf.data.Dataset:
+    """One window of tokenized texts -> its batches of similar lengths, in a shuffled order.
+
+    The window is sorted by length (``padding_mask`` sums, stable) and cut into batches of
+    `batch_size` (the last may be short), each trimmed to its longest sequence rounded up to
+    `multiple`. The batch order is shuffled statelessly, seeded by `seed` and the window's
+    tokens: the same window always gives the same batches, so seeded and resumed runs repeat.
+    """
+    from kerasft.backbones import trim_padding
+
+    lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
+    order = tf.argsort(lengths, stable=True)
+    x = {name: tf.gather(value, order) for name, value in x.items()}
+    y = tf.gather(y, order)
+    size = tf.shape(lengths)[0]
+    count = (size + batch_size - 1) // batch_size
+    key = tf.stack([tf.constant(seed or 0, tf.int64),
+                    tf.reduce_sum(tf.cast(x["token_ids"], tf.int64))])
+    batch_order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=key)
+
+    def take(i: tf.Tensor) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+        start = i * batch_size
+        end = tf.minimum(start + batch_size, size)
+        return trim_padding({k: v[start:end] for k, v in x.items()}, multiple), y[start:end]
+
+    return tf.data.Dataset.from_tensor_slices(batch_order).map(take)
+
+
+def epoch_batches(ds: tf.data.Dataset, *, start_epoch: int, seed: int | None, buffer: int,
+                  batch_size: int, drop_remainder: bool = False) -> tf.data.Dataset:
+    """Batches of `ds` epoch after epoch, forever, from epoch `start_epoch` on.
+
+    Epoch e is `ds` shuffled (buffer `buffer`) with a seed that depends only on (`seed`, e), then
+    batched, so the batches of epoch e are the same whichever epoch an iterator starts at (unlike
+    ``shuffle(reshuffle_each_iteration=True)``, whose orders depend on how often the dataset was
+    iterated). Without `seed` every epoch is shuffled at random.
+    """
+
+    def one_epoch(epoch: tf.Tensor) -> tf.data.Dataset:
+        epoch_seed = None
+        if seed is not None:
+            epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+            # A fixed seed for this function's graph: shuffle pairs it with the op seed, which
+            # then alone decides the order (tf.random compares a tensor op seed with 0 when the
+            # graph seed is 0, which fails for seed: 0).
+            tf.compat.v1.get_default_graph().seed = _EPOCH_GRAPH_SEED
+        shuffled = ds.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size, drop_remainder=drop_remainder)
+
+    return tf.data.Dataset.counter(start_epoch).flat_map(one_epoch)
 
 
 def build_augmentation(
@@ -571,9 +670,11 @@ def _check_class_names(class_names: list[str], where: str) -> None:
         dup = [c for c, k in Counter(class_names).items() if k > 1]
         raise DataError(expected("unique class names", "duplicates", dup, where=where))
     for name in class_names:
-        if not name or "/" in name or "\\" in name or name in (".", ".."):
-            raise DataError(expected("labels usable as file names (not empty, no '/' or '\\', "
-                                     "not '.' or '..')", "label", name, where=where))
+        # Labels become lines of labels.txt and strings in exports, never paths: 'Sci/Tech' is
+        # fine. What would escape a folder if a label ever named one ('.', '..') is refused.
+        if not name or name in (".", "..") or "\n" in name or "\r" in name:
+            raise DataError(expected("labels that are not empty, '.' or '..' and have no line "
+                                     "breaks", "label", name, where=where))
 
 
 def _known(class_names: list[str]) -> str:

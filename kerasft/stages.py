@@ -76,6 +76,14 @@ def apply_trainable(
     return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
 
 
+def check_stages(backbone: Backbone, cfg: Any) -> None:
+    """Checks every stage's ``trainable`` against `backbone` (``top_n`` in range, ``from_layer``
+    found) before training starts; leaves the backbone frozen."""
+    for i, stage in enumerate(cfg.stages):
+        apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
+    backbone.network.trainable = False
+
+
 def count_params(weights: list[Any]) -> int:
     return int(sum(math.prod(w.shape) for w in weights))
 

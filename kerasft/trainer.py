@@ -8,7 +8,9 @@ sets ``trainable``, recompiles with a fresh optimizer and continues the epoch co
 Callbacks (all writing into the run folder): progress bar, EarlyStopping with best-weight restore
 (per stage, when ``early_stopping.patience`` > 0), best-weights checkpoint across stages (written
 to a temporary file and renamed), a NaN guard that names the stage/epoch/step, a CSV log with the
-stage of every epoch, and TensorBoard.
+stage of every epoch, and TensorBoard. With ``training.checkpoint_every_epoch`` (the default) the
+best-weights checkpoint is part of the per-epoch checkpoints of kerasft/resume.py, from which an
+interrupted run resumes at its stage and epoch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +49,6 @@ class StrategyInfo:
                 f"per-replica batch: {per_replica}")
 
 
-def _tpu_hinted(tpu: str | None, env: Mapping[str, str]) -> bool:
-    return bool(tpu) or any(k in env for k in ("TPU_NAME", "COLAB_TPU_ADDR",
-                                                "KUBE_GOOGLE_CLOUD_TPU_ENDPOINTS"))
-
-
 def _tf_config_workers(env: Mapping[str, str]) -> int:
     raw = env.get("TF_CONFIG")
     if not raw:
@@ -68,17 +65,11 @@ def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> Strat
     """Picks the tf.distribute strategy named by ``training.strategy`` (``auto`` detects)."""
     import tensorflow as tf
 
+    from kerasft.distributed import check_strategy_options, select_strategy_kind, tpu_address
+
     env = os.environ if env is None else env
-    kind = cfg.training.strategy
-    if kind == "auto":
-        if _tpu_hinted(cfg.training.tpu, env):
-            kind = "tpu"
-        elif _tf_config_workers(env) > 1:
-            kind = "multi_worker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1 or cfg.training.devices:
-            kind = "mirrored"
-        else:
-            kind = "default"
+    kind = select_strategy_kind(cfg, env, lambda: len(tf.config.list_logical_devices("GPU")))
+    check_strategy_options(cfg, kind)
     if kind == "default":
         strategy = tf.distribute.get_strategy()
         return StrategyInfo(strategy, "default", strategy.num_replicas_in_sync)
@@ -98,11 +89,19 @@ def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> Strat
 
         tf_config = parse_tf_config(env.get("TF_CONFIG", ""))
         workers = sum(len(tf_config["cluster"].get(job, [])) for job in ("chief", "worker"))
-        strategy = make_multi_worker_strategy()
+        try:
+            strategy = make_multi_worker_strategy()
+        except RuntimeError as e:  # "Collective ops must be configured at program startup"
+            raise KerasftError(expected("the multi_worker strategy to be created before any other "
+                                        "TensorFlow op (build the FineTuner first)", "error",
+                                        str(e).splitlines()[0])) from e
         return StrategyInfo(strategy, "multi_worker", strategy.num_replicas_in_sync, workers)
     # TPU.
+    from kerasft.distributed import check_tpu_reachable
+
+    check_tpu_reachable(tpu_address(cfg, env))  # connect_to_cluster waits forever otherwise
     try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=cfg.training.tpu or "")
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address(cfg, env))
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
     except (ValueError, RuntimeError, tf.errors.OpError) as e:
@@ -256,10 +255,23 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         optimizer=make_optimizer(stage, steps_per_epoch, lr_scale,
                                  cfg.training.gradient_accumulation_steps),
         loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
-        metrics=make_metrics(cfg.head.activation),
+        # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
+        # padded with weight-0 rows (kerasft.distributed.pad_to_full_batches).
+        weighted_metrics=make_metrics(cfg.head.activation),
         jit_compile=cfg.training.jit_compile,
-        steps_per_execution=cfg.training.steps_per_execution,
+        steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )
+
+
+def execution_steps(configured: int, steps_per_epoch: int) -> int:
+    """The largest divisor of `steps_per_epoch` that is at most `configured`.
+
+    Keras runs whole executions of ``steps_per_execution`` steps; with ``steps_per_epoch`` on a
+    repeated dataset an epoch of 6 steps at 4 per execution would run 8 steps (keras 3.15
+    ``EpochIterator``), so epochs would overrun into the next epoch's batches.
+    """
+    limit = max(1, min(int(configured), int(steps_per_epoch)))
+    return max(d for d in range(1, limit + 1) if steps_per_epoch % d == 0)
 
 
 def run_stages(
@@ -275,12 +287,17 @@ def run_stages(
     log: Log = print,
     head: Any = None,
     cached_features: Callable[[], dict[str, Any]] | None = None,
+    checkpoint: Any = None,
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
     A ``head`` stage trains `head` alone on the backbone features from `cached_features` when
     given (they are computed once and reused by every head-only epoch and stage); other stages
-    train `model` end to end on `train_ds`.
+    train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
+    an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
+    `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.resume.
+    Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
+    continues at its committed stage and epoch (see kerasft/resume.py).
     """
     import keras
 
@@ -294,53 +311,107 @@ def run_stages(
     best_state: dict[str, Any] = {}
     nan_state: dict[str, Any] = {}
     monitor = cfg.training.monitor if val_ds is not None else "loss"
+    # Multi-worker: average batch-norm statistics over replicas before validation and before
+    # anything saves or keeps weights (Keras 3 keeps one copy per replica; see distribute_compat).
+    bn_sync = None
+    if strategy_info.kind == "multi_worker":
+        from kerasft.distribute_compat import batch_norm_sync_callback
+
+        bn_sync = batch_norm_sync_callback()
     epoch = 0
     results = []
+    ckpt = checkpoint
+    if ckpt is not None:  # per-epoch checkpoints; continue where the run state says
+        epoch = ckpt.state.epoch
+        results = [StageResult(**r) for r in ckpt.state.stages_done]
+        if ckpt.state.best is not None:
+            best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
+        if ckpt.resumed:
+            log(ckpt.describe([s.name for s in cfg.stages]))
+            with strategy_info.strategy.scope():
+                ckpt.restore_model(model)
     for i, stage in enumerate(cfg.stages):
+        if ckpt is not None and i < ckpt.state.stage:
+            continue  # finished before the interruption
+        first = ckpt.state.stage_first_epoch if ckpt is not None else epoch
+        remaining = 0 if ckpt is not None and ckpt.state.stopped else first + stage.epochs - epoch
         use_cache = stage.trainable == "head" and cached_features is not None and head is not None
         fit_model = head if use_cache else model
         with strategy_info.strategy.scope():
             unfrozen = apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
             compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
                           strategy_info.replicas)
+            if ckpt is not None:
+                ckpt.restore_optimizer(fit_model)
         trainable = count_params(model.trainable_weights)
         log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}"
             f"{' (head on cached features)' if use_cache else ''}, "
             f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen, "
-            f"{trainable:,} trainable parameters, epochs {epoch + 1}-{epoch + stage.epochs}, "
+            f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
+            f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
             f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")
         callbacks = [
             classes["NaNGuard"](stage.name, nan_state),
             classes["StageCSVLogger"](history_csv, stage.name),
         ]
-        if val_ds is not None or monitor == "loss":
+        if bn_sync is not None:
+            callbacks.insert(0, bn_sync)
+        if ckpt is None and (val_ds is not None or monitor == "loss"):
             callbacks.append(classes["BestWeights"](best_path, monitor, best_state,
                                                     target=model))
         es = stage.early_stopping
+        es_callback = None
         if es.patience > 0:
             es_monitor = es.monitor if val_ds is not None else es.monitor.removeprefix("val_")
-            callbacks.append(keras.callbacks.EarlyStopping(
-                monitor=es_monitor, patience=es.patience, min_delta=es.min_delta,
-                restore_best_weights=True, verbose=1,
-            ))
+            es_kwargs: dict[str, Any] = {
+                "monitor": es_monitor, "patience": es.patience, "min_delta": es.min_delta,
+                "restore_best_weights": True, "verbose": 1}
+            if ckpt is None:
+                es_callback = keras.callbacks.EarlyStopping(**es_kwargs)
+            else:
+                from kerasft.resume import callbacks as resume_callbacks
+
+                es_callback = resume_callbacks()["ResumableEarlyStopping"](
+                    resume_state=ckpt.state.early_stopping,
+                    best_weights=ckpt.early_stopping_weights(model, fit_model), **es_kwargs)
+            callbacks.append(es_callback)
         if cfg.training.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run_dir / "tensorboard")))
-        if use_cache:
-            features = cached_features()
-            fit_data: dict[str, Any] = {
-                "x": features["x"], "y": features["y"], "shuffle": True,
-                "batch_size": cfg.data.batch_size, "validation_data": features.get("val"),
-            }
-        else:
-            fit_data = {"x": train_ds, "validation_data": val_ds,
-                        "shuffle": False}  # the tf.data pipeline shuffles (seeded)
-        history = fit_model.fit(
-            **fit_data,
-            epochs=epoch + stage.epochs,
-            initial_epoch=epoch,
-            callbacks=callbacks,
-            verbose=_verbose(cfg.training.verbose),
-        )
+        if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
+            from kerasft.resume import callbacks as resume_callbacks
+            from kerasft.resume import pause_requested
+
+            resume_classes = resume_callbacks()
+            callbacks.append(resume_classes["EpochCheckpoint"](
+                ckpt, model, stage=i, stage_first_epoch=first, monitor=monitor,
+                nan_state=nan_state, early_stopping=es_callback))
+            if pause_requested():
+                callbacks.append(resume_classes["Pause"]())
+        history = None
+        if remaining > 0:
+            if use_cache:
+                features = cached_features()
+                fit_data: dict[str, Any] = {
+                    "x": _feature_batches(features, cfg, epoch),
+                    "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
+                    "validation_data": features.get("val"), "shuffle": False,
+                }
+            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.epoch_batches)
+                fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
+                            "validation_data": val_ds, "shuffle": False}
+            else:
+                fit_data = {"x": train_ds, "validation_data": val_ds,
+                            "shuffle": False}  # the tf.data pipeline shuffles (seeded)
+            history = fit_model.fit(
+                **fit_data,
+                epochs=first + stage.epochs,
+                initial_epoch=epoch,
+                callbacks=callbacks,
+                verbose=_verbose(cfg.training.verbose),
+            )
+        elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
+            # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
+            model.load_weights(ckpt.dir / ckpt.state.early_stopping["weights"])
         if nan_state:
             where = nan_state["nan"]
             raise KerasftError(
@@ -351,16 +422,41 @@ def run_stages(
                    else "")
                 + (f"; the best weights so far are in {best_path}" if best_path.exists() else "")
             )
-        ran = len(history.epoch)
-        last_logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-        results.append(StageResult(
-            name=stage.name, epochs_run=ran, first_epoch=epoch + 1, last_epoch=epoch + ran,
+        if ckpt is not None:
+            ran = ckpt.state.epoch - first
+            last_logs = dict(ckpt.state.last_logs)
+        else:
+            assert history is not None
+            ran = len(history.epoch)
+            last_logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+        result = StageResult(
+            name=stage.name, epochs_run=ran, first_epoch=first + 1, last_epoch=first + ran,
             trainable_params=trainable, unfrozen_layers=len(unfrozen["unfrozen_layers"]),
             stopped_early=ran < stage.epochs, final_logs=last_logs,
-        ))
-        epoch += ran
+        )
+        results.append(result)
+        epoch = first + ran
+        if ckpt is not None:
+            ckpt.commit_stage_end(model, stage=i, result=asdict(result),
+                                  weights_changed=es_callback is not None)
+    if ckpt is not None and ckpt.state.best is not None:
+        best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
     if cfg.training.restore_best and best_path.exists():
         model.load_weights(best_path)
         log(f"restored the best weights ({monitor}={best_state.get('best'):.4f} at epoch "
             f"{best_state.get('epoch', 0) + 1}) from {best_path}")
+    if ckpt is not None and ckpt.write_seconds:
+        log(f"checkpoints: {ckpt.write_seconds:.1f} s writing per-epoch checkpoints "
+            f"(commit {ckpt.state.commit})")
     return results
+
+
+def _feature_batches(features: dict[str, Any], cfg: Config, start_epoch: int) -> Any:
+    """Endless, epoch-keyed batches of cached head features (see data.epoch_batches)."""
+    import tensorflow as tf
+
+    from kerasft.data import epoch_batches
+
+    ds = tf.data.Dataset.from_tensor_slices((features["x"], features["y"]))
+    return epoch_batches(ds, start_epoch=start_epoch, seed=cfg.seed, buffer=len(features["y"]),
+                         batch_size=cfg.data.batch_size)

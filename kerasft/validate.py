@@ -29,13 +29,16 @@ def _max_sequence_length(source: dict[str, Any]) -> int | None:
     return config.get("config", {}).get("max_sequence_length")
 
 
-def _check_task(cfg: Config, task: str) -> None:
-    image_sources = ("image_folder",)
-    text_sources = ("csv",)
-    if task == "text" and cfg.data.source in image_sources or (
-        task == "image" and cfg.data.source in text_sources
-    ):
-        raise ConfigError(expected(f"a {task} data source for backbone {cfg.backbone.name}",
+def check_data_source(cfg: Config) -> None:
+    """``data.source`` gives the backbone's kind of data (csv: text, image_folder: images)."""
+    from kerasft.backbones import get_entry
+
+    task = get_entry(cfg.backbone.name).task
+    wrong = {"text": ("image_folder",), "image": ("csv",)}.get(task, ())
+    if cfg.data.source in wrong:
+        sources = "csv or tfds" if task == "text" else "image_folder or tfds"
+        raise ConfigError(expected(f"{'a text' if task == 'text' else 'an image'} data source "
+                                   f"for backbone {cfg.backbone.name} ({sources})",
                                    "data.source", cfg.data.source))
 
 
@@ -47,7 +50,7 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
     cfg = load_config(config, overrides)
     lines = [f"config: {len(cfg.stages)} stages, keys and types OK"]
     entry = get_entry(cfg.backbone.name)
-    _check_task(cfg, entry.task)
+    check_data_source(cfg)
     if entry.task == "text":
         if not cfg.backbone.preset:
             raise ConfigError(expected("a preset for bert", "backbone.preset", None))
@@ -60,9 +63,18 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
         note = " (downloaded at train time)" if source["kind"] == "kerashub_name" else ""
         lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
     else:
+        if cfg.backbone.input_shape is not None and entry.min_size:
+            from kerasft.backbones import _image_size
+
+            _image_size(cfg.backbone, cfg.backbone.name, entry.default_size or entry.min_size,
+                        entry.min_size)
         lines.append(f"backbone: {entry.name} ({entry.description})"
                      + (" with ImageNet weights (downloaded at train time)"
                         if cfg.backbone.weights == "imagenet" else ""))
+    if cfg.backbone.weights not in ("imagenet", "none"):
+        from kerasft.backbones import _check_weights_file
+
+        _check_weights_file(cfg.backbone.weights)
     lines += _check_stages(cfg)
     lines += _check_data(cfg)
     if cfg.training.strategy == "multi_worker":
@@ -70,11 +82,39 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
 
         parse_tf_config(os.environ.get("TF_CONFIG", ""))
         lines.append("TF_CONFIG: OK")
-    export_dir = Path(cfg.export.dir)
-    probe = export_dir if export_dir.exists() else export_dir.parent
-    if cfg.export.enabled and probe.exists() and not os.access(probe, os.W_OK):
-        raise ConfigError(expected("a writable export folder", "export.dir", str(export_dir)))
+    check_writable(cfg.output_dir, "output_dir", "a writable output folder")
+    if cfg.export.enabled:
+        check_export_target(cfg)
     return lines
+
+
+def check_writable(path: str | os.PathLike, key: str, what: str) -> None:
+    """Raises the one-line error creating `path` would give, without creating anything."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    problem = ("Not a directory" if probe.exists() and not probe.is_dir()
+               else "Permission denied" if probe.exists() and not os.access(probe, os.W_OK)
+               else None)
+    if problem:
+        raise ConfigError(expected(what, key, str(path)) + f" ({problem})")
+
+
+def check_export_target(cfg: Config) -> None:
+    """The export folder is writable and a fixed ``export.version`` does not exist yet (checked
+    before training, so a bad export target costs no training time and writes nothing)."""
+    from kerasft.errors import ExportError
+    from kerasft.export import next_version
+
+    check_writable(cfg.export.dir, "export.dir", "a writable export folder")
+    model_dir = Path(cfg.export.dir) / cfg.name
+    version = cfg.export.version
+    if version != "auto" and (model_dir / str(version)).exists():
+        raise ExportError(
+            expected(f"a version that does not exist yet (next free: {next_version(model_dir)})",
+                     "export.version", version) + f" ({model_dir / str(version)} exists; "
+            "versions are never overwritten)"
+        )
 
 
 def _build_network(cfg: BackboneConfig) -> Any:

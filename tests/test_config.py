@@ -42,8 +42,9 @@ def test_python_keyword_overrides(tmp_path):
 
 
 def test_unknown_key_suggests(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'data.batch_sise'.*"
-                                          r"Did you mean 'batch_size'"):
+    with pytest.raises(ConfigError, match=r"expected a known config key \(valid under data: "
+                                          r"source, train, .*\)\. Received: unknown "
+                                          r"key='data.batch_sise' Did you mean 'batch_size'\?$"):
         load_config(write(tmp_path, BASE), ["data.batch_sise=3"])
 
 

