@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from kerasft.distribute_compat import (
     worker_temp_dir,
 )
 from kerasft.errors import ConfigError, KerasftError
+from tests.cluster import run_cluster
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).resolve().parent / "mwms_worker.py"
@@ -208,71 +207,15 @@ def test_reduce_override_single_worker(tmp_path):
 # --------------------------------------------------------------------------- 2 real workers
 
 
-def _free_ports(n):
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-_PORT_TAKEN = ("address already in use", "failed to add port", "could not start grpc server")
-
-
 def _run_two_workers(tmp_path, mode):
-    """Runs 2 workers on loopback ports picked now; returns (return codes, logs, out folder).
-    Retries once with new ports if a port was taken between picking and binding."""
-    for attempt in range(2):
-        rcs, texts, out = _run_two_workers_once(tmp_path / f"{mode}_{attempt}", mode)
-        if rcs == [0, 0] or not any(m in t.lower() for m in _PORT_TAKEN for t in texts):
-            break
-    return rcs, texts, out
-
-
-def _run_two_workers_once(out, mode):
-    """Kills both workers on timeout, and the survivor 30 s after one fails (it would wait
-    for its peer's collectives)."""
-    out.mkdir(parents=True)
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    procs, logs = [], []
-    for index in range(2):
-        config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        log = open(out / f"log_{index}.txt", "w")  # closed below
-        logs.append(log)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(out), mode],
-                env=_env(out, TF_CONFIG=json.dumps(config)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=str(REPO),
-            )
-        )
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    failed_at = None
-    try:
-        while any(p.poll() is None for p in procs):
-            now = time.monotonic()
-            if any(p.poll() not in (None, 0) for p in procs):
-                failed_at = failed_at or now
-            if now > deadline or (failed_at is not None and now - failed_at > 30):
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-        for log in logs:
-            log.close()
-    texts = [(out / f"log_{i}.txt").read_text() for i in range(2)]
-    return [p.returncode for p in procs], texts, out
+    """Runs 2 workers of tests/mwms_worker.py on loopback (tests.cluster.run_cluster: new ports
+    on a port clash, the survivor killed 30 s after a peer fails); returns (return codes, logs,
+    the folder the workers wrote their results to)."""
+    results = tmp_path / f"{mode}_results"
+    results.mkdir(parents=True)
+    run = run_cluster(tmp_path / mode, lambda index: [str(WORKER), str(results), mode],
+                      workers=2, timeout_s=RUN_TIMEOUT_S)
+    return run.returncodes, run.logs, results
 
 
 def _tail(texts, n=3000):
