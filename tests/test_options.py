@@ -223,3 +223,15 @@ def test_length_sorted_prediction_keeps_the_split_order(tmp_path):
     np.testing.assert_allclose(sorted_out, ft.predict(texts), atol=1e-5)
     ft.config.data.bucket_by_length = False  # fixed padding, split order
     np.testing.assert_allclose(ft._predict_split(ft.model, split), sorted_out, atol=1e-5)
+
+
+def test_tensorboard_writes_epoch_scalars_only(image_arrays, tmp_path):
+    import tensorflow as tf
+
+    ft, _ = _train(image_arrays, tmp_path, [{**ALL[0], "epochs": 2}], {"tensorboard": True})
+    tags = []
+    for path in (ft.run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags += [value.tag for value in event.summary.value]
+    assert "epoch_loss" in tags and "epoch_accuracy" in tags
+    assert not [t for t in tags if t.startswith("batch_")]
