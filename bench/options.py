@@ -14,6 +14,10 @@ steps; bench/benchutil.py) are compared with the baseline of the same repeat.
   ``steps_per_execution`` matters.
 * ``resnet50``: ResNet50 224x224 unfrozen (``weights: none``), batch 16, random images.
 
+ResNet50 under ``mixed_float16`` is left out unless ``--resnet-float16``: float16 convolutions have
+no fast CPU kernel (it had not finished 6 steps after 12 minutes). ``bench/options.py --probe``
+times one float16 / bfloat16 / float32 ResNet50 forward pass and train step instead.
+
 ``gradient_accumulation_steps=4`` runs batch 8 (batch 4 for ResNet50) so that the effective
 batch equals the baseline's: it trades speed for memory, it does not make steps faster.
 """
@@ -103,6 +107,33 @@ def head_job(training: dict, features: np.ndarray, labels: np.ndarray, batch: in
     return job
 
 
+def probe(batch: int = 2) -> None:
+    """Seconds for one ResNet50 224x224 forward pass and one train step (after a warmup call of
+    each) per dtype policy."""
+    import time
+
+    import keras
+
+    images = np.random.default_rng(0).uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
+    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        model = keras.applications.ResNet50(weights=None)
+        model.predict_on_batch(images)
+        start = time.perf_counter()
+        model.predict_on_batch(images)
+        forward = time.perf_counter() - start
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        labels = np.zeros(batch, "int32")
+        model.train_on_batch(images, labels)
+        start = time.perf_counter()
+        model.train_on_batch(images, labels)
+        print(f"ResNet50 224x224, batch {batch}, {policy}: forward {forward:.2f} s, "
+              f"train step {time.perf_counter() - start:.2f} s", flush=True)
+        del model
+        keras.backend.clear_session()
+    keras.mixed_precision.set_global_policy("float32")
+
+
 def rate(result: dict[str, Any], cpu: bool = False) -> float:
     seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
     examples = sum(t.batch_size * len(t.step_seconds) for t in result["timings"])
@@ -114,7 +145,15 @@ def main() -> None:
     parser.add_argument("--rows", default="minilm,head,resnet50")
     parser.add_argument("--options", default=",".join(OPTIONS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--resnet-float16", action="store_true",
+                        help="Also run ResNet50 under mixed_float16 (on CPU: over 12 minutes "
+                             "for its 6 steps here, against 40 s for the baseline).")
+    parser.add_argument("--probe", action="store_true",
+                        help="Only time a ResNet50 forward pass and train step per policy.")
     args = parser.parse_args()
+    if args.probe:
+        probe()
+        return
     names = args.options.split(",")
     print(machine())
     print(f"load average at start: {load_average()}")
@@ -138,6 +177,8 @@ def main() -> None:
                 images = rng.integers(0, 256, size=(112, 224, 224, 3), dtype=np.uint8)
                 labels = np.array(["a", "b", "c"])[np.arange(112) % 3]
                 for name in names:
+                    if name == "mixed_float16" and not args.resnet_float16:
+                        continue  # float16 convolutions on CPU: see --resnet-float16
                     accumulate = "gradient_accumulation" in name
                     jobs[name] = tuner_job(
                         {"name": "resnet50", "weights": "none", "input_shape": [224, 224, 3]},
@@ -166,10 +207,13 @@ def main() -> None:
                 cpu = [rate(r, True) / rate(b, True) for r, b in zip(runs, base, strict=True)]
                 table.append([description, name, f"{median([rate(r) for r in runs]):.1f}",
                               spread(wall), spread(cpu)])
+            print(markdown_table(HEADER, table[-len(results):]), flush=True)
     print(f"\nload average at end: {load_average()}; {args.repeats} repeats\n")
-    print(markdown_table(["workload", "option", "examples/s (wall)",
-                          "vs baseline, wall (median, min-max)", "vs baseline, CPU time"],
-                         table))
+    print(markdown_table(HEADER, table))
+
+
+HEADER = ["workload", "option", "examples/s (wall)", "vs baseline, wall (median, min-max)",
+          "vs baseline, CPU time"]
 
 
 if __name__ == "__main__":
