@@ -237,21 +237,29 @@ class FineTuner:
             if not self.config.training.checkpoint_every_epoch:
                 return None
             return Checkpointer.start(self.run_dir, data, self.log)
-        if self.strategy_info.kind == "multi_worker":
-            raise KerasftError(expected("a single-process strategy to resume a run (multi_worker "
-                                        "runs cannot resume yet)", "training.strategy",
-                                        "multi_worker"))
-        run_dir = (find_latest_run(output_dir or self.config.output_dir, self.config.name)
-                   if resume is True else Path(resume))
-        self.log.path = run_dir / "train.log"  # what resuming logs goes to the run's log
-        try:
-            checkpoint = Checkpointer.resume(run_dir, self.config, data, self.log, force)
-        except KerasftError:
-            self.log.path = None
-            raise
-        self._run_folder = None
-        self._run_folder_lines = [f"run folder: {run_dir} (resumed)"]
-        self.run_dir = run_dir
+        from kerasft.distributed import placement, resume_run_folder
+        from kerasft.resume import copy_committed_run
+
+        def locate() -> Path:
+            return (find_latest_run(output_dir or self.config.output_dir, self.config.name)
+                    if resume is True else Path(resume))
+
+        def reopen(folder: Path) -> Checkpointer:
+            self.log.path = folder / "train.log"  # what resuming logs goes to the run's log
+            try:
+                return Checkpointer.resume(folder, self.config, data, self.log, force)
+            except KerasftError:
+                self.log.path = None
+                raise
+
+        where = placement(self.strategy_info.kind, os.environ)
+        self._run_folder, checkpoint = resume_run_folder(
+            locate, reopen, where, self.strategy_info.strategy,
+            copy=lambda run, temp: copy_committed_run(run, temp, (LABELS_FILE,)))
+        self._run_folder_lines = [
+            f"{line} (resumed)" if line.startswith("run folder:") else line
+            for line in self._run_folder.describe(where)]
+        self.run_dir = self._run_folder.write_dir
         return checkpoint
 
     def fit(
@@ -481,16 +489,29 @@ class FineTuner:
         """Probabilities for raw inputs (strings, or images of any size ``[n, h, w, 3]``)."""
         import tensorflow as tf
 
+        from kerasft.distributed import distribute_pipeline
+
         model = self.model
         batch_size = batch_size or self.config.data.batch_size
         if self.backbone.task == "text":
-            ds = tf.data.Dataset.from_tensor_slices(np.asarray(inputs, dtype=object).astype(str))
+            rows = np.asarray(inputs, dtype=object).astype(str)
+            ds = tf.data.Dataset.from_tensor_slices(rows)
             ds = ds.batch(batch_size).map(self._preprocess())
         else:
-            images = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
-            ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+            rows = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
+            ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
             ds = ds.map(self.backbone.preprocess)
-        return np.asarray(model.predict(ds, verbose=0))
+        count = len(rows)
+        if self.strategy_info is not None:
+            # multi_worker / tpu: padded to full global batches (a short last batch would hand
+            # some replica an empty batch); the padding rows are cut below. Others: unchanged.
+            labelled = ds.map(lambda x: (x, tf.zeros(tf.shape(tf.nest.flatten(x)[0])[:1],
+                                                       tf.int32)))
+            padded = distribute_pipeline(labelled, self.strategy_info.kind, size=count,
+                                         global_batch=batch_size, training=False)
+            if padded is not labelled:
+                ds = padded
+        return np.asarray(model.predict(ds, verbose=0))[:count]
 
     # -- export ------------------------------------------------------------------------------
 

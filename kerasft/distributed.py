@@ -137,6 +137,19 @@ def check_strategy_options(cfg: Config, kind: str) -> None:
             "training.steps_per_execution", spe))
 
 
+def check_global_batch(batch: int, replicas: int, kind: str) -> None:
+    """``data.batch_size`` is the global batch: at least one example per replica, and a multiple
+    of the replicas on TPUs (static per-replica shapes). Elsewhere an uneven split only warns."""
+    if batch < replicas:
+        raise ConfigError(expected(f"a global batch of at least one example per replica "
+                                   f"({replicas} replicas under {kind})", "data.batch_size",
+                                   batch))
+    if kind == "tpu" and batch % replicas:
+        raise ConfigError(expected(f"a multiple of the {replicas} TPU replicas (each replica "
+                                   "gets a static share of the global batch)",
+                                   "data.batch_size", batch))
+
+
 def drops_remainder(kind: str) -> bool:
     """Whether training batches drop the last partial batch under strategy `kind`."""
     return kind in DROP_REMAINDER_KINDS
@@ -386,6 +399,60 @@ def open_run_folder(base: str | os.PathLike, name: str, run_id: str | None, wher
         return RunFolder(run_dir, run_dir, temporary=False)
     prefix = f"kerasft-{run_dir.name}-{where.task_type}{where.task_index}-"
     return RunFolder(run_dir, Path(tempfile.mkdtemp(prefix=prefix)), temporary=True)
+
+
+def resume_run_folder(locate: Callable[[], Path], resume: Callable[[Path], Any],
+                      where: Placement, strategy: Any = None,
+                      copy: Callable[[Path, Path], None] | None = None) -> tuple[RunFolder, Any]:
+    """Reopens an interrupted run on every worker; returns its RunFolder and `resume`'s result.
+
+    `locate()` names the run folder (the same call on every worker). The chief resumes it in
+    place: ``resume(run_dir)``. Every other worker reads it too, so multi-worker resume needs the
+    output folder on storage all workers read (NFS, a bucket mounted with gcsfuse, a
+    ReadWriteMany volume: as for the checkpoints in TensorFlow's multi-worker guide): it copies
+    the committed checkpoint into a private temporary folder with ``copy(run_dir, temp)`` and
+    resumes that, so its own later checkpoints never touch the real folder. One collective then
+    compares what each worker resumed (run folder and run state): every worker raises the same
+    one-line error if one of them failed or read another commit, before any training step.
+    """
+    problem, run_dir, write_dir, result = "", None, None, None
+    try:
+        run_dir = Path(locate())
+        if where.is_chief:
+            write_dir = run_dir
+        else:
+            write_dir = Path(tempfile.mkdtemp(
+                prefix=f"kerasft-{run_dir.name}-{where.task_type}{where.task_index}-"))
+            if copy is not None:
+                copy(run_dir, write_dir)
+        result = resume(write_dir)
+    except KerasftError as e:
+        problem = str(e)
+    if where.workers <= 1:
+        if problem:
+            raise KerasftError(problem)
+        return RunFolder(run_dir, run_dir, temporary=False), result
+    state = write_dir / "checkpoints" / "state.json" if write_dir is not None else None
+    state_hash = float(zlib.crc32(state.read_bytes())) if state and state.is_file() else -1.0
+    name_hash = float(zlib.crc32(run_dir.name.encode())) if run_dir is not None else -1.0
+    chief_row, rows = _agree(strategy, [float(bool(problem)), name_hash, state_hash,
+                                        float(where.task_index)], where.is_chief)
+    failed = [int(r[3]) for r in rows if r[0]]
+    temporary = write_dir is not None and not where.is_chief
+    if problem or failed or any(r[1:3] != chief_row[1:3] for r in rows):
+        if temporary:
+            shutil.rmtree(write_dir, ignore_errors=True)
+        if problem:
+            raise KerasftError(problem if where.is_chief else
+                               f"{problem} (multi_worker resume: every worker reads the chief's "
+                               "run folder; see docs/DISTRIBUTED.md)")
+        if failed:
+            raise KerasftError(expected("every worker to resume the run (see the failed workers' "
+                                        "logs)", "workers that could not resume", failed))
+        raise KerasftError(expected(
+            "every worker to resume the same run folder at the same commit (output_dir on "
+            "storage all workers read)", "run folder", str(run_dir)))
+    return RunFolder(run_dir, write_dir, temporary=temporary), result
 
 
 # --------------------------------------------------------------------------- export

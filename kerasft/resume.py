@@ -230,6 +230,26 @@ def _truncate(path: Path, size: int) -> None:
             os.fsync(f.fileno())
 
 
+def copy_committed_run(run_dir: Path, dest: Path, extra_files: tuple[str, ...] = ()) -> None:
+    """Copies what resuming `run_dir` reads (config.yaml, history.csv, `extra_files`, state.json
+    and the checkpoint files it names) into `dest`: a non-chief worker resumes from this private
+    copy and writes its own checkpoints there (kerasft.distributed.resume_run_folder)."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    state_path = run_dir / CHECKPOINTS / STATE_FILE
+    if not state_path.is_file() or not (run_dir / "config.yaml").is_file():
+        raise KerasftError(expected(f"a kerasft run folder with config.yaml and "
+                                    f"{CHECKPOINTS}/{STATE_FILE}", "resume", str(run_dir)))
+    state = _read_state(state_path)
+    (dest / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "history.csv", *extra_files):
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, dest / name)
+    for name in sorted(state.referenced()):
+        if (run_dir / CHECKPOINTS / name).is_file():  # a missing one fails in resume()
+            shutil.copyfile(run_dir / CHECKPOINTS / name, dest / CHECKPOINTS / name)
+    shutil.copyfile(state_path, dest / CHECKPOINTS / STATE_FILE)
+
+
 # ---------------------------------------------------------------------------------------------
 # Checkpoints.
 

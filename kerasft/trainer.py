@@ -62,7 +62,16 @@ def _tf_config_workers(env: Mapping[str, str]) -> int:
 
 
 def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> StrategyInfo:
-    """Picks the tf.distribute strategy named by ``training.strategy`` (``auto`` detects)."""
+    """Picks the tf.distribute strategy named by ``training.strategy`` (``auto`` detects) and
+    checks ``data.batch_size`` against its replicas (kerasft.distributed.check_global_batch)."""
+    from kerasft.distributed import check_global_batch
+
+    info = _create_strategy(cfg, env)
+    check_global_batch(cfg.data.batch_size, info.replicas, info.kind)
+    return info
+
+
+def _create_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> StrategyInfo:
     import tensorflow as tf
 
     from kerasft.distributed import check_strategy_options, select_strategy_kind, tpu_address

@@ -77,11 +77,20 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
         _check_weights_file(cfg.backbone.weights)
     lines += _check_stages(cfg)
     lines += _check_data(cfg)
-    if cfg.training.strategy == "multi_worker":
-        from kerasft.distribute_compat import parse_tf_config
+    from kerasft.distributed import (
+        check_global_batch,
+        check_strategy_options,
+        placement,
+        select_strategy_kind,
+    )
 
-        parse_tf_config(os.environ.get("TF_CONFIG", ""))
-        lines.append("TF_CONFIG: OK")
+    kind = select_strategy_kind(cfg, os.environ)  # GPUs are not counted: nothing initialised
+    check_strategy_options(cfg, kind)
+    if kind == "multi_worker":
+        where = placement(kind, os.environ)  # parses TF_CONFIG (one-line error when invalid)
+        check_global_batch(cfg.data.batch_size, where.workers, kind)  # >= 1 replica per worker
+        lines.append(f"TF_CONFIG: OK ({where.workers} workers; this process: {where.task}"
+                     f"{', chief' if where.is_chief else ''})")
     check_writable(cfg.output_dir, "output_dir", "a writable output folder")
     if cfg.export.enabled:
         check_export_target(cfg)

@@ -66,12 +66,14 @@ def worker_env(out: Path, tf_config: dict | None, extra: dict[str, str] | None =
 
 def run_cluster(out: Path, command: Callable[[int], Sequence[str]], workers: int = 2,
                 timeout_s: float = 240.0, extra_env: dict[str, str] | None = None,
-                retries: int = 1) -> ClusterRun:
+                retries: int = 1, kill_when: Callable[[], bool] | None = None) -> ClusterRun:
     """Runs `command(i)` for i in range(workers) as one cluster; retries with new ports when a
     port was taken between picking and binding. A survivor is killed 30 s after a peer fails
-    (it would wait for the peer's collectives)."""
+    (it would wait for the peer's collectives). With `kill_when`, every worker is killed
+    (SIGKILL) as soon as it returns True: a cluster that loses all its machines at once."""
     for attempt in range(retries + 1):
-        run = _run_once(out / f"attempt_{attempt}", command, workers, timeout_s, extra_env)
+        run = _run_once(out / f"attempt_{attempt}", command, workers, timeout_s, extra_env,
+                        kill_when)
         if all(rc == 0 for rc in run.returncodes) or not any(
                 m in log.lower() for m in PORT_TAKEN for log in run.logs):
             return run
@@ -79,7 +81,8 @@ def run_cluster(out: Path, command: Callable[[int], Sequence[str]], workers: int
 
 
 def _run_once(out: Path, command: Callable[[int], Sequence[str]], workers: int,
-              timeout_s: float, extra_env: dict[str, str] | None) -> ClusterRun:
+              timeout_s: float, extra_env: dict[str, str] | None,
+              kill_when: Callable[[], bool] | None = None) -> ClusterRun:
     out.mkdir(parents=True)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(workers)]}
     procs, logs = [], []
@@ -101,6 +104,8 @@ def _run_once(out: Path, command: Callable[[int], Sequence[str]], workers: int,
             if any(p.poll() not in (None, 0) for p in procs):
                 failed_at = failed_at or now
             if now > deadline or (failed_at is not None and now - failed_at > 30):
+                break
+            if kill_when is not None and kill_when():
                 break
             time.sleep(0.2)
     finally:

@@ -5,7 +5,9 @@ Usage: ``TF_CONFIG=... python tests/multi_worker_train.py WEIGHTS.npy CONFIG [tr
 Runs the real CLI (``kerasft.cli.main(["train", CONFIG, ...])``) after registering ``tiny_cnn``
 (a test-only backbone), and saves this worker's final weights (all of them, flattened in
 ``model.weights`` order) to WEIGHTS.npy when ``FineTuner.fit`` returns, so the test can compare
-workers whose own run folders are temporary.
+workers whose own run folders are temporary. It also saves, to WEIGHTS.predict.npz,
+``FineTuner.predict`` on 13 images (not a multiple of the global batch: padded under
+multi_worker) next to the model called directly on the same preprocessed images.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def main(weights_out: str, args: list[str]) -> None:
     def fit_and_save_weights(self: api.FineTuner, *a: object, **k: object) -> dict:
         summary = fit(self, *a, **k)
         np.save(weights_out, np.concatenate([np.ravel(w) for w in self.model.get_weights()]))
+        images = np.random.default_rng(5).uniform(0, 255, (13, 20, 20, 3)).astype("float32")
+        resized = tf.image.resize(images, self.backbone.image_size)
+        direct = self.model(self.backbone.preprocess(resized), training=False)
+        np.savez(weights_out.replace(".npy", ".predict.npz"), predict=self.predict(images),
+                 direct=np.asarray(direct))
         return summary
 
     api.FineTuner.fit = fit_and_save_weights  # type: ignore[method-assign]

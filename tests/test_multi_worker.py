@@ -3,10 +3,12 @@ folder naming, ``kerasft train --dry-run``, and a real 2-worker ``kerasft train`
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,7 @@ def image_config(tmp_path: Path, images: Path, **training) -> dict:
         "data": {"source": "image_folder", "train": str(images), "validation_split": 0.2,
                  "batch_size": 8},
         "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 0.01},
-                   {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.001}],
+                   {"name": "all", "trainable": "all", "epochs": 2, "learning_rate": 0.001}],
         "training": {"strategy": "auto", "verbose": "epoch", "tensorboard": True, **training},
         "export": {"dir": str(tmp_path / "saved_models")},
     }
@@ -372,8 +374,8 @@ def test_cli_dry_run_multi_worker(tmp_path, monkeypatch):
     assert "train 24, validation 6, test 0 examples" in out  # 30 images, validation_split 0.2
     assert "steps per epoch: 3 training, 1 validation" in out
     assert "stage 'head': 1 epochs x 3 steps = 3 steps" in out
-    assert "stage 'all': 1 epochs x 3 steps = 3 steps" in out
-    assert "total: 2 epochs, 6 steps" in out
+    assert "stage 'all': 2 epochs x 3 steps = 6 steps" in out
+    assert "total: 3 epochs, 9 steps" in out
     assert f"run folder: {tmp_path / 'runs' / 'tiny-job-3'}" in out
     assert f"export: {tmp_path / 'saved_models' / 'tiny' / '1'} (version 1)" in out
     assert not (tmp_path / "runs").exists() and not (tmp_path / "saved_models").exists()
@@ -409,19 +411,141 @@ def test_cli_dry_run_rejects_steps_per_execution(tmp_path, monkeypatch):
     assert line.startswith("Error: ") and "keras-team/keras#19246" in line
 
 
+# --------------------------------------------------------------------------- validate, batch
+
+
+def _validate(tmp_path, monkeypatch, env: dict[str, str], **training):
+    images = write_images(tmp_path / "images", per_class=4)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(image_config(tmp_path, images, **training)))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from kerasft.cli import main
+
+    return CliRunner().invoke(main, ["validate", str(config)])
+
+
+def test_validate_detects_multi_worker_under_auto(tmp_path, monkeypatch):
+    result = _validate(tmp_path, monkeypatch, two_workers(1))
+    assert result.exit_code == 0, result.output
+    assert "TF_CONFIG: OK (2 workers; this process: worker 1)" in result.output
+    # strategy auto + a 2-worker TF_CONFIG = multi_worker: steps_per_execution is refused here,
+    # before anything starts, not only at train time.
+    result = _validate(tmp_path / "b", monkeypatch, two_workers(0), steps_per_execution=3)
+    assert result.exit_code == 2
+    last = result.output.strip().splitlines()[-1]
+    assert "keras-team/keras#19246" in last and last.endswith("steps_per_execution=3")
+    assert "Traceback" not in result.output
+
+
+def test_global_batch_needs_one_example_per_replica():
+    from kerasft.distributed import check_global_batch
+
+    check_global_batch(8, 8, "tpu")
+    check_global_batch(9, 2, "multi_worker")  # uneven: a warning at train time, not an error
+    with pytest.raises(ConfigError) as info:
+        check_global_batch(2, 4, "mirrored")
+    assert str(info.value).endswith("Received: data.batch_size=2")
+    assert "4 replicas under mirrored" in str(info.value)
+    with pytest.raises(ConfigError, match=r"multiple of the 8 TPU replicas.*batch_size=12"):
+        check_global_batch(12, 8, "tpu")
+
+
+def test_resolve_strategy_checks_the_global_batch():
+    cfg = load_config({"data": {"batch_size": 1},
+                       "training": {"devices": ["/cpu:0", "/cpu:1"]}})
+    with pytest.raises(ConfigError, match=r"2 replicas under mirrored.*batch_size=1"):
+        resolve_strategy(cfg, env={})
+
+
+def _committed_run(tmp_path: Path) -> Path:
+    """A run folder as a chief leaves it: config, history, labels, state and one checkpoint."""
+    run = tmp_path / "runs" / "m-job"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("name: m\n")
+    (run / "history.csv").write_text("stage,epoch\nhead,0\n")
+    (run / "labels.txt").write_text("a\nb\n")
+    (run / "checkpoints" / "ckpt-000001.weights.h5").write_bytes(b"w")
+    (run / "checkpoints" / "ckpt-000001.state.npz").write_bytes(b"s")
+    (run / "checkpoints" / "ckpt-000000.weights.h5").write_bytes(b"old, unreferenced")
+    (run / "checkpoints" / "state.json").write_text(json.dumps(
+        {"format": 1, "commit": 1, "epoch": 1, "weights": "ckpt-000001.weights.h5",
+         "arrays": "ckpt-000001.state.npz"}))
+    return run
+
+
+def test_non_chief_resumes_from_a_private_copy(tmp_path, monkeypatch):
+    """A non-chief worker copies the committed checkpoint into its temporary folder, resumes
+    that, and every worker fails with one line when another worker read another state."""
+    import kerasft.distributed as distributed
+    from kerasft.resume import copy_committed_run
+
+    run = _committed_run(tmp_path)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    worker1 = placement("multi_worker", two_workers(1))
+    seen = []
+
+    def agree_with(chief_row):
+        def agree(strategy, mine, chief):
+            return chief_row(mine), [chief_row(mine), mine]
+        return agree
+
+    monkeypatch.setattr(distributed, "_agree", agree_with(lambda mine: list(mine)))
+    folder, result = distributed.resume_run_folder(
+        lambda: run, lambda d: seen.append(d) or "ckpt", worker1,
+        copy=lambda r, t: copy_committed_run(r, t, ("labels.txt",)))
+    assert result == "ckpt" and folder.run_dir == run and folder.temporary
+    copy = folder.write_dir
+    assert copy.parent == tmp_path / "tmp" and seen == [copy]
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == [
+        "ckpt-000001.state.npz", "ckpt-000001.weights.h5", "state.json"]
+    assert (copy / "labels.txt").read_text() == "a\nb\n"
+    assert (copy / "history.csv").read_text() == (run / "history.csv").read_text()
+    folder.close()
+    assert not copy.exists()
+    # The chief resumed another state (e.g. a worker read a stale copy of the folder).
+    monkeypatch.setattr(distributed, "_agree",
+                        agree_with(lambda mine: [mine[0], mine[1], mine[2] + 1, 0.0]))
+    with pytest.raises(KerasftError) as info:
+        distributed.resume_run_folder(lambda: run, lambda d: "ckpt", worker1,
+                                      copy=copy_committed_run)
+    assert "same run folder at the same commit" in str(info.value)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the private copy is gone
+    # A worker that cannot read the run folder: its own error says why, with the hint.
+    monkeypatch.setattr(distributed, "_agree", agree_with(lambda mine: [0.0, *mine[1:]]))
+    with pytest.raises(KerasftError) as info:
+        distributed.resume_run_folder(lambda: tmp_path / "nowhere", lambda d: "ckpt", worker1,
+                                      copy=copy_committed_run)
+    message = str(info.value)
+    assert "\n" not in message and "Received: resume=" in message
+    assert "every worker reads the chief's run folder" in message
+
+
 # --------------------------------------------------------------------------- 2 real workers
 
 
-@pytest.mark.slow
-def test_two_workers_train_end_to_end(tmp_path):
-    """`kerasft train` on 2 workers (loopback): both exit 0, one run folder and one export (the
-    chief's), nothing left in the workers' temporary folders, identical final weights."""
+@pytest.fixture(scope="module")
+def two_worker_run(tmp_path_factory):
+    """`kerasft train` on 2 workers (loopback), uninterrupted: (tmp folder, ClusterRun)."""
+    tmp_path = tmp_path_factory.mktemp("two_workers")
     images = write_images(tmp_path / "images")  # 45 images: 36 train, 9 validation
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(image_config(tmp_path, images)))
+    config.write_text(yaml.safe_dump(image_config(tmp_path, images, deterministic=True)))
     out = tmp_path / "cluster"
     run = run_cluster(out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"),
                                       str(config)], timeout_s=240)
+    return tmp_path, run
+
+
+@pytest.mark.slow
+def test_two_workers_train_end_to_end(two_worker_run):
+    """Both workers exit 0, one run folder and one export (the chief's), nothing left in the
+    workers' temporary folders, identical final weights, padded predictions in input order."""
+    tmp_path, run = two_worker_run
+    out = run.out.parent
     assert run.returncodes == [0, 0], run.tail()
     logs = run.logs
     # The CLI's last line names the run folder: the same on both workers (the chief's).
@@ -443,6 +567,48 @@ def test_two_workers_train_end_to_end(tmp_path):
     assert np.all(np.isfinite(w0))
     # Gradients are all-reduced and batch-norm statistics averaged: every weight agrees.
     np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+    for i in range(2):  # 13 images on a global batch of 8: padded, cut, in input order
+        predicted = np.load(out / f"weights_{i}.predict.npz")
+        assert predicted["predict"].shape == (13, 3)
+        np.testing.assert_allclose(predicted["predict"], predicted["direct"], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_two_workers_resume_after_both_are_killed(two_worker_run, tmp_path):
+    """Both workers killed (SIGKILL) mid-epoch in the second stage, then `kerasft train --resume
+    RUN_DIR` on both: the run continues at the committed epoch from the chief's run folder and
+    ends with the weights of the uninterrupted run."""
+    reference_tmp, reference = two_worker_run
+    assert reference.returncodes == [0, 0], reference.tail()
+    images = write_images(tmp_path / "images")
+    config = tmp_path / "cfg.yaml"
+    config.write_text(yaml.safe_dump(image_config(tmp_path, images, deterministic=True)))
+    marker = tmp_path / "paused"
+    out = tmp_path / "killed"
+    killed = run_cluster(
+        out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"), str(config),
+                        "--run-id", "job-1"], timeout_s=240, kill_when=marker.exists,
+        extra_env={"KERASFT_TEST_PAUSE": "epoch@2", "KERASFT_TEST_PAUSE_FILE": str(marker)})
+    assert marker.exists(), killed.tail()
+    run_dir = tmp_path / "runs" / "tiny-job-1"
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    assert (state["stage"], state["epoch"]) == (1, 2), state  # stage 'all', its 2nd epoch next
+    out = tmp_path / "resumed"
+    resumed = run_cluster(out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"),
+                                          str(config), "--resume", str(run_dir)], timeout_s=240)
+    assert resumed.returncodes == [0, 0], resumed.tail()
+    assert all(f"run folder: {run_dir}" in log and "(resumed)" in log for log in resumed.logs)
+    assert "resuming" in resumed.logs[0] and "stage 2/2 'all', epoch 3" in resumed.logs[0]
+    with open(run_dir / "history.csv", newline="") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2]  # no gap, no repeat
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny-job-1"]
+    for i in range(2):
+        assert list((resumed.out / f"tmp_{i}").iterdir()) == [], i
+    w0, w1 = (np.load(out / f"weights_{i}.npy") for i in range(2))
+    np.testing.assert_allclose(w0, w1, rtol=0, atol=1e-6)
+    expected_weights = np.load(reference.out.parent / "weights_0.npy")
+    np.testing.assert_allclose(w0, expected_weights, rtol=1e-5, atol=1e-6)
 
 
 if __name__ == "__main__":  # pragma: no cover
