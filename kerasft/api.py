@@ -154,20 +154,30 @@ class FineTuner:
             seed=self.config.seed, multi_label=self.multi_label,
         )
 
-    def _preprocess(self) -> Callable[[Any], Any]:
-        """The backbone's preprocessing, plus per-batch padding trim for text when enabled."""
+    def _trims(self) -> bool:
+        """Whether text batches are cut to their longest sequence (``data.bucket_by_length``;
+        never on TPUs, which need static shapes)."""
+        return (self.backbone.task == "text" and self.config.data.bucket_by_length
+                and self.strategy_info.kind != "tpu")
+
+    def _trim(self) -> Callable[[Any], Any]:
+        """Per-batch step after tokenization: the padding trim, or nothing."""
         from kerasft.backbones import trim_padding
 
+        multiple = self.config.data.bucket_multiple
+        if not self._trims():
+            return lambda features: features
+        return lambda features: trim_padding(features, multiple)
+
+    def _preprocess(self) -> Callable[[Any], Any]:
+        """The backbone's preprocessing, plus per-batch padding trim for text when enabled."""
         preprocess = self.backbone.preprocess
-        data = self.config.data
-        if self.backbone.task != "text" or not data.bucket_by_length or (
-            self.strategy_info.kind == "tpu"  # TPUs need static shapes: fixed padding
-        ):
+        if not self._trims():
             return preprocess
-        multiple = data.bucket_multiple
+        trim = self._trim()
 
         def preprocess_and_trim(texts: Any) -> Any:
-            return trim_padding(preprocess(texts), multiple)
+            return trim(preprocess(texts))
 
         return preprocess_and_trim
 
@@ -176,13 +186,15 @@ class FineTuner:
         from kerasft.data import make_pipeline
         from kerasft.distributed import distribute_pipeline, drops_remainder
 
-        preprocess = self._preprocess()
+        text = self.backbone.task == "text"
         return distribute_pipeline(make_pipeline(
             split,
             batch_size=self.config.data.batch_size,
             training=training if shuffle is None else shuffle,
             seed=self.config.seed,
-            preprocess=preprocess,
+            # text: tokenized once before the cache, then trimmed per batch
+            tokenize=self.backbone.preprocess if text else None,
+            preprocess=self._trim() if text else self.backbone.preprocess,
             image_size=self.backbone.image_size,
             augmentation=self.config.data.augmentation if training else None,
             cache=self.config.data.cache,
@@ -191,8 +203,7 @@ class FineTuner:
             num_classes=len(self.class_names) if self.multi_label else None,
             start_epoch=start_epoch,
             # trimmed text: training batches also grouped by length
-            group_by_length=(self.config.data.bucket_multiple
-                             if preprocess is not self.backbone.preprocess else None),
+            group_by_length=self.config.data.bucket_multiple if self._trims() else None,
         ), self.strategy_info.kind, size=split.size, global_batch=self.config.data.batch_size,
             training=training)
 
@@ -421,7 +432,7 @@ class FineTuner:
         from kerasft.data import length_order, reordered
 
         order = None
-        if self.backbone.task == "text" and self._preprocess() is not self.backbone.preprocess:
+        if self._trims():
             order = length_order(split, self.backbone.preprocess)
             split = reordered(split, order)
         out = np.asarray(model.predict(self._pipeline(split, training=False),

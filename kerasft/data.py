@@ -58,6 +58,8 @@ from kerasft.config import DataConfig, resolve_pkg_path
 from kerasft.errors import ConfigError, DataError, expected
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+#: Texts tokenized per call when make_pipeline tokenizes before the cache (vectorised).
+TOKENIZE_CHUNK = 256
 LENGTH_GROUP_BATCHES = 16  # training text batches are sorted by length within this many
 DEFAULT_VALIDATION_SPLIT = 0.1
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -298,13 +300,18 @@ def make_pipeline(
     num_classes: int | None = None,
     start_epoch: int | None = None,
     group_by_length: int | None = None,
+    tokenize: Callable[[tf.Tensor], Any] | None = None,
 ) -> tf.data.Dataset:
     """Batches a split for ``model.fit`` / ``evaluate`` / ``predict``.
 
     Text: cache (raw strings) -> shuffle (training) -> batch -> ``preprocess(batch of strings)``
-    -> prefetch. Image: resize to `image_size` -> cache -> shuffle (training) -> batch ->
-    float32 0..255 -> augmentation (training) -> ``preprocess(batch)`` -> prefetch. Resized images
-    are cached as ``uint8`` (rounded; a quarter of the memory of float32).
+    -> prefetch. With `tokenize` (a fixed-length tokenizer of a batch of strings): tokenize (in
+    chunks of ``TOKENIZE_CHUNK``, once) -> cache (token features) -> shuffle -> batch ->
+    ``preprocess(batch of token features)`` (e.g. the padding trim) -> prefetch: epochs after the
+    first reuse the token ids instead of tokenizing again. Image: resize to `image_size` -> cache
+    -> shuffle (training) -> batch -> float32 0..255 -> augmentation (training) ->
+    ``preprocess(batch)`` -> prefetch. Resized images are cached as ``uint8`` (rounded; a quarter
+    of the memory of float32).
 
     Shuffling is seeded and reshuffles each epoch. With `start_epoch` (training only) the
     pipeline repeats forever from that epoch and epoch e's order depends only on (`seed`, e)
@@ -348,6 +355,12 @@ def make_pipeline(
             raise DataError(expected("image_size (images of different sizes cannot be batched)",
                                      "image_size", None, where="make_pipeline"))
 
+    if is_text and tokenize is not None:
+        ds = ds.batch(TOKENIZE_CHUNK).map(
+            lambda x, y: (tokenize(x), y), num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True).unbatch()
+        if split.size:
+            ds = ds.apply(tf.data.experimental.assert_cardinality(split.size))
     if cache:
         ds = ds.cache()
     buffer = max(1, min(int(shuffle_buffer), split.size or int(shuffle_buffer)))

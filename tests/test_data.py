@@ -529,3 +529,33 @@ def test_varied_image_sizes_need_image_size(tmp_path: Path) -> None:
 def test_bad_augmentation_values(augmentation: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         data.build_augmentation(augmentation, seed=0)
+
+
+def test_text_is_tokenized_once_before_the_cache():
+    """With `tokenize`, epochs after the first read cached token ids: the tokenizer runs once per
+    chunk of texts, and every epoch still sees every example once, reshuffled."""
+    texts = np.array([f"text {i}" for i in range(40)], dtype=object)
+    splits = data.from_arrays(texts, [str(i % 2) for i in range(40)], validation_split=0)
+    calls = []
+
+    def count(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        return np.zeros(len(batch), np.int32)
+
+    def tokenize(batch: tf.Tensor) -> dict[str, tf.Tensor]:
+        ids = tf.strings.to_number(tf.strings.split(batch).to_tensor()[:, 1], tf.int32)
+        marker = tf.py_function(count, [batch], tf.int32)
+        return {"token_ids": tf.stack([ids, ids + marker], axis=1)}
+
+    pipeline = data.make_pipeline(splits.train, batch_size=8, training=True, seed=0,
+                                  preprocess=lambda features: features, tokenize=tokenize)
+    epochs = [[int(v) for x, _ in pipeline.as_numpy_iterator() for v in x["token_ids"][:, 0]]
+              for _ in range(3)]
+    assert calls == [40]  # one chunk (TOKENIZE_CHUNK >= 40), tokenized in the first epoch only
+    assert all(sorted(e) == list(range(40)) for e in epochs) and epochs[0] != epochs[1]
+    uncached = data.make_pipeline(splits.train, batch_size=8, training=False, seed=0,
+                                  preprocess=lambda features: features, tokenize=tokenize,
+                                  cache=False)
+    for _ in range(2):
+        assert sum(len(x["token_ids"]) for x, _ in uncached.as_numpy_iterator()) == 40
+    assert calls == [40, 40, 40]  # without the cache every pass tokenizes

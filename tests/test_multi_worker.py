@@ -587,7 +587,8 @@ def test_two_workers_resume_after_both_are_killed(two_worker_run, tmp_path):
     out = tmp_path / "killed"
     killed = run_cluster(
         out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"), str(config),
-                        "--run-id", "job-1"], timeout_s=240, kill_when=marker.exists,
+                        "--run-id", "job-1", "--no-export"], timeout_s=240,
+        kill_when=marker.exists,
         extra_env={"KERASFT_TEST_PAUSE": "epoch@2", "KERASFT_TEST_PAUSE_FILE": str(marker)})
     assert marker.exists(), killed.tail()
     run_dir = tmp_path / "runs" / "tiny-job-1"
@@ -595,7 +596,8 @@ def test_two_workers_resume_after_both_are_killed(two_worker_run, tmp_path):
     assert (state["stage"], state["epoch"]) == (1, 2), state  # stage 'all', its 2nd epoch next
     out = tmp_path / "resumed"
     resumed = run_cluster(out, lambda i: [str(WORKER_SCRIPT), str(out / f"weights_{i}.npy"),
-                                          str(config), "--resume", str(run_dir)], timeout_s=240)
+                                          str(config), "--resume", str(run_dir), "--no-export"],
+                          timeout_s=240)
     assert resumed.returncodes == [0, 0], resumed.tail()
     assert all(f"run folder: {run_dir}" in log and "(resumed)" in log for log in resumed.logs)
     assert "resuming" in resumed.logs[0] and "stage 2/2 'all', epoch 3" in resumed.logs[0]
