@@ -42,18 +42,23 @@ class FitTiming:
     batch_size: int
     step_seconds: list[float] = field(default_factory=list)  # after the warmup steps
     cpu_seconds: list[float] = field(default_factory=list)  # process CPU time of those steps
+    step_counts: list[int] = field(default_factory=list)  # train steps in each period
     wall_seconds: float = 0.0
     steps: int = 0
 
     @property
+    def examples(self) -> int:
+        return self.batch_size * sum(self.step_counts)
+
+    @property
     def examples_per_second(self) -> float:
         total = sum(self.step_seconds)
-        return self.batch_size * len(self.step_seconds) / total if total else float("nan")
+        return self.examples / total if total else float("nan")
 
     @property
     def examples_per_cpu_second(self) -> float:
         total = sum(self.cpu_seconds)
-        return self.batch_size * len(self.cpu_seconds) / total if total else float("nan")
+        return self.examples / total if total else float("nan")
 
 
 def _timer_class() -> type:
@@ -68,20 +73,27 @@ def _timer_class() -> type:
             self.warmup = warmup
             self.last: float | None = None
             self.last_cpu = 0.0
+            self.last_batch = -1
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.last = time.perf_counter()
             self.last_cpu = time.process_time()
+            self.last_batch = -1
 
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             loss = (logs or {}).get("loss")
             if loss is not None:
                 float(loss)  # waits for the step, as a progress bar or NaN check would
             now, cpu = time.perf_counter(), time.process_time()
-            self.timing.steps += 1
+            # With steps_per_execution=k Keras calls this once per k steps, `batch` being the
+            # last step's index: a period covers batch - last_batch steps.
+            steps = max(1, batch - self.last_batch)
+            self.last_batch = batch
+            self.timing.steps += steps
             if self.last is not None and self.timing.steps > self.warmup:
                 self.timing.step_seconds.append(now - self.last)
                 self.timing.cpu_seconds.append(cpu - self.last_cpu)
+                self.timing.step_counts.append(steps)
             self.last, self.last_cpu = now, cpu
 
     return StepTimer

@@ -136,7 +136,7 @@ def probe(batch: int = 2) -> None:
 
 def rate(result: dict[str, Any], cpu: bool = False) -> float:
     seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
-    examples = sum(t.batch_size * len(t.step_seconds) for t in result["timings"])
+    examples = sum(t.examples for t in result["timings"])
     return examples / seconds if seconds else float("nan")
 
 

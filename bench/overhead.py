@@ -354,7 +354,7 @@ def rate(result: dict[str, Any], cpu: bool = False) -> float:
     """Steady-state examples per second (of wall time, or of process CPU time) over every fit
     call of a job, steps weighted."""
     seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
-    examples = sum(t.batch_size * len(t.step_seconds) for t in result["timings"])
+    examples = sum(t.examples for t in result["timings"])
     return examples / seconds if seconds else float("nan")
 
 

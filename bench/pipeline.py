@@ -155,7 +155,7 @@ def jobs_for(ft: Any, epochs: int) -> tuple[dict[str, Job], dict[str, float]]:
 
 def rate(result: dict[str, Any], cpu: bool = False) -> float:
     seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
-    examples = sum(t.batch_size * len(t.step_seconds) for t in result["timings"])
+    examples = sum(t.examples for t in result["timings"])
     return examples / seconds if seconds else float("nan")
 
 
