@@ -235,3 +235,19 @@ def test_tensorboard_writes_epoch_scalars_only(image_arrays, tmp_path):
             tags += [value.tag for value in event.summary.value]
     assert "epoch_loss" in tags and "epoch_accuracy" in tags
     assert not [t for t in tags if t.startswith("batch_")]
+
+
+def test_mixed_float16_without_a_gpu_warns():
+    from kerasft.api import build_finetuner
+
+    for policy, warns in (("mixed_float16", True), ("mixed_bfloat16", False)):
+        lines: list[str] = []
+        ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
+                              "training": {"mixed_precision": policy}}, log=lines.append)
+        ft.build(["cat", "dog"])
+        warning = [line for line in lines if "mixed_float16 without a GPU" in line]
+        assert bool(warning) == warns, lines
+        assert not warning or "use mixed_bfloat16" in warning[0]
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
