@@ -385,6 +385,17 @@ def _inference_mode_class() -> type:
         def compute_output_spec(self, inputs: Any) -> Any:
             return self.network.compute_output_spec(inputs)
 
+        def get_config(self) -> dict[str, Any]:
+            # The wrapped network is the constructor argument (TensorBoard's graph, model JSON).
+            return {**super().get_config(),
+                    "network": keras.saving.serialize_keras_object(self.network)}
+
+        @classmethod
+        def from_config(cls, config: dict[str, Any]) -> Any:
+            config = dict(config)
+            config["network"] = keras.saving.deserialize_keras_object(config["network"])
+            return cls(**config)
+
     return InferenceModeCall
 
 

@@ -77,3 +77,25 @@ def test_imagenet_download_failure_is_one_line(monkeypatch):
     monkeypatch.setattr("keras.src.applications.vgg16.file_utils.get_file", offline)
     with pytest.raises(KerasftError, match=r"needs internet access.*Received: error=URL fetch"):
         build_backbone(BackboneConfig(name="vgg16", weights="imagenet", input_shape=[32, 32, 3]))
+
+
+def test_image_model_config_round_trips(image_arrays):
+    """The inference-mode wrapper of image backbones serializes (TensorBoard's graph and
+    ``model.to_json`` need it): rebuilt from JSON with the same weights, the same outputs."""
+    import warnings
+
+    import keras
+
+    from kerasft.api import build_finetuner
+
+    ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"}},
+                         log=lambda s: None)
+    ft.build(["cat", "dog", "owl"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text = ft.model.to_json()
+    rebuilt = keras.models.model_from_json(text)
+    rebuilt.set_weights(ft.model.get_weights())
+    x = image_arrays[0][:4].astype("float32")
+    np.testing.assert_allclose(rebuilt.predict_on_batch(x), ft.model.predict_on_batch(x),
+                               atol=1e-6)
