@@ -74,6 +74,7 @@ class FineTuner:
         import keras
         import tensorflow as tf
 
+        from kerasft.backbones import get_entry
         from kerasft.trainer import resolve_strategy
 
         if self.strategy_info is not None:
@@ -85,12 +86,13 @@ class FineTuner:
         policy = self.config.training.mixed_precision
         keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
         self.strategy_info = resolve_strategy(self.config)
-        if policy == "mixed_float16" and self.strategy_info.kind != "tpu" and not \
-                tf.config.list_logical_devices("GPU"):
-            self.log("warning: training.mixed_precision=mixed_float16 without a GPU: CPUs have "
-                     "no fast float16 kernels (a ResNet50 train step took 88 s instead of 0.7 s, "
-                     "docs/BENCHMARKS.md); use mixed_bfloat16 (faster on CPUs with AVX512-BF16 "
-                     "or AMX) or none")
+        if policy == "mixed_float16" and self.strategy_info.kind != "tpu" and \
+                get_entry(self.config.backbone.name).task == "image" and \
+                not tf.config.list_logical_devices("GPU"):
+            self.log("warning: training.mixed_precision=mixed_float16 without a GPU: float16 "
+                     "convolutions have no fast CPU kernels (a ResNet50 train step took 88 s "
+                     "instead of 0.7 s, docs/BENCHMARKS.md); use mixed_bfloat16 (faster on CPUs "
+                     "with AVX512-BF16 or AMX) or none")
 
     def build(self, class_names: list[str]) -> Any:
         """Builds backbone + head for `class_names` inside the strategy scope; returns the model."""

@@ -237,13 +237,19 @@ def test_tensorboard_writes_epoch_scalars_only(image_arrays, tmp_path):
     assert not [t for t in tags if t.startswith("batch_")]
 
 
-def test_mixed_float16_without_a_gpu_warns():
+def test_mixed_float16_without_a_gpu_warns_for_image_backbones(tmp_path):
     from kerasft.api import build_finetuner
+    from tests.bert_fixtures import write_tiny_bert_preset
 
-    for policy, warns in (("mixed_float16", True), ("mixed_bfloat16", False)):
+    bert = {"name": "bert", "preset": write_tiny_bert_preset(tmp_path / "kh"),
+            "sequence_length": 8}
+    tiny = {"name": "tiny_cnn", "weights": "none"}
+    for backbone, policy, warns in ((tiny, "mixed_float16", True),
+                                    (tiny, "mixed_bfloat16", False),
+                                    (bert, "mixed_float16", False)):  # dense float16: fine
         lines: list[str] = []
-        ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
-                              "training": {"mixed_precision": policy}}, log=lines.append)
+        ft = build_finetuner({"backbone": backbone, "training": {"mixed_precision": policy}},
+                             log=lines.append)
         ft.build(["cat", "dog"])
         warning = [line for line in lines if "mixed_float16 without a GPU" in line]
         assert bool(warning) == warns, lines
