@@ -82,7 +82,8 @@ def _check_vocab(vocab):
     missing = [t for t in _SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"vocabulary lacks special tokens {missing}")
-    dupes = sorted({t for t in vocab if vocab.count(t) > 1})
+    seen: set = set()
+    dupes = sorted({t for t in vocab if t in seen or seen.add(t)})
     if dupes:
         raise ValueError(f"vocabulary entries must be unique; repeated: {dupes}")
     if vocab[0] != "[PAD]":
