@@ -50,7 +50,7 @@ def test_bert_fit_under_mirrored_strategy(tmp_path):
     summary = ft.fit()
     assert ft.strategy_info.replicas == 2
     assert all(np.isfinite(s["final_logs"]["loss"]) for s in summary["stages"])
-    assert ft.export().is_dir()
+    assert ft.export(verify=False).is_dir()  # the fresh-process check: tests/test_export.py
 
 
 def test_auto_strategy_selection(monkeypatch):
