@@ -89,8 +89,8 @@ def _timer_class() -> type:
             # last step's index: a period covers batch - last_batch steps.
             steps = max(1, batch - self.last_batch)
             self.last_batch = batch
-            self.timing.steps += steps
-            if self.last is not None and self.timing.steps > self.warmup:
+            before, self.timing.steps = self.timing.steps, self.timing.steps + steps
+            if self.last is not None and before >= self.warmup:  # a period after the warmup
                 self.timing.step_seconds.append(now - self.last)
                 self.timing.cpu_seconds.append(cpu - self.last_cpu)
                 self.timing.step_counts.append(steps)

@@ -18,6 +18,10 @@ ResNet50 under ``mixed_float16`` is left out unless ``--resnet-float16``: float1
 no fast CPU kernel (it had not finished 6 steps after 12 minutes). ``bench/options.py --probe``
 times one float16 / bfloat16 / float32 ResNet50 forward pass and train step instead.
 
+``steps_per_execution`` runs 5 (MiniLM, 10 steps), 3 (ResNet50, 6 steps) or 20 (head, 200
+steps) steps per call: a divisor of the epoch, so no call is cut short and retraced; the timed
+periods then cover that many steps each (bench/benchutil.py counts them).
+
 ``gradient_accumulation_steps=4`` runs batch 8 (batch 4 for ResNet50) so that the effective
 batch equals the baseline's: it trades speed for memory, it does not make steps faster.
 """
@@ -134,6 +138,16 @@ def probe(batch: int = 2) -> None:
     keras.mixed_precision.set_global_policy("float32")
 
 
+def execution_steps(name: str, steps: int) -> tuple[str, dict[str, Any]]:
+    """The option `name` for one row: ``steps_per_execution`` becomes `steps` (a divisor of the
+    row's steps per epoch, so no execution is cut short and retraced)."""
+    opts = dict(OPTIONS[name])
+    if name.startswith("steps_per_execution"):
+        opts["steps_per_execution"] = steps
+        return f"steps_per_execution={steps}", opts
+    return name, opts
+
+
 def rate(result: dict[str, Any], cpu: bool = False) -> float:
     seconds = sum(sum(t.cpu_seconds if cpu else t.step_seconds) for t in result["timings"])
     examples = sum(t.examples for t in result["timings"])
@@ -166,10 +180,11 @@ def main() -> None:
                 texts, labels = read_corpus(320 + 32, seed=2)
                 for name in names:
                     accumulate = "gradient_accumulation" in name
-                    jobs[name] = tuner_job(
+                    label, opts = execution_steps(name, 5)  # 5 divides the 10 steps
+                    jobs[label] = tuner_job(
                         {"name": "bert", "preset": MINILM, "sequence_length": 64},
                         {"name": "all", "trainable": "all", "epochs": 1, "optimizer": "adamw",
-                         "learning_rate": 5e-5}, 8 if accumulate else 32, OPTIONS[name],
+                         "learning_rate": 5e-5}, 8 if accumulate else 32, opts,
                         texts[:320], labels[:320], (texts[320:], labels[320:]), output_dir)
             elif row == "resnet50":
                 description = "ResNet50 224x224 unfrozen, batch 16, 96 images"
@@ -180,10 +195,11 @@ def main() -> None:
                     if name == "mixed_float16" and not args.resnet_float16:
                         continue  # float16 convolutions on CPU: see --resnet-float16
                     accumulate = "gradient_accumulation" in name
-                    jobs[name] = tuner_job(
+                    label, opts = execution_steps(name, 3)  # 3 divides the 6 steps
+                    jobs[label] = tuner_job(
                         {"name": "resnet50", "weights": "none", "input_shape": [224, 224, 3]},
                         {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4},
-                        4 if accumulate else 16, OPTIONS[name], images[:96], labels[:96],
+                        4 if accumulate else 16, opts, images[:96], labels[:96],
                         (images[96:], labels[96:]), output_dir)
             else:
                 description = "head on cached features (384 -> 3), batch 32, 6,400 rows"
@@ -194,11 +210,8 @@ def main() -> None:
                     if "mixed" in name:
                         continue
                     accumulate = "gradient_accumulation" in name
-                    opts = dict(OPTIONS[name])
-                    if name.startswith("steps_per_execution"):
-                        opts["steps_per_execution"] = 20  # divides the 200 steps
-                    jobs[name.replace("=4", "=20") if "steps" in name and not accumulate
-                         else name] = head_job(opts, features, ids, 8 if accumulate else 32)
+                    label, opts = execution_steps(name, 20)  # 20 divides the 200 steps
+                    jobs[label] = head_job(opts, features, ids, 8 if accumulate else 32)
             print(f"{row}: {description}")
             results = run_in_order(jobs, args.repeats)
             base = results["baseline"]
