@@ -345,9 +345,14 @@ def make_pipeline(
     if not is_text:
         if image_size is not None:
             height, width = int(image_size[0]), int(image_size[1])
+            same_size = tuple(x_spec.shape[-3:-1]) == (height, width)
 
             def resize(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                x = tf.image.resize(tf.cast(x, tf.float32), (height, width))
+                if same_size and x.dtype == tf.uint8:
+                    return x, y  # arrays already at the model's size: nothing to do
+                x = tf.cast(x, tf.float32)
+                if not same_size:
+                    x = tf.image.resize(x, (height, width))
                 return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8), y
 
             ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)

@@ -559,3 +559,24 @@ def test_text_is_tokenized_once_before_the_cache():
     for _ in range(2):
         assert sum(len(x["token_ids"]) for x, _ in uncached.as_numpy_iterator()) == 40
     assert calls == [40, 40, 40]  # without the cache every pass tokenizes
+
+
+def test_images_at_the_model_size_are_not_resized():
+    """uint8 arrays already at `image_size` pass through unchanged (no resize per example);
+    float arrays at that size are only rounded to uint8; other sizes are resized."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(6, 8, 8, 3), dtype=np.uint8)
+    splits = data.from_arrays(images, ["a", "b"] * 3, validation_split=0)
+
+    def batches(split: data.Split, size: tuple[int, int]) -> np.ndarray:
+        pipeline = data.make_pipeline(split, batch_size=6, training=False, seed=0,
+                                      preprocess=lambda x: x, image_size=size)
+        return np.concatenate([x for x, _ in pipeline.as_numpy_iterator()])
+
+    same = batches(splits.train, (8, 8))
+    expected = np.stack([x.numpy() for x, _ in splits.train.dataset]).astype("float32")
+    np.testing.assert_array_equal(same, expected)
+    floats = data.from_arrays(images.astype("float32") + 0.4, ["a", "b"] * 3,
+                              validation_split=0)
+    np.testing.assert_array_equal(batches(floats.train, (8, 8)), expected)
+    assert batches(splits.train, (4, 4)).shape == (6, 4, 4, 3)
