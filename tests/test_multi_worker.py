@@ -351,16 +351,23 @@ def test_plan_creates_no_strategy(monkeypatch, tmp_path, image_arrays):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "saved").exists()
 
 
-def _dry_run(tmp_path, monkeypatch, env: dict[str, str], *args: str, **training):
-    images = write_images(tmp_path / "images", per_class=10)
+def _invoke(tmp_path, monkeypatch, env: dict[str, str], command: str, args: tuple[str, ...],
+            per_class: int, **training):
+    """`kerasft COMMAND cfg.yaml ARGS` on a folder of images, with `env` as the environment."""
+    images = write_images(tmp_path / "images", per_class=per_class)
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump(image_config(tmp_path, images, **training)))
-    monkeypatch.delenv("KERASFT_RUN_ID", raising=False)
+    for key in ("KERASFT_RUN_ID", "TF_CONFIG"):
+        monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     from kerasft.cli import main
 
-    return CliRunner().invoke(main, ["train", str(config), "--dry-run", *args])
+    return CliRunner().invoke(main, [command, str(config), *args])
+
+
+def _dry_run(tmp_path, monkeypatch, env: dict[str, str], *args: str, **training):
+    return _invoke(tmp_path, monkeypatch, env, "train", ("--dry-run", *args), 10, **training)
 
 
 def test_cli_dry_run_multi_worker(tmp_path, monkeypatch):
@@ -415,15 +422,7 @@ def test_cli_dry_run_rejects_steps_per_execution(tmp_path, monkeypatch):
 
 
 def _validate(tmp_path, monkeypatch, env: dict[str, str], **training):
-    images = write_images(tmp_path / "images", per_class=4)
-    config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump(image_config(tmp_path, images, **training)))
-    monkeypatch.delenv("TF_CONFIG", raising=False)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    from kerasft.cli import main
-
-    return CliRunner().invoke(main, ["validate", str(config)])
+    return _invoke(tmp_path, monkeypatch, env, "validate", (), 4, **training)
 
 
 def test_validate_detects_multi_worker_under_auto(tmp_path, monkeypatch):
