@@ -348,14 +348,15 @@ def make_pipeline(
             same_size = tuple(x_spec.shape[-3:-1]) == (height, width)
 
             def resize(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                if same_size and x.dtype == tf.uint8:
-                    return x, y  # arrays already at the model's size: nothing to do
                 x = tf.cast(x, tf.float32)
                 if not same_size:
                     x = tf.image.resize(x, (height, width))
                 return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8), y
 
-            ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+            # uint8 arrays already at the model's size: no per-example map at all.
+            if not (same_size and x_spec.dtype == tf.uint8):
+                ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=deterministic)
         elif not x_spec.shape.is_fully_defined():
             raise DataError(expected("image_size (images of different sizes cannot be batched)",
                                      "image_size", None, where="make_pipeline"))
