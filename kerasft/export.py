@@ -61,7 +61,7 @@ def _serving_module(model: Any, backbone: Any, class_names: list[str]) -> Any:
         def __init__(self) -> None:
             super().__init__(name="kerasft_serving")
             # Tracking a list of the variables (not the Keras model) stores each weight once.
-            self.model_variables = list(model.variables)
+            self.model_variables = [getattr(v, "value", v) for v in model.variables]
             if backbone.preprocessor is not None:
                 self.preprocessor = backbone.preprocessor
             self.label_vocab = tf.constant(class_names, dtype=tf.string)
