@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kerasft.config import Config, load_config, save_config
-from kerasft.errors import KerasftError, expected
+from kerasft.errors import ExportError, KerasftError, expected
 
 Log = Callable[[str], None]
 
@@ -481,7 +482,8 @@ class FineTuner:
             probabilities = self._predict_split(self.model, chosen)
             labels = chosen.labels
         report = classification_report(labels, probabilities, self.class_names,
-                                       multi_label=self.multi_label)
+                                       multi_label=self.multi_label,
+                                       threshold=self.config.head.threshold)
         report["split"] = split_name
         self.metrics = report
         self.log(format_report(report, title=f"metrics on {split_name} "
@@ -556,11 +558,11 @@ class FineTuner:
         chief's is kept, the others go to a temporary folder (kerasft.distributed.export_target).
         """
         from kerasft.distributed import export_target, placement
-        from kerasft.export import export_saved_model
+        from kerasft.export import OutputSpec, export_saved_model
         from kerasft.metrics import format_report
         from kerasft.model_card import model_card_hook
 
-        model = self.model
+        model, backbone = self._serving_model()
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
         if self.metrics is not None:
             import json
@@ -572,7 +574,7 @@ class FineTuner:
                            placement(self.strategy_info.kind, os.environ),
                            self.strategy_info.strategy) as target:
             written = export_saved_model(
-                model, self.backbone, self.class_names,
+                model, backbone, self.class_names,
                 base_dir=target.base_dir,
                 name=self.config.name,
                 version=target.version,
@@ -582,11 +584,53 @@ class FineTuner:
                 if target.verify is None else target.verify,
                 after_write=model_card_hook(self),  # assets.extra/README.md
                 log=self.log,
+                outputs=OutputSpec(tuple(self.class_names), multi_label=self.multi_label,
+                                   threshold=self.config.head.threshold,
+                                   separator=self.config.data.label_separator),
             )
         if target.temporary:
             self.log(f"this worker's export copy was removed; the chief writes {target.path}")
             return target.path
         return written
+
+    def _serving_model(self) -> tuple[Any, Any]:
+        """The model and backbone an export serves: float32 whatever the training policy.
+
+        A mixed-precision model computes in 16 bits; served in float32, the export answers within
+        1e-5 of a float32 reference under both loaders (a bfloat16 serving graph would be worth
+        it only where a latency measurement shows it faster). The copy is rebuilt by the same
+        builders (so the variables come in the same order) and takes the trained weights, which
+        are float32 under every policy.
+        """
+        import keras
+
+        from kerasft.backbones import build_backbone
+        from kerasft.heads import build_head_model
+
+        model = self.model
+        if self.config.training.mixed_precision == "none":
+            return model, self.backbone
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            cfg = copy.deepcopy(self.config.backbone)
+            cfg.weights = "none"  # the trained weights follow
+            backbone = build_backbone(cfg, self.config.head.pooling)
+            head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
+                                    self.config.head)
+            copy_model = keras.Model(backbone.inputs, head(backbone.features), name=model.name)
+            weights = model.get_weights()
+            shapes = [tuple(w.shape) for w in copy_model.weights]
+            if shapes != [tuple(w.shape) for w in weights]:
+                raise ExportError(expected("the float32 serving copy to have the trained "
+                                           "model's weights", "weights",
+                                           f"{len(shapes)} vs {len(weights)} arrays"))
+            copy_model.set_weights(weights)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        self.log(f"export: serving in float32 (trained under "
+                 f"{self.config.training.mixed_precision})")
+        return copy_model, backbone
 
     # -- runs --------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ class HeadConfig:
     l2: float = 0.0
     activation: str = "softmax"
     pooling: str = "auto"
+    threshold: float = 0.5
 
 
 @dataclass
@@ -361,6 +362,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(expected("a dropout rate in [0, 1)", "head.dropout", h.dropout))
     if h.l2 < 0:
         raise ConfigError(expected("a non-negative L2 factor", "head.l2", h.l2))
+    if not 0.0 < h.threshold < 1.0:
+        raise ConfigError(expected("a probability threshold in (0, 1)", "head.threshold",
+                                   h.threshold))
     for i, units in enumerate(h.hidden_units):
         _check_positive(units, f"head.hidden_units[{i}]")
 

@@ -25,7 +25,6 @@ SavedModel tracks a small ``tf.Module`` holding the model's variables, not the K
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,24 @@ def next_version(model_dir: str | os.PathLike) -> int:
     return max(versions, default=0) + 1
 
 
-def _serving_module(model: Any, backbone: Any, class_names: list[str]) -> Any:
+@dataclass(frozen=True)
+class OutputSpec:
+    """How probabilities become the answer a client reads.
+
+    Single-label: ``class_ids`` int64 ``[batch]`` (argmax), ``labels`` string ``[batch]``.
+    Multi-label: a class is predicted when its probability is ``> threshold`` (the comparison
+    :func:`kerasft.metrics.classification_report` uses); ``class_ids`` is multi-hot int64
+    ``[batch, num_classes]`` and ``labels`` the predicted labels joined by `separator` (the
+    training CSV's own format; an empty string when none passes).
+    """
+
+    class_names: tuple[str, ...]
+    multi_label: bool = False
+    threshold: float = 0.5
+    separator: str = "|"
+
+
+def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
     import tensorflow as tf
 
     class ServingModule(tf.Module):
@@ -60,14 +77,23 @@ def _serving_module(model: Any, backbone: Any, class_names: list[str]) -> Any:
 
         def __init__(self) -> None:
             super().__init__(name="kerasft_serving")
-            # Tracking a list of the variables (not the Keras model) stores each weight once.
+            # The underlying tf.Variables, not Keras's wrappers: a tracked wrapper saves a second
+            # handle that the session-based loader (TF Serving's) never restores
+            # (keras-team/keras#19274). Not the Keras model either: that stores weights twice.
             self.model_variables = [getattr(v, "value", v) for v in model.variables]
             if backbone.preprocessor is not None:
                 self.preprocessor = backbone.preprocessor
-            self.label_vocab = tf.constant(class_names, dtype=tf.string)
+            self.label_vocab = tf.constant(list(spec.class_names), dtype=tf.string)
 
         def outputs(self, probabilities: Any) -> dict[str, Any]:
             probabilities = tf.cast(probabilities, tf.float32)
+            if spec.multi_label:
+                chosen = probabilities > spec.threshold
+                names = tf.broadcast_to(self.label_vocab, tf.shape(probabilities))
+                labels = tf.strings.reduce_join(tf.ragged.boolean_mask(names, chosen),
+                                                axis=-1, separator=spec.separator)
+                return {"probabilities": probabilities,
+                        "class_ids": tf.cast(chosen, tf.int64), "labels": labels}
             class_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
             return {"probabilities": probabilities, "class_ids": class_ids,
                     "labels": tf.gather(self.label_vocab, class_ids)}
@@ -112,55 +138,86 @@ def _serving_module(model: Any, backbone: Any, class_names: list[str]) -> Any:
     return module, signatures
 
 
-_VERIFY_SCRIPT = r"""
-import json, sys
-import numpy as np
-import tensorflow as tf
-try:
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-except ImportError:
-    pass
-path, inputs_path, outputs_path = sys.argv[1:4]
-loaded = tf.saved_model.load(path)
-fn = loaded.signatures["serving_default"]
-inputs = np.load(inputs_path, allow_pickle=False)
-name = list(fn.structured_input_signature[1])[0]
-result = fn(**{name: tf.constant(inputs)})
-np.savez(outputs_path, **{k: v.numpy() for k, v in result.items()})
-"""
+@dataclass
+class CheckResult:
+    """What the fresh-process check ran and what the export answered."""
+
+    checks: list[str] = field(default_factory=list)
+    answers: dict[str, np.ndarray] = field(default_factory=dict)  # "<signature>/<output>"
+    max_diff: float = 0.0
+    examples: int = 0
+    requests: dict[str, np.ndarray] = field(default_factory=dict)  # "<signature>/<input>"
 
 
-def verify_in_fresh_process(path: str | os.PathLike, inputs: np.ndarray,
-                            expected_probabilities: np.ndarray,
-                            timeout: float = 300.0) -> float:
-    """Loads `path` in a new Python process, runs ``serving_default`` on `inputs`, and returns
-    the max abs difference to `expected_probabilities` (raises if above the tolerance)."""
+def sample_requests(backbone: Any, sample_inputs: np.ndarray) -> dict[str, np.ndarray]:
+    """The check's requests, keyed ``<signature>/<input>``: the raw samples on
+    ``serving_default`` and, for images, the same images PNG-encoded on ``serving_bytes``."""
+    if backbone.task == "text":
+        return {"serving_default/text": _as_bytes(sample_inputs)}
+    images = np.asarray(sample_inputs, dtype=np.float32)
+    return {"serving_default/image": images, "serving_bytes/image_bytes": _pngs(images)}
+
+
+def _as_bytes(texts: Any) -> np.ndarray:
+    return np.array([t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts],
+                    dtype=object)
+
+
+def _pngs(images: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    return np.array([tf.io.encode_png(np.clip(np.round(im), 0, 255).astype(np.uint8)).numpy()
+                     for im in images], dtype=object)
+
+
+def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndarray],
+                            timeout: float = 300.0,
+                            where: str | os.PathLike | None = None) -> CheckResult:
+    """Runs :mod:`kerasft.export_check` on `path` in a new Python process: the session-based
+    loader (TF Serving's), the warmup replay, `requests` on every signature, and the object
+    loader; returns the session's answers. A failure raises ExportError with its one line."""
+    from kerasft.export_check import CHECKS, pack, unpack
+
     with tempfile.TemporaryDirectory(prefix="kerasft-verify-") as tmp:
-        inputs_path = os.path.join(tmp, "inputs.npy")
+        requests_path = os.path.join(tmp, "requests.npz")
         outputs_path = os.path.join(tmp, "outputs.npz")
-        np.save(inputs_path, inputs, allow_pickle=False)
+        np.savez(requests_path, **pack(requests))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         proc = subprocess.run(
-            [sys.executable, "-c", _VERIFY_SCRIPT, str(path), inputs_path, outputs_path],
+            [sys.executable, "-m", "kerasft.export_check", str(path), requests_path,
+             outputs_path],
             capture_output=True, text=True, timeout=timeout, env=env,
         )
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ExportError(f"{path}: expected the export to load in a fresh process. "
-                              f"Received: {tail}")
-        with np.load(outputs_path) as out:
-            missing = [k for k in SIGNATURE_OUTPUTS if k not in out.files]
-            if missing:
-                raise ExportError(expected(f"outputs {', '.join(SIGNATURE_OUTPUTS)}",
-                                           "serving_default outputs", sorted(out.files)))
-            probabilities = out["probabilities"]
-    diff = float(np.max(np.abs(probabilities - expected_probabilities)))
-    if diff > TOLERANCE:
-        raise ExportError(
-            f"{path}: expected the reloaded export to match the in-memory model within "
-            f"{TOLERANCE}. Received: max_abs_diff={diff:.3g}"
-        )
-    return diff
+            raise ExportError(f"{where or path}: the export check failed (nothing was "
+                              f"written): {tail}")
+        with np.load(outputs_path, allow_pickle=False) as out:
+            answers = unpack(out)
+    for signature in {k.split("/")[0] for k in requests}:
+        missing = [k for k in SIGNATURE_OUTPUTS if f"{signature}/{k}" not in answers]
+        if missing:
+            raise ExportError(expected(f"outputs {', '.join(SIGNATURE_OUTPUTS)}",
+                                       f"{signature} outputs",
+                                       sorted(k for k in answers if k.startswith(signature))))
+    return CheckResult(checks=list(CHECKS), answers=answers, requests=requests)
+
+
+def compare_with_model(path: str | os.PathLike, result: CheckResult,
+                       reference: dict[str, np.ndarray]) -> float:
+    """Max |difference| between the export's ``probabilities`` and the in-memory model's, per
+    signature in `reference`; raises above :data:`TOLERANCE`."""
+    worst = 0.0
+    for signature, expected_probabilities in reference.items():
+        got = result.answers[f"{signature}/probabilities"]
+        diff = float(np.max(np.abs(got - expected_probabilities), initial=0.0))
+        if not diff <= TOLERANCE:
+            raise ExportError(
+                f"{path} (not written): expected the export ({signature}, session loader) to "
+                f"match the in-memory model within {TOLERANCE}. Received: max_abs_diff="
+                f"{diff:.3g}")
+        worst = max(worst, diff)
+    return worst
 
 
 def reference_probabilities(model: Any, backbone: Any, raw_inputs: np.ndarray) -> np.ndarray:
@@ -183,9 +240,7 @@ def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
 
     have = sample_inputs is not None and len(sample_inputs) > 0
     if backbone.task == "text":
-        texts = list(sample_inputs[:max_batch]) if have else ["a short example text"]
-        batch = np.array([t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts],
-                         dtype=object)
+        batch = _as_bytes(sample_inputs[:max_batch] if have else ["a short example text"])
         batches = [batch[:1]] + ([batch] if len(batch) > 1 else [])
         return [("serving_default", {"text": b}) for b in batches]
     if have:  # at the model's input size: a few photos at full size would weigh megabytes
@@ -193,8 +248,7 @@ def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
                                  backbone.image_size).numpy()
     else:
         images = np.full((1, *backbone.image_size, 3), 127.0, dtype=np.float32)
-    pngs = np.array([tf.io.encode_png(np.clip(np.round(im), 0, 255).astype(np.uint8)).numpy()
-                     for im in images], dtype=object)
+    pngs = _pngs(images)
     sizes = [1] + ([len(images)] if len(images) > 1 else [])
     return ([("serving_default", {"image": images[:n]}) for n in sizes]
             + [("serving_bytes", {"image_bytes": pngs[:n]}) for n in sizes])
@@ -234,22 +288,29 @@ def export_saved_model(
     sample_inputs: np.ndarray | None = None,
     extra_files: dict[str, str | bytes] | None = None,
     verify: bool = True,
-    after_write: Callable[[Path], None] | None = None,
+    after_write: Callable[[Path, CheckResult | None], None] | None = None,
     log: Callable[[str], None] = print,
     check_ops: bool = True,
     warmup: bool = True,
+    outputs: OutputSpec | None = None,
 ) -> Path:
     """Writes ``<base_dir>/<name>/<version>/`` atomically and returns its path.
 
-    `sample_inputs` are raw serving inputs (strings or images) used to check the export in a
-    fresh process and for the warmup requests; `extra_files` go to ``assets.extra/``;
-    `after_write` may add more files (e.g. a model card) before the version is renamed into place.
-    With `check_ops`, an op TF Serving cannot run fails the export (:func:`kerasft.serving.
-    check_serving_ops`); with `warmup`, ``assets.extra/tf_serving_warmup_requests`` is written
-    (:func:`write_warmup`). Any failure leaves no version folder.
+    `sample_inputs` are raw serving inputs (strings or images) for the warmup requests and the
+    check; `extra_files` go to ``assets.extra/``; `outputs` says how probabilities become
+    ``class_ids``/``labels`` (single-label by default). With `check_ops`, an op TF Serving cannot
+    run fails the export (:func:`kerasft.serving.check_serving_ops`); with `warmup`,
+    ``assets.extra/tf_serving_warmup_requests`` is written (:func:`write_warmup`); with `verify`
+    (and samples), a fresh process loads the export with TF Serving's session-based loader,
+    replays the warmup file, answers the samples on every signature, and agrees with the object
+    loader (:mod:`kerasft.export_check`), and the answers must match `model` within
+    :data:`TOLERANCE`. `after_write(folder, check)` then adds more files (e.g. a model card
+    quoting the checked answers) before the version is renamed into place. Any failure leaves
+    no version folder.
     """
     import tensorflow as tf
 
+    spec = outputs or OutputSpec(tuple(class_names))
     model_dir = Path(base_dir) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +329,7 @@ def export_saved_model(
         )
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
-        module, signatures = _serving_module(model, backbone, class_names)
+        module, signatures = _serving_module(model, backbone, spec)
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extras = tmp / "assets.extra"
         extras.mkdir(exist_ok=True)
@@ -286,13 +347,24 @@ def export_saved_model(
         if warmup:
             count = write_warmup(tmp, name, backbone, sample_inputs)
             log(f"warmup: {count} requests in assets.extra/tf_serving_warmup_requests")
-        if after_write is not None:
-            after_write(tmp)
+        result = None
         if verify and sample_inputs is not None and len(sample_inputs):
-            reference = reference_probabilities(model, backbone, sample_inputs)
-            diff = verify_in_fresh_process(tmp, sample_inputs, reference)
-            log(f"export verified in a fresh process: max |difference| = {diff:.2e} "
-                f"on {len(sample_inputs)} examples")
+            requests = sample_requests(backbone, sample_inputs)
+            result = verify_in_fresh_process(tmp, requests, where=final)
+            reference = {"serving_default": reference_probabilities(model, backbone,
+                                                                    sample_inputs)}
+            if "serving_bytes/image_bytes" in requests:  # what the PNGs decode to
+                pixels = np.clip(np.round(np.asarray(sample_inputs, np.float32)), 0, 255)
+                reference["serving_bytes"] = reference_probabilities(model, backbone, pixels)
+            result.max_diff = compare_with_model(final, result, reference)
+            result.examples = len(sample_inputs)
+            result.checks.append(f"answers match the in-memory Keras model (max |difference| "
+                                 f"{result.max_diff:.1e} on {len(sample_inputs)} examples)")
+            log(f"export checked in a fresh process: session loader, warmup replay, "
+                f"{len(signatures)} signature(s), object loader; max |difference| to the "
+                f"in-memory model = {result.max_diff:.2e} on {len(sample_inputs)} examples")
+        if after_write is not None:
+            after_write(tmp, result)
         if final.exists():
             raise ExportError(expected("a version that does not exist yet", "export.version",
                                        version))
@@ -303,16 +375,3 @@ def export_saved_model(
     size = sum(p.stat().st_size for p in (final / "variables").glob("*"))
     log(f"exported {final} (variables: {size / 1e6:.1f} MB)")
     return final
-
-
-def read_export_info(path: str | os.PathLike) -> dict[str, Any]:
-    """Labels and config of an export, from its ``assets.extra/`` folder."""
-    extras = Path(path) / "assets.extra"
-    info: dict[str, Any] = {}
-    labels = extras / "labels.txt"
-    if labels.is_file():
-        info["labels"] = labels.read_text(encoding="utf-8").splitlines()
-    metrics = extras / "metrics.json"
-    if metrics.is_file():
-        info["metrics"] = json.loads(metrics.read_text(encoding="utf-8"))
-    return info

@@ -27,6 +27,12 @@ from typing import Any
 from kerasft.errors import ExportError, expected
 
 CARD_FILENAME = "README.md"
+_CHECKED = "session-based loader, as TF Serving loads it"
+
+
+def _shell_json(value: Any) -> str:
+    """JSON for a single-quoted shell argument."""
+    return json.dumps(value, ensure_ascii=False).replace("'", "'\\''")
 EXTRAS_DIRNAME = "assets.extra"
 
 
@@ -38,6 +44,8 @@ class ModelCardInfo:
     task: str
     labels: list[str]
     multi_label: bool = False
+    threshold: float = 0.5
+    label_separator: str = "|"
     backbone: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -114,6 +122,8 @@ def card_info_from_finetuner(ft: Any) -> ModelCardInfo:
         info["sequence_length"] = int(backbone.sequence_length)
 
     data: dict[str, Any] = {"source": cfg.data.source}
+    if cfg.data.max_examples:
+        data["max_examples"] = int(cfg.data.max_examples)
     if ft.data is not None:
         report = ft.data.report or {}
         data["sizes"] = dict(report.get("sizes") or {
@@ -151,6 +161,8 @@ def card_info_from_finetuner(ft: Any) -> ModelCardInfo:
         task=backbone.task,
         labels=list(ft.class_names or []),
         multi_label=bool(ft.multi_label),
+        threshold=float(cfg.head.threshold),
+        label_separator=cfg.data.label_separator,
         backbone=info,
         data=data,
         stages=stages,
@@ -189,12 +201,30 @@ def _shape(shape: list[int] | None) -> str:
                            for i, d in enumerate(shape)) + "]"
 
 
+def _answer_rows(check: Any, signature: str, count: int) -> str | None:
+    """The first `count` answers of `signature` in the checked export, as TF Serving's row
+    format writes them (probabilities rounded to 4 digits here)."""
+    answers = getattr(check, "answers", None) or {}
+    keys = [f"{signature}/{k}" for k in ("class_ids", "labels", "probabilities")]
+    if not all(k in answers for k in keys):
+        return None
+    rows = []
+    for i in range(min(count, len(answers[keys[0]]))):
+        ids, label, probs = (answers[k][i] for k in keys)
+        label = label.decode("utf-8") if isinstance(label, bytes) else str(label)
+        rows.append(json.dumps({"class_ids": ids.tolist() if hasattr(ids, "tolist") else ids,
+                                "labels": label,
+                                "probabilities": [round(float(p), 4) for p in probs]}))
+    return '{"predictions": [' + ", ".join(rows) + "]}"
+
+
 def _example_requests(name: str, task: str, labels: list[str],
-                      signatures: dict[str, dict[str, Any]]) -> list[str]:
+                      signatures: dict[str, dict[str, Any]], check: Any = None,
+                      examples: list[str] | None = None) -> list[str]:
     url = f"http://localhost:8501/v1/models/{name}:predict"
-    label = labels[0] if labels else "<label>"
-    probs = ", ".join(["0.9"] + ["0.0"] * (len(labels) - 1)) if labels else "..."
-    answer_row = f'{{"class_ids": 0, "labels": "{label}", "probabilities": [{probs}]}}'
+    texts = [t for t in (examples or [])[:2]] or ["great movie", "a waste of two hours"]
+    not_run = ("(not shown: the export was written without the check, so no answer was "
+               "computed)")
     lines = ["## Example requests (TensorFlow Serving REST API)", "",
              "Serve the model folder (the parent of this version) with the standard image:", "",
              "```sh",
@@ -206,13 +236,17 @@ def _example_requests(name: str, task: str, labels: list[str],
             "Texts, row format (`instances`, answer `predictions`, one object per text):", "",
             "```sh",
             f"curl -s -X POST {url} \\",
-            '  -d \'{"instances": ["great movie", "a waste of two hours"]}\'',
+            f"  -d '{_shell_json({'instances': texts})}'",
             "```", "",
-            f"Answer: `{{\"predictions\": [{answer_row}, ...]}}`", "",
+        ]
+        answer = _answer_rows(check, "serving_default", len(texts))
+        lines += ([f"Answer of this export (computed by the export check, {_CHECKED}):", "",
+                   "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
+        lines += [
             "Columnar format (`inputs`, answer `outputs`, one list per output):", "",
             "```sh",
             f"curl -s -X POST {url} \\",
-            '  -d \'{"inputs": {"text": ["great movie", "a waste of two hours"]}}\'',
+            f"  -d '{_shell_json({'inputs': {'text': texts}})}'",
             "```", "",
         ]
     if "serving_default" in signatures and task == "image":
@@ -223,6 +257,8 @@ def _example_requests(name: str, task: str, labels: list[str],
             f"curl -s -X POST {url} \\",
             '  -d \'{"instances": [[[[255, 0, 0], [250, 10, 5]], [[245, 3, 0], [251, 0, 9]]]]}\'',
             "```", "",
+            "The answer has one object per image, with the keys below (see the bytes example "
+            "for this export's own answer).", "",
         ]
     if "serving_bytes" in signatures:
         lines += [
@@ -233,8 +269,10 @@ def _example_requests(name: str, task: str, labels: list[str],
             '  -d "{\\"signature_name\\": \\"serving_bytes\\", \\"instances\\": '
             '[{\\"b64\\": \\"$(base64 -w0 photo.jpg)\\"}]}"',
             "```", "",
-            f"Answer: `{{\"predictions\": [{answer_row}]}}`", "",
         ]
+        answer = _answer_rows(check, "serving_bytes", 1)
+        lines += ([f"Answer of this export for its first test image, PNG-encoded ({_CHECKED}):",
+                   "", "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
     lines += [f"With kerasft: `kerasft predict --server http://localhost:8501 --model {name} "
               + ("--text \"great movie\"`" if task == "text" else "--image photo.jpg`"), ""]
     if task == "text":
@@ -245,8 +283,10 @@ def _example_requests(name: str, task: str, labels: list[str],
 
 
 def render_model_card(info: ModelCardInfo,
-                      signatures: dict[str, dict[str, Any]] | None = None) -> str:
-    """The card as Markdown; `signatures` as returned by :func:`kerasft.serving.read_signatures`."""
+                      signatures: dict[str, dict[str, Any]] | None = None,
+                      check: Any = None) -> str:
+    """The card as Markdown; `signatures` as returned by :func:`kerasft.serving.read_signatures`,
+    `check` the export check's :class:`kerasft.export.CheckResult` (None: not checked)."""
     kind = "multi-label" if info.multi_label else "single-label"
     lines = [f"# {info.name}: model card", "",
              f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} classes), "
@@ -255,8 +295,11 @@ def render_model_card(info: ModelCardInfo,
               "order.", ""]
     lines += _table(["class_id", "label"], [[i, name] for i, name in enumerate(info.labels)])
     if info.multi_label:
-        lines += ["", "Multi-label: read `probabilities` (one sigmoid per class, threshold 0.5); "
-                  "`class_ids`/`labels` give the most likely class only."]
+        lines += ["", f"Multi-label: `probabilities` has one sigmoid per class; a label is "
+                  f"predicted when its probability is > {info.threshold:g} (`head.threshold`, "
+                  "the same comparison as the metrics below). `class_ids` is multi-hot "
+                  "(int64 `[batch, classes]`), `labels` the predicted labels joined by "
+                  f"`{info.label_separator}` (empty when none passes)."]
 
     lines += ["", "## Backbone", ""]
     lines += _table(["key", "value"], [[k, v] for k, v in info.backbone.items()])
@@ -270,6 +313,9 @@ def render_model_card(info: ModelCardInfo,
         rows += [[f"{k} examples", v] for k, v in sizes.items()]
     else:
         rows.append(["sizes", "not recorded (exported without loading the data)"])
+    if data.get("max_examples"):
+        rows.append(["data.max_examples", f"{data['max_examples']} (each split capped by a "
+                     "stratified, seeded sample)"])
     rows += [[f"{k} split", v] for k, v in (data.get("split") or {}).items()]
     lines += _table(["key", "value"], rows)
 
@@ -288,8 +334,10 @@ def render_model_card(info: ModelCardInfo,
     lines += ["", "## Metrics", ""]
     metrics = info.metrics
     if metrics:
+        cap = (f"; each split capped at data.max_examples={data['max_examples']}"
+               if data.get("max_examples") else "")
         lines += [f"On the {metrics.get('split', '?')} split ({metrics.get('examples', '?')} "
-                  "examples):", ""]
+                  f"examples{cap}):", ""]
         lines += _table(["metric", "value"], [[k, metrics[k]] for k in
                                               ("accuracy", "macro_f1", "weighted_f1",
                                                "macro_precision", "macro_recall")
@@ -312,14 +360,27 @@ def render_model_card(info: ModelCardInfo,
         lines += [f"`{sig_name}`", ""] + _table(["", "name", "dtype", "shape"], rows) + [""]
     if not signatures:
         lines += ["(not read)", ""]
-    lines += _example_requests(info.name, info.task, info.labels, signatures or {})
+    lines += ["## Checks", ""]
+    if check is not None and check.checks:
+        lines += ["Before this version folder appeared, a fresh Python process checked it:", ""]
+        lines += [f"- {c}" for c in check.checks] + [""]
+    else:
+        lines += ["Not checked: the export was written with `verify: false` (or without sample "
+                  "inputs). Check it with `saved_model_cli run` before serving.", ""]
+    examples = None
+    if check is not None and "serving_default/text" in getattr(check, "requests", {}):
+        examples = [t.decode("utf-8") if isinstance(t, bytes) else str(t)
+                    for t in check.requests["serving_default/text"][:2]]
+    lines += _example_requests(info.name, info.task, info.labels, signatures or {}, check,
+                               examples)
 
     lines += ["## Versions", ""]
     lines += _table(["package", "version"], [[k, v] for k, v in info.versions.items()])
     return "\n".join(lines) + "\n"
 
 
-def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo) -> Path:
+def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo,
+                     check: Any = None) -> Path:
     """Writes ``<export_dir>/assets.extra/README.md`` (signatures read from its
     ``saved_model.pb``) through a temporary file; returns its path."""
     from kerasft.serving import read_signatures
@@ -328,7 +389,7 @@ def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo) -> Path
     if not (export_dir / "saved_model.pb").is_file():
         raise ExportError(expected("a SavedModel folder with saved_model.pb", "export_dir",
                                    str(export_dir), "write_model_card"))
-    text = render_model_card(info, read_signatures(export_dir))
+    text = render_model_card(info, read_signatures(export_dir), check)
     extras = export_dir / EXTRAS_DIRNAME
     extras.mkdir(exist_ok=True)
     target = extras / CARD_FILENAME
@@ -348,7 +409,7 @@ def model_card_hook(ft: Any) -> Callable[[Path], None]:
     """An ``after_write`` hook for :func:`kerasft.export.export_saved_model` writing `ft`'s card."""
     info = card_info_from_finetuner(ft)
 
-    def write(export_dir: Path) -> None:
-        write_model_card(export_dir, info)
+    def write(export_dir: Path, check: Any = None) -> None:
+        write_model_card(export_dir, info, check)
 
     return write

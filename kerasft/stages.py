@@ -194,10 +194,10 @@ def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:
     return sparse_categorical_crossentropy_smoothed
 
 
-def make_metrics(activation: str) -> list[Any]:
+def make_metrics(activation: str, threshold: float = 0.5) -> list[Any]:
     import keras
 
-    if activation == "sigmoid":
-        return [keras.metrics.BinaryAccuracy(name="accuracy"),
+    if activation == "sigmoid":  # Keras compares `y_pred > threshold`, as metrics and exports do
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold),
                 keras.metrics.AUC(name="auc", multi_label=True)]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -274,7 +274,7 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.distributed.pad_to_full_batches).
-        weighted_metrics=make_metrics(cfg.head.activation),
+        weighted_metrics=make_metrics(cfg.head.activation, cfg.head.threshold),
         jit_compile=cfg.training.jit_compile,
         steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )

@@ -364,7 +364,7 @@ ft = build_finetuner({"name": "tiny", "backbone": {"name": "tiny_cnn", "weights"
                       "training": {"strategy": "default"}}, log=lambda s: None)
 ft.build(["cat", "dog"])
 
-def pause(tmp):  # the SavedModel is written, the version not yet renamed into place
+def pause(tmp, check):  # the SavedModel is written, the version not yet renamed into place
     Path(marker).write_text(str(tmp))
     time.sleep(3600)
 

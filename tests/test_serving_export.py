@@ -221,16 +221,22 @@ def test_image_model_card_names_labels_signatures_and_data(image_export):
 
 def test_text_export_answers_row_and_columnar_json(text_export):
     ft, path = text_export["ft"], text_export["path"]
-    texts = ["great movie", "a waste of two hours", "very bad film"]
-    expected = ft.predict(texts)
-    names = ft.class_names
     card = (path / "assets.extra" / "README.md").read_text()
     row_body, columnar_body = _card_bodies(card)
-    assert json.loads(row_body) == {"instances": ["great movie", "a waste of two hours"]}
+    card_texts = json.loads(row_body)["instances"]
+    assert len(card_texts) == 2 and all(t in GOOD + BAD for t in card_texts)  # test split
+    texts = card_texts + ["very bad film"]
+    expected = ft.predict(texts)
+    names = ft.class_names
+    # The card's answer is the export's own, not an invented one.
+    card_answer = json.loads(re.search(r"```json\n(.*?)\n```", card, re.S).group(1))
     with TFServingStub(text_export["base"]) as stub:
         url = f"{stub.url}/v1/models/tinybert:predict"
         rows = _post(url, row_body)["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected[:2], atol=1e-5)
+        assert [r["labels"] for r in card_answer["predictions"]] == [r["labels"] for r in rows]
+        np.testing.assert_allclose([r["probabilities"] for r in card_answer["predictions"]],
+                                   expected[:2], atol=1e-4)
         outputs = _post(url, columnar_body)["outputs"]
         np.testing.assert_allclose(outputs["probabilities"], expected[:2], atol=1e-5)
         assert outputs["labels"] == [names[i] for i in expected[:2].argmax(-1)]
@@ -252,7 +258,9 @@ def test_text_warmup_and_card(text_export):
     card = (path / "assets.extra" / "README.md").read_text()
     for word in ("| 0 | neg |", "| 1 | pos |", "| input | text | string | [batch] |",
                  "import tensorflow_text", "| preset |", "| sequence_length | 16 |",
-                 "| train examples | 36 |", "| test examples | 8 |"):
+                 "| train examples | 36 |", "| test examples | 8 |",
+                 "- session loader (tf.compat.v1.saved_model.loader.load",
+                 "- warmup records replayed through the session"):
         assert word in card, word
 
 
