@@ -39,6 +39,11 @@ def _clear_keras_session():
 @pytest.fixture
 def image_arrays():
     """60 tiny 3-class images (16x16) whose class is visible in the mean colour."""
+    return make_image_arrays()
+
+
+def make_image_arrays():
+    """The data of the `image_arrays` fixture, for module-scoped fixtures."""
     rng = np.random.default_rng(0)
     n = 60
     labels = np.arange(n) % 3
