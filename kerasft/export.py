@@ -14,13 +14,18 @@ standard build links (:func:`kerasft.serving.check_serving_ops`). The
   (resized in the graph); plus ``serving_bytes`` taking ``image_bytes``, a 1-D ``tf.string`` of
   encoded JPEG/PNG/GIF/BMP.
 
-Every signature returns ``probabilities`` (float32 ``[batch, num_classes]``), ``class_ids``
-(int64 ``[batch]``) and ``labels`` (string ``[batch]``), readable without kerasft.
+Every signature returns ``probabilities`` (float32 ``[batch, num_classes]``), ``class_ids`` and
+``labels``, readable without kerasft: single-label, ``class_ids`` int64 ``[batch]`` (argmax) and
+``labels`` string ``[batch]``; multi-label, ``class_ids`` multi-hot int64 ``[batch, num_classes]``
+(probability ``> head.threshold``) and ``labels`` the predicted labels joined by
+``data.label_separator`` (see :class:`OutputSpec`).
 
 The version is written under a temporary name (TF Serving ignores folders whose names are not
-integers), reloaded in a fresh Python process and compared with the in-memory model, and only
-then renamed into place; an existing version is never overwritten. Weights are stored once: the
-SavedModel tracks a small ``tf.Module`` holding the model's variables, not the Keras model object.
+integers), checked in a fresh Python process the way TF Serving loads it (session-based loader,
+warmup replay, every signature, then the object loader: :mod:`kerasft.export_check`), compared
+with the in-memory model, and only then renamed into place; an existing version is never
+overwritten. Weights are stored once: the SavedModel tracks a small ``tf.Module`` holding the
+model's underlying ``tf.Variable`` objects, not the Keras model object.
 """
 
 from __future__ import annotations
