@@ -1,6 +1,6 @@
 """Speed options on this machine: mixed precision, XLA, steps_per_execution, accumulation.
 
-    python bench/options.py                   # rows minilm, head, resnet50; 2 alternating repeats
+    python bench/options.py                   # rows minilm, head, resnet50; 5 alternating repeats
     python bench/options.py --rows minilm --repeats 3
 
 Each option is a fresh kerasft ``FineTuner`` (``training.*`` set as named) trained on the same
@@ -18,8 +18,9 @@ ResNet50 under ``mixed_float16`` is left out unless ``--resnet-float16``: float1
 no fast CPU kernel (it had not finished 6 steps after 12 minutes). ``bench/options.py --probe``
 times one float16 / bfloat16 / float32 ResNet50 forward pass and train step instead.
 
-``steps_per_execution`` runs 5 (MiniLM, 10 steps), 3 (ResNet50, 6 steps) or 20 (head, 200
-steps) steps per call: a divisor of the epoch, so no call is cut short and retraced; the timed
+Each repeat times 20 MiniLM steps, 12 ResNet50 steps or 200 head steps (fewer steps made the
+spread as large as the effects). ``steps_per_execution`` runs 5 (MiniLM), 3 (ResNet50) or 20
+(head) steps per call: a divisor of the epoch, so no call is cut short and retraced; the timed
 periods then cover that many steps each (bench/benchutil.py counts them).
 
 ``gradient_accumulation_steps=4`` runs batch 8 (batch 4 for ResNet50) so that the effective
@@ -158,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="minilm,head,resnet50")
     parser.add_argument("--options", default=",".join(OPTIONS))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--resnet-float16", action="store_true",
                         help="Also run ResNet50 under mixed_float16 (on CPU: over 12 minutes "
                              "for its 6 steps here, against 40 s for the baseline).")
@@ -176,31 +177,31 @@ def main() -> None:
         for row in args.rows.split(","):
             jobs: dict[str, Job] = {}
             if row == "minilm":
-                description = "MiniLM seq 64 (fixed), full fine-tune, batch 32, 320 texts"
-                texts, labels = read_corpus(320 + 32, seed=2)
+                description = "MiniLM seq 64 (fixed), full fine-tune, batch 32, 640 texts"
+                texts, labels = read_corpus(640 + 32, seed=2)
                 for name in names:
                     accumulate = "gradient_accumulation" in name
-                    label, opts = execution_steps(name, 5)  # 5 divides the 10 steps
+                    label, opts = execution_steps(name, 5)  # 5 divides the 20 steps
                     jobs[label] = tuner_job(
                         {"name": "bert", "preset": MINILM, "sequence_length": 64},
                         {"name": "all", "trainable": "all", "epochs": 1, "optimizer": "adamw",
                          "learning_rate": 5e-5}, 8 if accumulate else 32, opts,
-                        texts[:320], labels[:320], (texts[320:], labels[320:]), output_dir)
+                        texts[:640], labels[:640], (texts[640:], labels[640:]), output_dir)
             elif row == "resnet50":
-                description = "ResNet50 224x224 unfrozen, batch 16, 96 images"
+                description = "ResNet50 224x224 unfrozen, batch 16, 192 images"
                 rng = np.random.default_rng(0)
-                images = rng.integers(0, 256, size=(112, 224, 224, 3), dtype=np.uint8)
-                labels = np.array(["a", "b", "c"])[np.arange(112) % 3]
+                images = rng.integers(0, 256, size=(208, 224, 224, 3), dtype=np.uint8)
+                labels = np.array(["a", "b", "c"])[np.arange(208) % 3]
                 for name in names:
                     if name == "mixed_float16" and not args.resnet_float16:
                         continue  # float16 convolutions on CPU: see --resnet-float16
                     accumulate = "gradient_accumulation" in name
-                    label, opts = execution_steps(name, 3)  # 3 divides the 6 steps
+                    label, opts = execution_steps(name, 3)  # 3 divides the 12 steps
                     jobs[label] = tuner_job(
                         {"name": "resnet50", "weights": "none", "input_shape": [224, 224, 3]},
                         {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4},
-                        4 if accumulate else 16, opts, images[:96], labels[:96],
-                        (images[96:], labels[96:]), output_dir)
+                        4 if accumulate else 16, opts, images[:192], labels[:192],
+                        (images[192:], labels[192:]), output_dir)
             else:
                 description = "head on cached features (384 -> 3), batch 32, 6,400 rows"
                 rng = np.random.default_rng(0)

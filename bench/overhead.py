@@ -94,15 +94,14 @@ def hand_text_dataset(preprocessor: Any, texts: np.ndarray, labels: np.ndarray, 
                       shuffle: bool) -> Any:
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((texts.astype(str), labels))
+    # Tokenized once, before the epochs, as kerasft does: like-for-like rows must run the same
+    # computation per step (a tokenizer mapped over every epoch's batches is extra work).
+    encoded = preprocessor(tf.constant(texts.astype(str)))
+    tokens = {k: tf.cast(v, "int32") for k, v in encoded.items()}
+    ds = tf.data.Dataset.from_tensor_slices((tokens, labels)).cache()
     if shuffle:
         ds = ds.shuffle(len(texts), seed=0)
-
-    def tokenize(x: Any, y: Any) -> Any:
-        return {k: tf.cast(v, "int32") for k, v in preprocessor(x).items()}, y
-
-    ds = ds.batch(batch).map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
 def hand_resnet(num_classes: int) -> tuple[Any, Any]:

@@ -211,8 +211,17 @@ def test_image_model_card_names_labels_signatures_and_data(image_export):
                  "| output | probabilities | float32 | [batch, 3] |", "tiny_cnn",
                  "| train examples | 36 |", "| test examples | 15 |", "| head | head | 8/8 |",
                  "On the test split (15 examples)", "| kerasft | 0.1.0 |",
-                 'docker run -p 8501:8501 -v "$PWD/saved_models/tiny:/models/tiny"'):
+                 'docker run -p 8501:8501 -v "$PWD/saved_models/tiny:/models/tiny"',
+                 "- session loader (tf.compat.v1.saved_model.loader.load",
+                 "- object loader (tf.saved_model.load) gives the same outputs"):
         assert word in card, word
+    # The bytes example's answer is the export's own: a distribution whose argmax is the label.
+    answer = json.loads(re.search(r"```json\n(.*?)\n```", card, re.S).group(1))
+    row = answer["predictions"][0]
+    assert abs(sum(row["probabilities"]) - 1) < 1e-3
+    assert row["labels"] == IMAGE_LABELS[int(np.argmax(row["probabilities"]))]
+    assert row["class_ids"] == int(np.argmax(row["probabilities"]))
+    assert "0.9, 0.0" not in card  # no invented probabilities
 
 
 # ---------------------------------------------------------------------------------------------
