@@ -144,8 +144,22 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def rest(exports: dict[str, Path]) -> TFServingStub:
-    with TFServingStub(exports["base"], labels={"text_clf": {"stable": 1, "canary": 2}}) as stub:
+def rest(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TFServingStub:
+    # Versions and labels reach the stand-in only through a models.config, as with TF Serving.
+    config = serving.write_models_config(
+        tmp_path_factory.mktemp("config") / "models.config",
+        [
+            serving.ServedModel(
+                "text_clf",
+                str(exports["base"] / "text_clf"),
+                policy="specific",
+                versions=(1, 2),
+                labels={"stable": 1, "canary": 2},
+            ),
+            serving.ServedModel("image_clf", str(exports["base"] / "image_clf")),
+        ],
+    )
+    with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
         yield stub
 
 
@@ -522,9 +536,10 @@ def test_rest_versions_and_labels(rest: TFServingStub, exports: dict[str, Path])
         v1["predictions"], _direct(exports["text_v1"], "serving_default", text=TEXTS)
     )
     status = serving.get_model_status_rest(rest.url, "text_clf")
-    assert [s["version"] for s in status["model_version_status"]] == ["1", "2"]
-    status = serving.get_model_status_rest(rest.url, "text_clf", label="stable")
-    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert [s["version"] for s in status["model_version_status"]] == ["2", "1"]  # newest first
+    # get_model_status_impl.cc does not look at a label: every version is listed
+    assert serving.get_model_status_rest(rest.url, "text_clf", label="stable") == status
+    assert {s["state"] for s in status["model_version_status"]} == {"AVAILABLE"}
 
 
 @pytest.mark.parametrize(
@@ -622,9 +637,9 @@ def test_request_builders() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_grpc_predict(exports: dict[str, Path], images: np.ndarray) -> None:
+def test_grpc_predict(rest: TFServingStub, exports: dict[str, Path], images: np.ndarray) -> None:
     pytest.importorskip("grpc")
-    with GrpcPredictStub(exports["base"], labels={"text_clf": {"stable": 1}}) as stub:
+    with GrpcPredictStub(core=rest.core) as stub:
         out = serving.predict_grpc(stub.address, "text_clf", {"text": TEXTS}, label="stable")
         ref = _direct(exports["text_v1"], "serving_default", text=TEXTS)
         np.testing.assert_array_equal(out["probabilities"], ref["probabilities"])
