@@ -220,7 +220,9 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the server.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="REST retries on connection errors and 5xx answers.")
+              help="REST: retries, 0.5 s x 2^attempt apart, on connection errors, 503 "
+                   "(unavailable) and 429 (batch queue full). Never retried: 504 (the server's "
+                   "deadline), other 4xx and 5xx answers, and --timeout.")
 @click.option("--text", "texts", multiple=True, help="A text to classify. Repeatable.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image file to classify. Repeatable.")

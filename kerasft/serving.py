@@ -44,6 +44,7 @@ from kerasft.errors import ExportError, KerasftError, expected
 __all__ = [
     "MAX_WARMUP_RECORDS",
     "PYTHON_OPS",
+    "RETRY_STATUSES",
     "ServedModel",
     "check_serving_ops",
     "get_model_status_rest",
@@ -80,6 +81,10 @@ _POLICIES = ("latest", "specific", "all")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+#: Answers worth asking again: 503 (UNAVAILABLE: the server is starting or shedding load) and
+#: 429 (RESOURCE_EXHAUSTED: the batch queue is full), as TF Serving's http_server.cc maps them.
+#: 504 is TF Serving's own deadline (--rest_api_timeout_in_ms): a retry would wait as long again.
+RETRY_STATUSES = frozenset({429, 503})
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -903,10 +908,13 @@ def _http_json(
                 payload = response.read()
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
-            if err.code >= 500 and not last:
+            retried = err.code in RETRY_STATUSES
+            if retried and not last:
                 time.sleep(backoff * 2**attempt)
                 continue
-            tries = f" after {attempts} attempts" if err.code >= 500 and attempts > 1 else ""
+            tries = f" after {attempts} attempts" if retried and attempts > 1 else ""
+            if err.code == 504:
+                tries = " (the server's deadline, --rest_api_timeout_in_ms; not retried)"
             raise KerasftError(
                 expected(
                     "a successful TF Serving answer",
@@ -1008,9 +1016,10 @@ def predict_rest(
     lists and ``bytes`` to ``{"b64": ...}``. ``server_url`` may omit ``http://``.
 
     Errors are one-line :class:`KerasftError`: HTTP 4xx/5xx (with TF Serving's ``{"error": ...}``
-    text), timeouts and unreachable servers. Connection failures and 5xx answers are retried
-    ``retries`` times, sleeping ``backoff * 2**attempt`` seconds; 4xx answers and timeouts are not
-    (a slow model would only be asked again).
+    text), timeouts and unreachable servers. Connection failures, 503 (unavailable) and 429
+    (batch queue full) are retried ``retries`` times, sleeping ``backoff * 2**attempt`` seconds.
+    Not retried: 504 (TF Serving's own deadline: a retry waits as long again), every other 4xx
+    (the request is wrong), every other 5xx (a model error repeats) and client timeouts.
     """
     where = "predict_rest"
     if (instances is None) == (inputs is None):

@@ -571,16 +571,56 @@ def test_rest_bad_tensor_is_a_400(rest: TFServingStub) -> None:
     assert "HTTP 400" in _one_line(err)
 
 
-def test_rest_retries_server_errors(rest: TFServingStub) -> None:
-    rest.fail_next(2, status=503)
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [(503, True), (429, True), (504, False), (500, False), (404, False), (400, False)],
+)
+def test_rest_retry_policy_follows_tf_serving_status_codes(
+    rest: TFServingStub, status: int, retried: bool
+) -> None:
+    # 503 (UNAVAILABLE) and 429 (RESOURCE_EXHAUSTED: batch queue full) pass; 504 is TF
+    # Serving's own deadline and would only be waited for again; other codes repeat.
+    rest.fail_next(2 if retried else 1, status=status)
     before = rest.requests
-    answer = serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
-    assert len(answer["predictions"]) == 1
-    assert rest.requests == before + 3
-    rest.fail_next(1, status=500)
+    if retried:
+        answer = serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+        assert len(answer["predictions"]) == 1
+        assert rest.requests == before + 3
+        return
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=0)
-    assert "HTTP 500: Injected failure" in _one_line(err)
+        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+    message = _one_line(err)
+    assert f"HTTP {status}" in message and "Injected failure" in message
+    assert rest.requests == before + 1
+    if status == 504:
+        assert "deadline" in message and "not retried" in message
+
+
+def test_rest_retries_run_out(rest: TFServingStub) -> None:
+    rest.fail_next(3, status=429)
+    before = rest.requests
+    start = time.monotonic()
+    with pytest.raises(KerasftError) as err:
+        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.05)
+    assert time.monotonic() - start >= 0.05 + 0.1  # backoff * 2**attempt between attempts
+    assert "HTTP 429 after 3 attempts" in _one_line(err)
+    assert rest.requests == before + 3
+
+
+def test_predict_help_states_the_retry_policy() -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasft.cli", "predict", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "503 (unavailable) and 429 (batch queue full)" in text
+    assert "Never retried: 504 (the server's deadline), other 4xx and 5xx" in text
 
 
 def test_rest_timeout_is_one_line(rest: TFServingStub) -> None:
