@@ -42,6 +42,7 @@ import numpy as np
 from kerasft.errors import ExportError, KerasftError, expected
 
 __all__ = [
+    "LABELS_FLAG",
     "MAX_WARMUP_RECORDS",
     "PYTHON_OPS",
     "RETRY_STATUSES",
@@ -81,10 +82,15 @@ _POLICIES = ("latest", "specific", "all")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# A URI scheme as TensorFlow's io::ParseURI reads one (``gs://``, ``s3://``, ``hdfs://``).
+_URI_RE = re.compile(r"^[A-Za-z][0-9A-Za-z.]*://")
 #: Answers worth asking again: 503 (UNAVAILABLE: the server is starting or shedding load) and
 #: 429 (RESOURCE_EXHAUSTED: the batch queue is full), as TF Serving's http_server.cc maps them.
 #: 504 is TF Serving's own deadline (--rest_api_timeout_in_ms): a retry would wait as long again.
 RETRY_STATUSES = frozenset({429, 503})
+#: The flag TF Serving needs to start with labels in its models.config (server_core.cc checks
+#: labels against the loaded versions before it loads any).
+LABELS_FLAG = "--allow_version_labels_for_unavailable_models=true"
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -348,6 +354,17 @@ def _validate_served_model(model: ServedModel, check_versions: bool, where: str)
     where = f"{where} (model {model.name!r})"
     if not isinstance(model.base_path, str) or not model.base_path:
         raise KerasftError(expected("a non-empty path", "base_path", model.base_path, where))
+    # server_core.cc ValidateModelConfigList refuses the whole config for one relative path.
+    if not model.base_path.startswith("/") and not _URI_RE.match(model.base_path):
+        raise KerasftError(
+            expected(
+                "an absolute path or a URI as the server sees it (TF Serving refuses relative "
+                "base paths), e.g. /models/NAME",
+                "base_path",
+                model.base_path,
+                where,
+            )
+        )
     if model.policy not in _POLICIES:
         raise KerasftError(expected(f"one of {list(_POLICIES)}", "policy", model.policy, where))
     if model.policy == "latest":
@@ -466,6 +483,55 @@ def _check_versions_on_disk(model: ServedModel, where: str) -> None:
                     where,
                 )
             )
+
+
+def _served_by_entry(entry: Any, local_base_path: str | None) -> set[int] | None:
+    """The versions an existing models.config entry makes the server load (None: unknown)."""
+    policy = entry.model_version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "specific":
+        return set(policy.specific.versions)
+    folder = local_base_path or entry.base_path
+    if "://" in folder or not Path(folder).is_dir():
+        return None
+    on_disk = sorted(
+        int(p.name)
+        for p in Path(folder).iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
+    if which == "all":
+        return set(on_disk)
+    keep = max(policy.latest.num_versions, 1) if which == "latest" else 1
+    return set(on_disk[-keep:])
+
+
+def _check_label_moves(entry: Any, model: ServedModel, where: str) -> None:
+    """Refuses to move a label onto a version the current config does not serve yet.
+
+    TF Serving (server_core.cc UpdateModelVersionLabelMap) checks labels against the versions
+    loaded before the new config's versions load, and never lets an existing label move to a
+    version that is not available, whatever its flags: such a config is refused at the reload.
+    """
+    served = _served_by_entry(entry, model.local_base_path)
+    for label, version in dict(model.labels).items():
+        old = entry.version_labels.get(label)
+        if old is None or old == version or (served is not None and version in served):
+            continue
+        keep = sorted((served or set()) | {version})
+        raise KerasftError(
+            expected(
+                f"label {label!r} to move only to a version the server already serves (TF "
+                "Serving refuses to move a label onto a version that is still loading). Two "
+                f"steps: serve version {version} first with the label unchanged (--policy "
+                f"specific --versions {','.join(map(str, keep))} --label {label}={old}), wait "
+                f"until GET /v1/models/{model.name}/versions/{version} says AVAILABLE, then "
+                f"move the label (--label {label}={version})",
+                f"labels[{label!r}]",
+                version,
+                f"{where} (model {model.name!r}: {label}={old} now, served "
+                f"{sorted(served) if served is not None else 'unknown'})",
+            )
+        )
 
 
 def _model_config_proto(model: ServedModel) -> Any:
@@ -616,6 +682,9 @@ def update_models_config(
     else:
         config = model_server_config_pb2.ModelServerConfig()
     entries = config.model_config_list.config
+    for entry in entries:
+        if entry.name == name:
+            _check_label_moves(entry, model, where)
     new_entry = _model_config_proto(model)
     for index, entry in enumerate(entries):
         if entry.name == name:
