@@ -623,6 +623,34 @@ def test_predict_help_states_the_retry_policy() -> None:
     assert "Never retried: 504 (the server's deadline), other 4xx and 5xx" in text
 
 
+def test_predict_cli_retry_policy_as_a_terminal_shows_it(rest: TFServingStub) -> None:
+    import subprocess
+
+    def predict() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kerasft.cli", "predict", "--server", rest.url, "--model",
+             "text_clf", "--text", "great", "--retries", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+
+    rest.fail_next(2, status=429)  # batch queue full twice, then an answer
+    result = predict()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\t")[0] in TEXT_LABELS
+    rest.fail_next(1, status=504)
+    before = rest.requests
+    result = predict()
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"Error: predict_rest POST {rest.url}/v1/models/text_clf:predict: expected a successful "
+        "TF Serving answer. Received: error=\"HTTP 504 (the server's deadline, "
+        "--rest_api_timeout_in_ms; not retried): Injected failure (test hook)\"")
+    assert rest.requests == before + 1
+
+
 def test_rest_timeout_is_one_line(rest: TFServingStub) -> None:
     rest.delay_s = 1.0
     try:
