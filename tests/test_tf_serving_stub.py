@@ -205,6 +205,16 @@ def test_path_regex(handler_server: TFServingStub) -> None:  # kPathRegex
         assert _call(handler_server, "GET", path)[0] == 404  # no handler at all
 
 
+def test_cors_preflight(handler_server: TFServingStub) -> None:
+    # http_server.cc RestApiRequestDispatcher::ProcessRequest: OPTIONS needs an http(s) Origin.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"{handler_server.url}/v1/models/{NAME}", method="OPTIONS",
+                                     headers={"Origin": "https://example.org"})
+    with opener.open(request, timeout=30) as response:
+        assert response.status == 200
+    assert _call(handler_server, "OPTIONS", f"/v1/models/{NAME}")[0] == 400
+
+
 @pytest.mark.parametrize(("method", "path", "message"), [  # UnsupportedApiCalls
     ("GET", "/v1/foo", "Malformed request"),
     ("POST", "/v1/foo", "Malformed request"),

@@ -292,7 +292,11 @@ class ServerCore:
         self.labels: dict[str, dict[str, int]] = {}
         self.config: Any = None
         self._lock = threading.RLock()
-        self.reload_config(config)
+        try:
+            self.reload_config(config)
+        except BaseException:  # the server exits: free what it had loaded
+            self.close()
+            raise
 
     # -- configuration -------------------------------------------------------------------
     def reload_config(self, config: Any) -> None:
@@ -929,6 +933,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not _HANDLER_RE.fullmatch(path):  # http_server.cc Dispatch: no handler
             self._send(404, "")
             return
+        if self.command == "OPTIONS":  # http_server.cc ProcessRequest: a CORS preflight
+            if re.search(r"https?://", self.headers.get("Origin") or ""):
+                self._send(200, "")
+            else:
+                self._send(400, "")  # FAILED_PRECONDITION, written without a body
+            return
         try:
             status, text = stub.handler.process(self.command, path,
                                                 raw.decode("utf-8", "replace"))
@@ -937,7 +947,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                      f"{' '.join(str(err).split())}"})
         self._send(status, text)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle  # noqa: N815 - http.server API
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle  # noqa: N815
 
 
 class _StubHTTPServer(ThreadingHTTPServer):
@@ -974,6 +984,7 @@ class TFServingStub:
         allow_version_labels_for_unavailable_models: bool = False,
         core: ServerCore | None = None,
     ) -> None:
+        self._owns_core = core is None
         self.core = core or _make_core(config, model_name,
                                        allow_version_labels_for_unavailable_models)
         self.handler = RestApiHandler(self.core)
@@ -1027,13 +1038,14 @@ class TFServingStub:
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+            if self._thread is not None:
+                self._thread.join(timeout=5)
+                self._thread = None
+        if self._owns_core:
+            self.core.close()
 
     def __enter__(self) -> TFServingStub:
         return self.start()
@@ -1049,6 +1061,7 @@ class GrpcPredictStub:
     def __init__(self, config: str | Path | Any = None, *, model_name: str = "default",
                  allow_version_labels_for_unavailable_models: bool = False,
                  core: ServerCore | None = None) -> None:
+        self._owns_core = core is None
         self.core = core or _make_core(config, model_name,
                                        allow_version_labels_for_unavailable_models)
         self._server: Any = None
@@ -1102,6 +1115,8 @@ class GrpcPredictStub:
         if self._server is not None:
             self._server.stop(grace=None)
             self._server = None
+        if self._owns_core:
+            self.core.close()
 
     def __enter__(self) -> GrpcPredictStub:
         return self.start()
