@@ -618,11 +618,13 @@ def write_models_config(
 ) -> Path:
     """Writes a TF Serving ``models.config`` (text ``ModelServerConfig``) holding ``models``.
 
-    Each model is validated (name, policy, versions; with ``check_versions``, that the policy's
-    and the labels' versions exist as integer SavedModel folders under the base path, and that
-    labels only name versions the policy loads). The file is replaced atomically (temporary file
-    + ``os.replace``), so a server polling it (``--model_config_file_poll_wait_seconds``) never
-    reads half of it.
+    Each model is validated (name, absolute or URI base path, policy, versions; with
+    ``check_versions``, that the policy's and the labels' versions exist as integer SavedModel
+    folders under the base path, and that labels only name versions the policy loads). When the
+    file exists, a label of a model it holds may only move to a version that file already serves
+    (TF Serving refuses the move otherwise; do it in two steps). The file is replaced atomically
+    (temporary file + ``os.replace``), so a server polling it
+    (``--model_config_file_poll_wait_seconds``) never reads half of it.
     """
     where = "write_models_config"
     from google.protobuf import text_format
@@ -635,11 +637,19 @@ def write_models_config(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise KerasftError(expected("distinct model names", "duplicates", duplicates, where))
+    target = Path(path)
+    # The file a server already polls: labels may not move onto versions it does not serve yet.
+    current = (
+        {e.name: e for e in _parse_models_config(target, where).model_config_list.config}
+        if target.is_file()
+        else {}
+    )
     config = model_server_config_pb2.ModelServerConfig()
     for model in served:
         _validate_served_model(model, check_versions, where)
+        if model.name in current:
+            _check_label_moves(current[model.name], model, where)
         config.model_config_list.config.append(_model_config_proto(model))
-    target = Path(path)
     _atomic_write_text(target, text_format.MessageToString(config))
     return target
 
@@ -1148,7 +1158,9 @@ def get_model_status_rest(
     """``GET {server_url}/v1/models/{model}[/versions/V | /labels/L]``: the versions' states.
 
     Returns TF Serving's answer, e.g. ``{"model_version_status": [{"version": "2", "state":
-    "AVAILABLE", ...}]}``; errors as in :func:`predict_rest`.
+    "AVAILABLE", ...}]}``, newest version first; errors as in :func:`predict_rest`. TF Serving
+    does not resolve a label here (get_model_status_impl.cc): with ``label`` the answer lists
+    every version, as without it; ask for ``version`` to see one.
     """
     url = _model_url(server_url, model, version, label, "get_model_status_rest")
     return _http_json("GET", url, None, timeout, retries, backoff, "get_model_status_rest")

@@ -133,6 +133,11 @@ def test_label_move_check_in_the_python_api(saved_models: Path, tmp_path: Path) 
     serving.update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
                                  labels={"stable": 2, "canary": 3})
     assert serving.read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
+    # write_models_config over the same file applies the same rule
+    with pytest.raises(KerasftError, match="label 'canary' to move only"):
+        serving.write_models_config(path, [serving.ServedModel(
+            "clf", base, policy="specific", versions=(1, 2), labels={"canary": 1})])
+    assert serving.read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
 
 
 # ------------------------------------------------------------------------------------------

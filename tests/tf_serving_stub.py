@@ -28,9 +28,10 @@ tensorflow/serving's source and names the file and function it comes from where 
 Differences from TF Serving, each a refusal rather than a silent success: ``:classify``,
 ``:regress`` and ``/metadata`` answer 501; warmup records other than ``predict_log`` fail the load
 (the stand-in runs Predict only); a model whose base path holds no version at start-up is an error
-(the real server waits for one to appear); a refused ``reload_config`` keeps the previous state
-(the real server logs the error and keeps polling). Test hooks: ``fail_next(n, status)`` answers
-the next ``n`` HTTP requests with ``status``; ``delay_s`` delays every answer.
+(the real server waits for one to appear); a config refused by validation or by the label check
+raises and changes nothing (the real server logs the error and keeps polling). Test hooks:
+``fail_next(n, status)`` answers the next ``n`` HTTP requests with ``status``; ``delay_s`` delays
+every answer.
 
 The server binds 127.0.0.1 on a free port, never contacts anything, caps request bodies and runs in
 daemon threads: ``with TFServingStub("/abs/models.config") as stub: stub.url``.
