@@ -169,7 +169,7 @@ def bench_image(args: argparse.Namespace) -> list[str]:
                                  timeout=120, retries=0),
         ]
 
-    with TFServingStub(base) as stub:
+    with TFServingStub(base / "bench", model_name="bench") as stub:
         for batch in args.batches:
             x = rng.integers(0, 256, size=(batch, size, size, 3)).astype("float32")  # pixels
             n = args.iterations if batch == 1 else max(args.iterations // 3, 10)
@@ -219,7 +219,7 @@ def bench_text(args: argparse.Namespace) -> list[str]:
                       lambda: predict_rest(url, export.parent.name, texts, timeout=120,
                                            retries=0)]
 
-    with TFServingStub(export.parent.parent) as stub:
+    with TFServingStub(export.parent, model_name=export.parent.name) as stub:
         for batch in args.batches:
             texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
             n = args.iterations if batch == 1 else max(args.iterations // 3, 10)

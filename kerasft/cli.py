@@ -220,7 +220,9 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the server.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="REST retries on connection errors and 5xx answers.")
+              help="REST: retries, 0.5 s x 2^attempt apart, on connection errors, 503 "
+                   "(unavailable) and 429 (batch queue full). Never retried: 504 (the server's "
+                   "deadline), other 4xx and 5xx answers, and --timeout.")
 @click.option("--text", "texts", multiple=True, help="A text to classify. Repeatable.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image file to classify. Repeatable.")
@@ -280,8 +282,8 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
 @click.argument("models_config", type=click.Path(dir_okay=False))
 @click.option("--name", required=True, help="Model name (the REST path /v1/models/NAME).")
 @click.option("--base-path", required=True,
-              help="The model folder (holding integer versions) as the server sees it, e.g. "
-                   "/models/NAME in Docker.")
+              help="The model folder (holding integer versions) as the server sees it: an "
+                   "absolute path (e.g. /models/NAME in Docker) or a URI (gs://...).")
 @click.option("--local-base-path", type=click.Path(file_okay=False), default=None,
               help="The same folder as seen here, when the server sees another path; versions "
                    "are checked here.")
@@ -292,7 +294,9 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
 @click.option("--versions", default=None, metavar="1,2",
               help="policy specific: the versions, comma-separated.")
 @click.option("--label", "labels", multiple=True, metavar="NAME=VERSION",
-              help="A version label, e.g. --label stable=1 --label canary=2. Repeatable.")
+              help="A version label, e.g. --label stable=1 --label canary=2. Repeatable. Start "
+                   "the server with --allow_version_labels_for_unavailable_models=true; an "
+                   "existing label moves only to a version the file already serves.")
 @click.option("--no-check", is_flag=True,
               help="Do not check that the versions exist as SavedModel folders.")
 @_handle_errors
@@ -321,6 +325,11 @@ def serve_config(models_config: str, name: str, base_path: str, local_base_path:
     click.echo(f"{path}:")
     for line in describe_models_config(path):
         click.echo(f"  {line}")
+    if label_map:
+        from kerasft.serving import LABELS_FLAG
+
+        click.echo(f"labels: start tensorflow_model_server with {LABELS_FLAG} (it checks labels "
+                   "before it loads any version)")
 
 
 def _read_column(path: str, column: str) -> list[str]:

@@ -42,8 +42,10 @@ import numpy as np
 from kerasft.errors import ExportError, KerasftError, expected
 
 __all__ = [
+    "LABELS_FLAG",
     "MAX_WARMUP_RECORDS",
     "PYTHON_OPS",
+    "RETRY_STATUSES",
     "ServedModel",
     "check_serving_ops",
     "get_model_status_rest",
@@ -80,6 +82,15 @@ _POLICIES = ("latest", "specific", "all")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _LABEL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# A URI scheme as TensorFlow's io::ParseURI reads one (``gs://``, ``s3://``, ``hdfs://``).
+_URI_RE = re.compile(r"^[A-Za-z][0-9A-Za-z.]*://")
+#: Answers worth asking again: 503 (UNAVAILABLE: the server is starting or shedding load) and
+#: 429 (RESOURCE_EXHAUSTED: the batch queue is full), as TF Serving's http_server.cc maps them.
+#: 504 is TF Serving's own deadline (--rest_api_timeout_in_ms): a retry would wait as long again.
+RETRY_STATUSES = frozenset({429, 503})
+#: The flag TF Serving needs to start with labels in its models.config (server_core.cc checks
+#: labels against the loaded versions before it loads any).
+LABELS_FLAG = "--allow_version_labels_for_unavailable_models=true"
 
 
 def _one_line(text: object, limit: int = 300) -> str:
@@ -343,6 +354,17 @@ def _validate_served_model(model: ServedModel, check_versions: bool, where: str)
     where = f"{where} (model {model.name!r})"
     if not isinstance(model.base_path, str) or not model.base_path:
         raise KerasftError(expected("a non-empty path", "base_path", model.base_path, where))
+    # server_core.cc ValidateModelConfigList refuses the whole config for one relative path.
+    if not model.base_path.startswith("/") and not _URI_RE.match(model.base_path):
+        raise KerasftError(
+            expected(
+                "an absolute path or a URI as the server sees it (TF Serving refuses relative "
+                "base paths), e.g. /models/NAME",
+                "base_path",
+                model.base_path,
+                where,
+            )
+        )
     if model.policy not in _POLICIES:
         raise KerasftError(expected(f"one of {list(_POLICIES)}", "policy", model.policy, where))
     if model.policy == "latest":
@@ -463,6 +485,55 @@ def _check_versions_on_disk(model: ServedModel, where: str) -> None:
             )
 
 
+def _served_by_entry(entry: Any, local_base_path: str | None) -> set[int] | None:
+    """The versions an existing models.config entry makes the server load (None: unknown)."""
+    policy = entry.model_version_policy
+    which = policy.WhichOneof("policy_choice")
+    if which == "specific":
+        return set(policy.specific.versions)
+    folder = local_base_path or entry.base_path
+    if "://" in folder or not Path(folder).is_dir():
+        return None
+    on_disk = sorted(
+        int(p.name)
+        for p in Path(folder).iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()
+    )
+    if which == "all":
+        return set(on_disk)
+    keep = max(policy.latest.num_versions, 1) if which == "latest" else 1
+    return set(on_disk[-keep:])
+
+
+def _check_label_moves(entry: Any, model: ServedModel, where: str) -> None:
+    """Refuses to move a label onto a version the current config does not serve yet.
+
+    TF Serving (server_core.cc UpdateModelVersionLabelMap) checks labels against the versions
+    loaded before the new config's versions load, and never lets an existing label move to a
+    version that is not available, whatever its flags: such a config is refused at the reload.
+    """
+    served = _served_by_entry(entry, model.local_base_path)
+    for label, version in dict(model.labels).items():
+        old = entry.version_labels.get(label)
+        if old is None or old == version or (served is not None and version in served):
+            continue
+        keep = sorted((served or set()) | {version})
+        raise KerasftError(
+            expected(
+                f"label {label!r} to move only to a version the server already serves (TF "
+                "Serving refuses to move a label onto a version that is still loading). Two "
+                f"steps: serve version {version} first with the label unchanged (--policy "
+                f"specific --versions {','.join(map(str, keep))} --label {label}={old}), wait "
+                f"until GET /v1/models/{model.name}/versions/{version} says AVAILABLE, then "
+                f"move the label (--label {label}={version})",
+                f"labels[{label!r}]",
+                version,
+                f"{where} (model {model.name!r}: {label}={old} now, served "
+                f"{sorted(served) if served is not None else 'unknown'})",
+            )
+        )
+
+
 def _model_config_proto(model: ServedModel) -> Any:
     from tensorflow_serving.config import model_server_config_pb2
 
@@ -547,11 +618,13 @@ def write_models_config(
 ) -> Path:
     """Writes a TF Serving ``models.config`` (text ``ModelServerConfig``) holding ``models``.
 
-    Each model is validated (name, policy, versions; with ``check_versions``, that the policy's
-    and the labels' versions exist as integer SavedModel folders under the base path, and that
-    labels only name versions the policy loads). The file is replaced atomically (temporary file
-    + ``os.replace``), so a server polling it (``--model_config_file_poll_wait_seconds``) never
-    reads half of it.
+    Each model is validated (name, absolute or URI base path, policy, versions; with
+    ``check_versions``, that the policy's and the labels' versions exist as integer SavedModel
+    folders under the base path, and that labels only name versions the policy loads). When the
+    file exists, a label of a model it holds may only move to a version that file already serves
+    (TF Serving refuses the move otherwise; do it in two steps). The file is replaced atomically
+    (temporary file + ``os.replace``), so a server polling it
+    (``--model_config_file_poll_wait_seconds``) never reads half of it.
     """
     where = "write_models_config"
     from google.protobuf import text_format
@@ -564,11 +637,19 @@ def write_models_config(
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise KerasftError(expected("distinct model names", "duplicates", duplicates, where))
+    target = Path(path)
+    # The file a server already polls: labels may not move onto versions it does not serve yet.
+    current = (
+        {e.name: e for e in _parse_models_config(target, where).model_config_list.config}
+        if target.is_file()
+        else {}
+    )
     config = model_server_config_pb2.ModelServerConfig()
     for model in served:
         _validate_served_model(model, check_versions, where)
+        if model.name in current:
+            _check_label_moves(current[model.name], model, where)
         config.model_config_list.config.append(_model_config_proto(model))
-    target = Path(path)
     _atomic_write_text(target, text_format.MessageToString(config))
     return target
 
@@ -611,6 +692,9 @@ def update_models_config(
     else:
         config = model_server_config_pb2.ModelServerConfig()
     entries = config.model_config_list.config
+    for entry in entries:
+        if entry.name == name:
+            _check_label_moves(entry, model, where)
     new_entry = _model_config_proto(model)
     for index, entry in enumerate(entries):
         if entry.name == name:
@@ -903,10 +987,13 @@ def _http_json(
                 payload = response.read()
         except urllib.error.HTTPError as err:
             detail = _error_detail(err)
-            if err.code >= 500 and not last:
+            retried = err.code in RETRY_STATUSES
+            if retried and not last:
                 time.sleep(backoff * 2**attempt)
                 continue
-            tries = f" after {attempts} attempts" if err.code >= 500 and attempts > 1 else ""
+            tries = f" after {attempts} attempts" if retried and attempts > 1 else ""
+            if err.code == 504:
+                tries = " (the server's deadline, --rest_api_timeout_in_ms; not retried)"
             raise KerasftError(
                 expected(
                     "a successful TF Serving answer",
@@ -1008,9 +1095,10 @@ def predict_rest(
     lists and ``bytes`` to ``{"b64": ...}``. ``server_url`` may omit ``http://``.
 
     Errors are one-line :class:`KerasftError`: HTTP 4xx/5xx (with TF Serving's ``{"error": ...}``
-    text), timeouts and unreachable servers. Connection failures and 5xx answers are retried
-    ``retries`` times, sleeping ``backoff * 2**attempt`` seconds; 4xx answers and timeouts are not
-    (a slow model would only be asked again).
+    text), timeouts and unreachable servers. Connection failures, 503 (unavailable) and 429
+    (batch queue full) are retried ``retries`` times, sleeping ``backoff * 2**attempt`` seconds.
+    Not retried: 504 (TF Serving's own deadline: a retry waits as long again), every other 4xx
+    (the request is wrong), every other 5xx (a model error repeats) and client timeouts.
     """
     where = "predict_rest"
     if (instances is None) == (inputs is None):
@@ -1070,7 +1158,9 @@ def get_model_status_rest(
     """``GET {server_url}/v1/models/{model}[/versions/V | /labels/L]``: the versions' states.
 
     Returns TF Serving's answer, e.g. ``{"model_version_status": [{"version": "2", "state":
-    "AVAILABLE", ...}]}``; errors as in :func:`predict_rest`.
+    "AVAILABLE", ...}]}``, newest version first; errors as in :func:`predict_rest`. TF Serving
+    does not resolve a label here (get_model_status_impl.cc): with ``label`` the answer lists
+    every version, as without it; ask for ``version`` to see one.
     """
     url = _model_url(server_url, model, version, label, "get_model_status_rest")
     return _http_json("GET", url, None, timeout, retries, backoff, "get_model_status_rest")

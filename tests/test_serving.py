@@ -144,8 +144,22 @@ def images() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def rest(exports: dict[str, Path]) -> TFServingStub:
-    with TFServingStub(exports["base"], labels={"text_clf": {"stable": 1, "canary": 2}}) as stub:
+def rest(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TFServingStub:
+    # Versions and labels reach the stand-in only through a models.config, as with TF Serving.
+    config = serving.write_models_config(
+        tmp_path_factory.mktemp("config") / "models.config",
+        [
+            serving.ServedModel(
+                "text_clf",
+                str(exports["base"] / "text_clf"),
+                policy="specific",
+                versions=(1, 2),
+                labels={"stable": 1, "canary": 2},
+            ),
+            serving.ServedModel("image_clf", str(exports["base"] / "image_clf")),
+        ],
+    )
+    with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
         yield stub
 
 
@@ -522,9 +536,10 @@ def test_rest_versions_and_labels(rest: TFServingStub, exports: dict[str, Path])
         v1["predictions"], _direct(exports["text_v1"], "serving_default", text=TEXTS)
     )
     status = serving.get_model_status_rest(rest.url, "text_clf")
-    assert [s["version"] for s in status["model_version_status"]] == ["1", "2"]
-    status = serving.get_model_status_rest(rest.url, "text_clf", label="stable")
-    assert status["model_version_status"][0]["state"] == "AVAILABLE"
+    assert [s["version"] for s in status["model_version_status"]] == ["2", "1"]  # newest first
+    # get_model_status_impl.cc does not look at a label: every version is listed
+    assert serving.get_model_status_rest(rest.url, "text_clf", label="stable") == status
+    assert {s["state"] for s in status["model_version_status"]} == {"AVAILABLE"}
 
 
 @pytest.mark.parametrize(
@@ -556,16 +571,84 @@ def test_rest_bad_tensor_is_a_400(rest: TFServingStub) -> None:
     assert "HTTP 400" in _one_line(err)
 
 
-def test_rest_retries_server_errors(rest: TFServingStub) -> None:
-    rest.fail_next(2, status=503)
+@pytest.mark.parametrize(
+    ("status", "retried"),
+    [(503, True), (429, True), (504, False), (500, False), (404, False), (400, False)],
+)
+def test_rest_retry_policy_follows_tf_serving_status_codes(
+    rest: TFServingStub, status: int, retried: bool
+) -> None:
+    # 503 (UNAVAILABLE) and 429 (RESOURCE_EXHAUSTED: batch queue full) pass; 504 is TF
+    # Serving's own deadline and would only be waited for again; other codes repeat.
+    rest.fail_next(2 if retried else 1, status=status)
     before = rest.requests
-    answer = serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
-    assert len(answer["predictions"]) == 1
-    assert rest.requests == before + 3
-    rest.fail_next(1, status=500)
+    if retried:
+        answer = serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+        assert len(answer["predictions"]) == 1
+        assert rest.requests == before + 3
+        return
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=0)
-    assert "HTTP 500: Injected failure" in _one_line(err)
+        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+    message = _one_line(err)
+    assert f"HTTP {status}" in message and "Injected failure" in message
+    assert rest.requests == before + 1
+    if status == 504:
+        assert "deadline" in message and "not retried" in message
+
+
+def test_rest_retries_run_out(rest: TFServingStub) -> None:
+    rest.fail_next(3, status=429)
+    before = rest.requests
+    start = time.monotonic()
+    with pytest.raises(KerasftError) as err:
+        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.05)
+    assert time.monotonic() - start >= 0.05 + 0.1  # backoff * 2**attempt between attempts
+    assert "HTTP 429 after 3 attempts" in _one_line(err)
+    assert rest.requests == before + 3
+
+
+def test_predict_help_states_the_retry_policy() -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasft.cli", "predict", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    assert "503 (unavailable) and 429 (batch queue full)" in text
+    assert "Never retried: 504 (the server's deadline), other 4xx and 5xx" in text
+
+
+def test_predict_cli_retry_policy_as_a_terminal_shows_it(rest: TFServingStub) -> None:
+    import subprocess
+
+    def predict() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "kerasft.cli", "predict", "--server", rest.url, "--model",
+             "text_clf", "--text", "great", "--retries", "2"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        )
+
+    rest.fail_next(2, status=429)  # batch queue full twice, then an answer
+    result = predict()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\t")[0] in TEXT_LABELS
+    rest.fail_next(1, status=504)
+    before = rest.requests
+    result = predict()
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"Error: predict_rest POST {rest.url}/v1/models/text_clf:predict: expected a successful "
+        "TF Serving answer. Received: error=\"HTTP 504 (the server's deadline, "
+        "--rest_api_timeout_in_ms; not retried): Injected failure (test hook)\"")
+    assert rest.requests == before + 1
 
 
 def test_rest_timeout_is_one_line(rest: TFServingStub) -> None:
@@ -622,9 +705,9 @@ def test_request_builders() -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_grpc_predict(exports: dict[str, Path], images: np.ndarray) -> None:
+def test_grpc_predict(rest: TFServingStub, exports: dict[str, Path], images: np.ndarray) -> None:
     pytest.importorskip("grpc")
-    with GrpcPredictStub(exports["base"], labels={"text_clf": {"stable": 1}}) as stub:
+    with GrpcPredictStub(core=rest.core) as stub:
         out = serving.predict_grpc(stub.address, "text_clf", {"text": TEXTS}, label="stable")
         ref = _direct(exports["text_v1"], "serving_default", text=TEXTS)
         np.testing.assert_array_equal(out["probabilities"], ref["probabilities"])

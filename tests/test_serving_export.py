@@ -156,7 +156,7 @@ def test_image_export_answers_curl_json_through_the_stub(image_export):
     card = (path / "assets.extra" / "README.md").read_text()
     bodies = _card_bodies(card)
     assert len(bodies) == 2, bodies  # pixels on serving_default, b64 on serving_bytes
-    with TFServingStub(image_export["base"]) as stub:
+    with TFServingStub(image_export["base"] / "tiny", model_name="tiny") as stub:
         url = f"{stub.url}/v1/models/tiny:predict"
         # The card's own examples, as printed (a 2x2 image; b64 of a real PNG in place of the
         # shell substitution).
@@ -239,7 +239,7 @@ def test_text_export_answers_row_and_columnar_json(text_export):
     names = ft.class_names
     # The card's answer is the export's own, not an invented one.
     card_answer = json.loads(re.search(r"```json\n(.*?)\n```", card, re.S).group(1))
-    with TFServingStub(text_export["base"]) as stub:
+    with TFServingStub(text_export["base"] / "tinybert", model_name="tinybert") as stub:
         url = f"{stub.url}/v1/models/tinybert:predict"
         rows = _post(url, row_body)["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected[:2], atol=1e-5)
@@ -386,7 +386,9 @@ def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
         files[-1].write_bytes(tf.io.encode_png(image).numpy())
     expected = [IMAGE_LABELS[i] for i in ft.predict(x).argmax(-1)]
     runner = CliRunner()
-    with TFServingStub(image_export["base"], labels={"tiny": {"stable": 1}}) as stub:
+    config = serving.write_models_config(tmp_path / "models.config", [serving.ServedModel(
+        "tiny", str(image_export["base"] / "tiny"), labels={"stable": 1})])
+    with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
         image_args = ["--image", str(files[0]), "--image", str(files[1])]
         for extra in ([], ["--label", "stable"], ["--version", "1"]):
             result = runner.invoke(main, ["predict", "--server", stub.url, "--model", "tiny",
@@ -417,11 +419,11 @@ def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
     texts = ["great movie", "very bad film"]
     want = [tft.class_names[i] for i in tft.predict(texts).argmax(-1)]
     text_args = ["--model", "tinybert", "--text", texts[0], "--text", texts[1]]
-    with TFServingStub(text_export["base"]) as stub:
+    with TFServingStub(text_export["base"] / "tinybert", model_name="tinybert") as stub:
         result = runner.invoke(main, ["predict", "--server", stub.url, *text_args])
         assert result.exit_code == 0, result.output
         assert [line.split("\t")[0] for line in result.output.strip().splitlines()] == want
-    with GrpcPredictStub(text_export["base"]) as grpc_stub:
+    with GrpcPredictStub(text_export["base"] / "tinybert", model_name="tinybert") as grpc_stub:
         result = runner.invoke(main, ["predict", "--server", grpc_stub.address, "--grpc",
                                       *text_args])
         assert result.exit_code == 0, result.output
