@@ -495,9 +495,22 @@ class FineTuner:
         return report
 
     def _label_ids(self, y: Any) -> np.ndarray:
+        """`y` as class ids: label names are looked up, integers are ids (as in fit)."""
+        from kerasft.data import check_integer_labels, integer_values
+
         y = np.asarray(y)
-        if self.multi_label or y.dtype.kind in "iu":
+        if self.multi_label:
             return y
+        ids = integer_values(y) if y.ndim == 1 else None
+        if ids is not None and len(ids) == len(y):
+            check_integer_labels(y, self.class_names, "evaluate y")
+            bad = np.flatnonzero((ids < 0) | (ids >= len(self.class_names)))
+            if len(bad):
+                raise KerasftError(expected(
+                    f"class ids 0..{len(self.class_names) - 1} (or labels among "
+                    f"{self.class_names[:10]})", f"y[{bad[0]}]", int(ids[bad[0]]),
+                    where="evaluate"))
+            return ids
         index = {name: i for i, name in enumerate(self.class_names)}
         unknown = sorted({str(v) for v in y} - set(index))
         if unknown:

@@ -59,3 +59,42 @@ def test_task_mismatch_is_an_error(tmp_path):
     with pytest.raises(KerasftError, match="expected image data for backbone tiny_cnn"):
         ft.fit(np.array(["some text", "more text"] * 10), np.array(["a", "b"] * 10),
                output_dir=tmp_path)
+
+
+def test_integer_labels_are_class_ids_in_fit_evaluate_and_predict(image_arrays, tmp_path):
+    """Integer labels mean class ids 0..K-1 everywhere (Keras's convention); other integers are
+    refused with one line instead of being renamed by fit and read as ids by evaluate."""
+    from kerasft import build_finetuner
+
+    x, names = image_arrays
+    ids = np.array([["cat", "dog", "owl"].index(v) for v in names])
+    ft = build_finetuner(_cfg(), log=lambda s: None)
+    ft.fit(x, ids, output_dir=tmp_path, evaluate=False)
+    assert ft.class_names == ["0", "1", "2"]
+    report = ft.evaluate(x, ids)
+    assert report["examples"] == 60 and report["accuracy"] > 0.5
+    # the same labels as strings score the same: one meaning for both forms
+    assert ft.evaluate(x, ids.astype(str))["accuracy"] == report["accuracy"]
+    assert (ft.predict(x).argmax(-1) == ids).mean() == report["accuracy"]
+
+    shifted = build_finetuner(_cfg(), log=lambda s: None)
+    with pytest.raises(KerasftError, match=r"class ids 0..K-1.*Received: labels=\[1, 2, 3\] "
+                                           r"\(missing ids: \[0\]\)$"):
+        shifted.fit(x, ids + 1, output_dir=tmp_path, evaluate=False)
+    with pytest.raises(KerasftError, match=r"expected class ids 0..2.*Received: y\[\d+\]=3$"):
+        ft.evaluate(x, ids + 1)
+
+
+def test_integer_labels_after_integer_like_string_labels_are_refused(image_arrays, tmp_path):
+    """A model trained on the strings "1".."3" has ids 0..2: the integers 1..3 would score
+    against the wrong classes, so they are refused (strings work)."""
+    from kerasft import build_finetuner
+
+    x, names = image_arrays
+    ids = np.array([["cat", "dog", "owl"].index(v) for v in names]) + 1
+    ft = build_finetuner(_cfg(), log=lambda s: None)
+    ft.fit(x, ids.astype(str), output_dir=tmp_path, evaluate=False)
+    assert ft.class_names == ["1", "2", "3"]
+    with pytest.raises(KerasftError, match=r"labels as strings.*class_names=\['1', '2', '3'\]$"):
+        ft.evaluate(x, ids)
+    assert ft.evaluate(x, ids.astype(str))["examples"] == 60
