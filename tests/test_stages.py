@@ -58,17 +58,56 @@ def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path)
     ft.build(sorted(set(y)))
     network = ft.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
-    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
-    # units are conv1, bn1, conv2, bn2: top_n=1 is bn2, which stays frozen (train_bn false).
-    assert _changed_layers(network, before) == set()
+    summary = ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    # With BN frozen top_n counts conv1 and conv2 only: top_n=1 trains conv2, and bn2's
+    # gamma/beta and moving statistics stay untouched.
+    assert _changed_layers(network, before) == {"conv2"}
+    assert summary["stages"][0]["unfrozen_layers"] == 1
     ft2 = _finetuner([{"name": "top", "trainable": {"top_n": 2}, "epochs": 2,
                        "learning_rate": 0.05}])
     ft2.build(sorted(set(y)))
     network = ft2.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
     ft2.fit(x, y, output_dir=tmp_path, evaluate=False)
-    # bn2's gamma/beta and moving statistics untouched
-    assert _changed_layers(network, before) == {"conv2"}
+    assert _changed_layers(network, before) == {"conv1", "conv2"}
+
+
+def test_top_n_counts_batch_norm_only_when_it_trains(image_arrays):
+    from kerasft.stages import trainable_units
+
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    assert [u.name for u in trainable_units(ft.backbone, bn_trains=False)] == ["conv1", "conv2"]
+    assert [u.name for u in trainable_units(ft.backbone, bn_trains=True)] == [
+        "conv1", "bn1", "conv2", "bn2"]
+    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}, train_bn=True))
+    assert info["unfrozen_layers"] == ["bn2"]
+    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}), bn_trains=False)
+    assert info["unfrozen_layers"] == ["conv2"]
+
+
+def test_stage_that_unfreezes_nothing_is_an_error_naming_it(image_arrays):
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    with pytest.raises(ConfigError, match=r"^stage 'bn_only': expected a stage that unfreezes at "
+                                          r"least one backbone layer.*Received: "
+                                          r"stages\[1\].trainable=\{'from_layer': 'bn2'\}$"):
+        apply_trainable(ft.backbone, StageConfig(name="bn_only", trainable={"from_layer": "bn2"}),
+                        key="stages[1].trainable")
+    assert not ft.backbone.network.trainable
+
+
+def test_bert_top_n_skips_unused_pooled_dense(tmp_path):
+    from kerasft.backbones import build_backbone
+    from kerasft.config import BackboneConfig
+    from tests.bert_fixtures import write_tiny_hf_bert_dir
+
+    hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True)
+    backbone = build_backbone(BackboneConfig(name="bert", preset=hf))  # mean pooling
+    assert backbone.unused_layers == ["pooled_dense"]
+    info = apply_trainable(backbone, StageConfig(trainable={"top_n": 1}))
+    assert len(info["unfrozen_layers"]) == 1 and info["unfrozen_layers"] != ["pooled_dense"]
+    assert not backbone.network.get_layer("pooled_dense").trainable
 
 
 def test_train_bn_unfreezes_gamma_beta_but_not_statistics(image_arrays, tmp_path):
@@ -109,8 +148,8 @@ def test_stage_change_recompiles_and_epochs_continue(image_arrays, tmp_path):
 def test_top_n_larger_than_backbone_and_unknown_layer(image_arrays):
     ft = _finetuner([{"name": "a", "trainable": "head"}])
     ft.build(["a", "b"])
-    with pytest.raises(ConfigError, match=r"at most 4 \(the layers with weights in tiny_cnn\)"
-                                          r".*top_n=9"):
+    with pytest.raises(ConfigError, match=r"at most 2 \(the layers of tiny_cnn that can train, "
+                                          r"BatchNorm frozen\).*top_n=9"):
         apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 9}))
     with pytest.raises(ConfigError, match=r"from_layer=.conv3. Close matches: conv2, conv1"):
         apply_trainable(ft.backbone, StageConfig(trainable={"from_layer": "conv3"}))
@@ -127,11 +166,14 @@ def test_resnet50_top_n_counts_layers_with_weights():
     ft.build(["a", "b"])
     units = unfreeze_units(ft.backbone.network)
     info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 3}))
-    # The top three units of ResNet50 are conv5_block3_3_conv, conv5_block3_3_bn and ...
-    expected = [u.name for u in units[-3:] if "bn" not in u.name]
+    # top_n=3 trains three conv layers: the BN layers between them are not counted
+    expected = [u.name for u in units if "bn" not in u.name][-3:]
     assert info["unfrozen_layers"] == expected
-    frozen_bn = [u for u in units[-3:] if "bn" in u.name]
+    assert all(name.endswith("_conv") for name in expected)
+    frozen_bn = [u for u in units[-6:] if "bn" in u.name]
     assert frozen_bn and all(not layer.trainable for layer in frozen_bn)
+    assert apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}))[
+        "unfrozen_layers"] == ["conv5_block3_3_conv"]
 
 
 def test_schedules_warm_up_and_decay():
