@@ -399,8 +399,10 @@ class FineTuner:
         plan["lines"] = plan_lines(plan)
         return plan
 
-    def _feature_cache(self, data: Any) -> Callable[[], dict[str, Any]] | None:
-        """Features of the frozen backbone, computed once on first use (head-only stages).
+    def _feature_cache(self, data: Any) -> Callable[..., dict[str, Any]] | None:
+        """Features of the frozen backbone for head-only stages, computed on first use and again
+        when called with ``refresh=True`` (run_stages does after a stage that trained the
+        backbone, so ``[head, all, head]``'s last stage sees the fine-tuned backbone).
 
         Off when augmentation makes every epoch's inputs different, or when
         ``training.cache_features: off``. The cached features are computed in inference mode, so
@@ -415,12 +417,16 @@ class FineTuner:
             return None
         cache: dict[str, Any] = {}
 
-        def compute() -> dict[str, Any]:
+        def compute(refresh: bool = False) -> dict[str, Any]:
             import keras
 
+            if refresh:
+                cache.clear()
             if not cache:
                 extractor = keras.Model(self.backbone.inputs, self.backbone.features)
-                self.log("computing the frozen backbone's features once for head-only stages")
+                self.log("computing the frozen backbone's features for head-only stages"
+                         + (" (the backbone changed since they were last computed)"
+                            if refresh else ""))
                 cache["x"] = self._predict_split(extractor, data.train)
                 cache["y"] = data.train.labels
                 if data.validation is not None:

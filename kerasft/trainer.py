@@ -303,13 +303,15 @@ def run_stages(
     num_classes: int,
     log: Log = print,
     head: Any = None,
-    cached_features: Callable[[], dict[str, Any]] | None = None,
+    cached_features: Callable[..., dict[str, Any]] | None = None,
     checkpoint: Any = None,
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
     A ``head`` stage trains `head` alone on the backbone features from `cached_features` when
-    given (they are computed once and reused by every head-only epoch and stage); other stages
+    given (computed on first use and reused by every head-only epoch and stage, and computed
+    again, ``cached_features(refresh=True)``, after a stage that trained the backbone: a resumed
+    run, which computes them afresh, then trains on the same features); other stages
     train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
     an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
     `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.resume.
@@ -337,6 +339,7 @@ def run_stages(
         bn_sync = batch_norm_sync_callback()
     epoch = 0
     results = []
+    features_stale = False  # a stage trained the backbone since the features were computed
     ckpt = checkpoint
     if ckpt is not None:  # per-epoch checkpoints; continue where the run state says
         epoch = ckpt.state.epoch
@@ -407,7 +410,8 @@ def run_stages(
         history = None
         if remaining > 0:
             if use_cache:
-                features = cached_features()
+                features = cached_features(refresh=features_stale)
+                features_stale = False
                 fit_data: dict[str, Any] = {
                     "x": _feature_batches(features, cfg, epoch),
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
@@ -452,6 +456,8 @@ def run_stages(
             stopped_early=ran < stage.epochs, final_logs=last_logs,
         )
         results.append(result)
+        if stage.trainable != "head":
+            features_stale = True
         epoch = first + ran
         if ckpt is not None:
             ckpt.commit_stage_end(model, stage=i, result=asdict(result),
