@@ -109,6 +109,7 @@ class StageConfig:
     warmup_steps: int | None = None
     warmup_ratio: float | None = None
     weight_decay: float = 0.0
+    weight_decay_exclude: list[str] = field(default_factory=lambda: ["bias", "normalization"])
     label_smoothing: float = 0.0
     clipnorm: float | None = None
     momentum: float = 0.9
@@ -418,6 +419,11 @@ def validate(cfg: Config) -> Config:
         if s.weight_decay < 0:
             raise ConfigError(expected("a non-negative number", f"{key}.weight_decay",
                                        s.weight_decay))
+        for j, name in enumerate(s.weight_decay_exclude):
+            if not name.strip():
+                raise ConfigError(expected(
+                    "bias, normalization, embeddings or a variable's short name (e.g. kernel)",
+                    f"{key}.weight_decay_exclude[{j}]", name))
         if not 0.0 <= s.label_smoothing < 1.0:
             raise ConfigError(expected("a number in [0, 1)", f"{key}.label_smoothing",
                                        s.label_smoothing))

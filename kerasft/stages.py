@@ -207,6 +207,34 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
     return keras.optimizers.Adam(**kwargs)
 
 
+def weight_decay_excluded(model: Any, exclude: list[str]) -> list[Any]:
+    """The variables of `model` that weight decay must leave alone, picked by layer type or by
+    short name (Keras's ``exclude_from_weight_decay(var_names=...)`` matches short names such as
+    ``gamma`` or ``bias`` as regular expressions, never paths, so kerasft passes a ``var_list``).
+
+    Entries of `exclude`: ``bias`` (every variable named ``bias``), ``normalization`` (all weights
+    of LayerNormalization, BatchNormalization, GroupNormalization and RMSNormalization layers:
+    gamma/beta), ``embeddings`` (Embedding layers and variables named ``embeddings``, e.g.
+    KerasHub's position embeddings); anything else is a variable short name (``kernel``).
+    BERT's own recipe excludes ``LayerNorm``, ``layer_norm`` and ``bias``: the default
+    ``[bias, normalization]`` is that, and embeddings keep their decay unless listed.
+    """
+    import keras
+
+    groups = set(exclude)
+    norm_types = tuple(getattr(keras.layers, n) for n in (
+        "LayerNormalization", "BatchNormalization", "GroupNormalization", "RMSNormalization")
+        if hasattr(keras.layers, n))
+    chosen: dict[int, Any] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if ("normalization" in groups and isinstance(layer, norm_types)) or (
+                "embeddings" in groups and isinstance(layer, keras.layers.Embedding)):
+            chosen.update((id(v), v) for v in layer.weights)
+    names = groups - {"normalization"}
+    chosen.update((id(v), v) for v in model.weights if v.name in names)
+    return list(chosen.values())
+
+
 def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:
     """Cross-entropy for integer labels (softmax) or multi-hot labels (sigmoid)."""
     import keras

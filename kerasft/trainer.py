@@ -265,12 +265,16 @@ def _verbose(setting: str) -> int | str:
 def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: int,
                   num_classes: int, replicas: int = 1) -> None:
     """Compiles `model` for `stage` (call inside the strategy scope)."""
-    from kerasft.stages import make_loss, make_metrics, make_optimizer
+    from kerasft.stages import make_loss, make_metrics, make_optimizer, weight_decay_excluded
 
     lr_scale = float(replicas) if cfg.training.lr_scaling == "linear" else 1.0
+    optimizer = make_optimizer(stage, steps_per_epoch, lr_scale,
+                               cfg.training.gradient_accumulation_steps)
+    if stage.weight_decay and stage.weight_decay_exclude:
+        optimizer.exclude_from_weight_decay(
+            var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
     model.compile(
-        optimizer=make_optimizer(stage, steps_per_epoch, lr_scale,
-                                 cfg.training.gradient_accumulation_steps),
+        optimizer=optimizer,
         loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.distributed.pad_to_full_batches).

@@ -202,3 +202,66 @@ def test_config_stage_validation_combinations():
         load_config({"stages": [{"name": "a", "warmup_steps": 2, "warmup_ratio": 0.1}]})
     with pytest.raises(ConfigError, match=r"unique stage names.*stages\[1\].name='a'"):
         load_config({"stages": [{"name": "a"}, {"name": "a"}]})
+
+
+def _decay_only(ft, stage_dict, steps=3):
+    """Compiles ft.model for the stage as fit does, then applies `steps` zero gradients: only
+    weight decay can move a variable. Returns {path: (before, after)} of trainable variables."""
+    from kerasft.trainer import compile_stage
+
+    stage = load_config({"stages": [stage_dict]}).stages[0]
+    apply_trainable(ft.backbone, stage)
+    compile_stage(ft.model, stage, ft.config, steps_per_epoch=10, num_classes=2)
+    variables = ft.model.trainable_variables
+    before = {v.path: np.array(v.numpy()) for v in variables}
+    for _ in range(steps):
+        ft.model.optimizer.apply([np.zeros(v.shape, "float32") for v in variables], variables)
+    return {v.path: (before[v.path], v.numpy()) for v in variables}
+
+
+def _moved(pair):
+    return not np.array_equal(*pair)
+
+
+def test_adamw_leaves_biases_and_batch_norm_scales_alone(image_arrays):
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    moved = _decay_only(ft, {"name": "all", "trainable": "all", "train_bn": True,
+                             "optimizer": "adamw", "weight_decay": 0.5, "learning_rate": 0.1})
+    for path, pair in moved.items():
+        if path.endswith(("/bias", "/gamma", "/beta")):
+            assert not _moved(pair), path  # no gradient, excluded: must not move
+        elif path.endswith("/kernel"):
+            np.testing.assert_allclose(pair[1], pair[0] * (1 - 0.05) ** 3, rtol=1e-5,
+                                       err_msg=path)
+    assert any(p.endswith("bn2/gamma") for p in moved)  # BN did train in this stage
+    # An empty list decays every variable, as Keras's AdamW alone does.
+    ft.model.optimizer = None
+    moved = _decay_only(ft, {"name": "all", "trainable": "all", "train_bn": True,
+                             "optimizer": "adamw", "weight_decay": 0.5, "learning_rate": 0.1,
+                             "weight_decay_exclude": []})
+    assert _moved(next(pair for p, pair in moved.items() if p.endswith("bn2/gamma")))
+
+
+def test_adamw_leaves_bert_layer_norms_and_biases_alone_and_embeddings_configurable(tmp_path):
+    from kerasft.api import build_finetuner
+    from tests.bert_fixtures import write_tiny_bert_preset
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    stage = {"name": "all", "trainable": "all", "optimizer": "adamw", "weight_decay": 0.5,
+             "learning_rate": 0.1}
+    for exclude, embeddings_move in ((None, True), (["bias", "normalization", "embeddings"],
+                                                    False)):
+        ft = build_finetuner({"backbone": {"name": "bert", "preset": preset,
+                                           "sequence_length": 16},
+                              "training": {"strategy": "default"}}, log=lambda s: None)
+        ft.build(["a", "b"])
+        moved = _decay_only(ft, {**stage, **({"weight_decay_exclude": exclude}
+                                             if exclude else {})})
+        norms = {p: v for p, v in moved.items() if "norm" in p}
+        biases = {p: v for p, v in moved.items() if p.endswith("/bias")}
+        embeddings = {p: v for p, v in moved.items() if p.endswith("/embeddings")}
+        assert norms and biases and embeddings
+        assert not any(_moved(v) for v in {**norms, **biases}.values())
+        assert all(_moved(v) == embeddings_move for v in embeddings.values()), exclude
+        assert any(_moved(v) for p, v in moved.items() if p.endswith("/kernel"))
