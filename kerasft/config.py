@@ -335,6 +335,21 @@ def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
     )
 
 
+def logged_metrics(activation: str) -> list[str]:
+    """What ``model.fit`` logs each epoch for a head with `activation` (kerasft.stages.
+    make_metrics), with the ``val_`` names a run with a validation split adds."""
+    names = ["loss", "accuracy"] + (["auc"] if activation == "sigmoid" else [])
+    return names + [f"val_{n}" for n in names]
+
+
+def _check_monitor(value: str, activation: str, key: str) -> None:
+    # A monitor that is never logged silently disables best-weight restore / early stopping.
+    names = logged_metrics(activation)
+    if value not in names:
+        raise ConfigError(expected(f"a metric the run logs ({', '.join(names)})", key, value)
+                          + _did_you_mean(value, names))
+
+
 def validate(cfg: Config) -> Config:
     """Checks values and combinations that the types alone do not catch. Returns `cfg`."""
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
@@ -428,6 +443,8 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(expected("a number in [0, 1)", f"{key}.label_smoothing",
                                        s.label_smoothing))
         _check_positive(s.clipnorm, f"{key}.clipnorm", allow_none=True)
+        _check_monitor(s.early_stopping.monitor, cfg.head.activation,
+                       f"{key}.early_stopping.monitor")
         if s.early_stopping.patience < 0:
             raise ConfigError(expected("a non-negative patience", f"{key}.early_stopping.patience",
                                        s.early_stopping.patience))
@@ -444,6 +461,7 @@ def validate(cfg: Config) -> Config:
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
     _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
+    _check_monitor(t.monitor, cfg.head.activation, "training.monitor")
     _check_positive(d.bucket_multiple, "data.bucket_multiple")
 
     e = cfg.export
