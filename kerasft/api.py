@@ -26,6 +26,7 @@ Log = Callable[[str], None]
 
 WEIGHTS_FILE = "model.weights.h5"
 LABELS_FILE = "labels.txt"
+DATA_FILE = "data.json"  # the fingerprint of the run's splits, checked by evaluate
 
 
 class _RunLog:
@@ -253,6 +254,7 @@ class FineTuner:
             save_config(self.config, self.run_dir / "config.yaml")
             (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
                                                     encoding="utf-8")
+            self._write_fingerprint(data)
             if not self.config.training.checkpoint_every_epoch:
                 return None
             return Checkpointer.start(self.run_dir, data, self.log)
@@ -280,6 +282,14 @@ class FineTuner:
             for line in self._run_folder.describe(where)]
         self.run_dir = self._run_folder.write_dir
         return checkpoint
+
+    def _write_fingerprint(self, data: Any) -> None:
+        import json
+
+        from kerasft.data import fingerprint
+
+        (self.run_dir / DATA_FILE).write_text(json.dumps(fingerprint(data), indent=1) + "\n",
+                                              encoding="utf-8")
 
     def fit(
         self,
@@ -462,8 +472,13 @@ class FineTuner:
     def evaluate(self, x: Any = None, y: Any = None, split: str | None = None) -> dict[str, Any]:
         """Scores the model on `x`/`y`, or on the test split (else validation) of the data.
 
-        Prints a table and, when a run folder exists, writes ``metrics.json``,
-        ``metrics.txt`` and ``confusion_matrix.png`` there.
+        Prints a table and, when a run folder exists, writes the results there, each split
+        apart: the run's held-out split (test, else validation) to ``metrics.json``,
+        ``metrics.txt`` and ``confusion_matrix.png`` (what an export's model card reports),
+        another split to ``metrics-<split>.json`` / ``.txt`` / ``confusion_matrix-<split>.png``
+        and `x`/`y` to ``metrics-given.*``. Only the held-out split's results become
+        :attr:`metrics`. A split of the config's data is first checked against the fingerprint
+        the run saved in ``data.json`` (sizes and labels): evaluating on other data is refused.
         """
         from kerasft.metrics import (
             classification_report,
@@ -472,33 +487,64 @@ class FineTuner:
             write_json,
         )
 
+        held_out = None
         if x is not None:
             probabilities = self.predict(x)
             labels = self._label_ids(y)
-            split_name = "given data"
+            split_name, suffix = "given data", "-given"
         else:
             if self.data is None:
                 self.data = self.load_data()
-            split_name = split or ("test" if self.data.test is not None else "validation")
+            held_out = "test" if self.data.test is not None else "validation"
+            split_name = split or held_out
             chosen = getattr(self.data, split_name, None)
             if chosen is None:
                 raise KerasftError(expected("a test or validation split to evaluate on",
                                             "split", split_name))
+            self._check_fingerprint(split_name, chosen)
             probabilities = self._predict_split(self.model, chosen)
             labels = chosen.labels
+            suffix = "" if split_name == held_out else f"-{split_name}"
         report = classification_report(labels, probabilities, self.class_names,
                                        multi_label=self.multi_label)
         report["split"] = split_name
-        self.metrics = report
+        if split_name == held_out:
+            self.metrics = report
         self.log(format_report(report, title=f"metrics on {split_name} "
                                              f"({report['examples']} examples)"))
         if self.run_dir is not None:
-            write_json(report, self.run_dir / "metrics.json")
-            (self.run_dir / "metrics.txt").write_text(format_report(report) + "\n",
-                                                      encoding="utf-8")
-            if plot_confusion_matrix(report, self.run_dir / "confusion_matrix.png"):
-                self.log(f"confusion matrix: {self.run_dir / 'confusion_matrix.png'}")
+            write_json(report, self.run_dir / f"metrics{suffix}.json")
+            (self.run_dir / f"metrics{suffix}.txt").write_text(format_report(report) + "\n",
+                                                               encoding="utf-8")
+            image = self.run_dir / f"confusion_matrix{suffix}.png"
+            if plot_confusion_matrix(report, image):
+                self.log(f"confusion matrix: {image}")
         return report
+
+    def _check_fingerprint(self, split_name: str, split: Any) -> None:
+        """Refuses to score a split that is not the one the run saved in ``data.json``."""
+        import json
+
+        from kerasft.data import fingerprint
+
+        if self.run_dir is None:
+            return
+        path = self.run_dir / DATA_FILE
+        if not path.is_file():
+            self.log(f"warning: {path} not found (a run from an older kerasft): cannot check "
+                     f"that the {split_name} split is the one the run held out")
+            return
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        now = fingerprint(self.data)
+        if saved.get("class_names") != now["class_names"]:
+            raise KerasftError(f"{path}: expected the run's labels. Received: "
+                               f"class_names={now['class_names'][:10]} "
+                               f"(run: {saved.get('class_names', [])[:10]})")
+        was, got = saved.get("splits", {}).get(split_name), now["splits"].get(split_name)
+        if was != got:
+            raise KerasftError(
+                f"{path}: expected the {split_name} split the run held out (the data files or "
+                f"data.* settings changed). Received: {split_name}={got} (run: {was})")
 
     def _label_ids(self, y: Any) -> np.ndarray:
         """`y` as class ids: label names are looked up, integers are ids (as in fit)."""

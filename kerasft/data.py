@@ -602,6 +602,21 @@ def build_augmentation(
     return augment
 
 
+def fingerprint(splits: DataSplits) -> dict[str, Any]:
+    """What identifies a run's data: the labels and, per split, its size and a hash of its labels
+    in order (a split re-drawn with another seed, fraction or file gives another hash)."""
+    import hashlib
+
+    out: dict[str, Any] = {"class_names": list(splits.class_names), "splits": {}}
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        if split is not None:
+            labels = np.ascontiguousarray(split.labels)
+            out["splits"][name] = {"size": int(split.size),
+                                   "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest()}
+    return out
+
+
 def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report

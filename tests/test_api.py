@@ -98,3 +98,63 @@ def test_integer_labels_after_integer_like_string_labels_are_refused(image_array
     with pytest.raises(KerasftError, match=r"labels as strings.*class_names=\['1', '2', '3'\]$"):
         ft.evaluate(x, ids)
     assert ft.evaluate(x, ids.astype(str))["examples"] == 60
+
+
+def _image_run_config(tmp_path):
+    from tests.test_resume import _images
+
+    return _cfg(output_dir=str(tmp_path / "runs"),
+                data={"source": "image_folder", "train": str(_images(tmp_path / "images")),
+                      "validation_split": 0.25, "test_split": 0.25, "batch_size": 8},
+                export={"dir": str(tmp_path / "saved_models"), "verify": False})
+
+
+def test_evaluate_keeps_each_split_apart_and_the_card_reports_test(image_arrays, tmp_path):
+    """evaluate --split validation and evaluate(x, y) write their own files; metrics.json (and
+    the model card of a later export) keep the test figures."""
+    import json
+
+    from click.testing import CliRunner
+
+    from kerasft import build_finetuner
+    from kerasft.cli import main
+
+    ft = build_finetuner(_image_run_config(tmp_path), log=lambda s: None)
+    ft.fit()
+    run_dir = ft.run_dir
+    test_json = (run_dir / "metrics.json").read_text()
+    test_txt = (run_dir / "metrics.txt").read_text()
+    assert json.loads(test_json)["split"] == "test"
+
+    result = CliRunner().invoke(main, ["evaluate", str(run_dir), "--split", "validation"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run_dir / "metrics-validation.json").read_text())["split"] == "validation"
+    assert (run_dir / "metrics-validation.txt").is_file()
+    x, y = image_arrays
+    ft.evaluate(x, y)
+    assert json.loads((run_dir / "metrics-given.json").read_text())["examples"] == 60
+    assert (run_dir / "metrics.json").read_text() == test_json
+    assert (run_dir / "metrics.txt").read_text() == test_txt
+
+    assert ft.metrics["split"] == "test"
+    card = (ft.export() / "assets.extra" / "README.md").read_text()
+    assert "On the test split" in card
+
+
+def test_evaluate_refuses_a_split_the_run_did_not_hold_out(tmp_path):
+    from click.testing import CliRunner
+
+    from kerasft import build_finetuner
+    from kerasft.cli import main
+
+    ft = build_finetuner(_image_run_config(tmp_path), log=lambda s: None)
+    ft.fit(evaluate=False)
+    for path in sorted((tmp_path / "images" / "cat").iterdir())[:4]:  # the data changed since
+        path.unlink()
+    result = CliRunner().invoke(main, ["evaluate", str(ft.run_dir), "--split", "validation"])
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "data.json: expected the validation split the run held out" \
+        in errors[0] and "Received: validation={'size': 11" in errors[0], result.output
+    assert "Traceback" not in result.output
+    assert not (ft.run_dir / "metrics-validation.json").exists()
