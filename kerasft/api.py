@@ -376,7 +376,13 @@ class FineTuner:
             self.log(f"training curves: {self.run_dir / 'training_curves.png'}")
         summary: dict[str, Any] = {"run_dir": str(self.run_dir),
                                    "stages": [asdict(r) for r in self.stage_results]}
-        if evaluate:
+        if evaluate and data.test is None and data.validation is None:
+            # A Keras fit without validation data is ordinary: the trained run is kept and
+            # reported; only the held-out metrics are missing.
+            summary["metrics"] = None
+            self.log("no test or validation split: final metrics skipped (pass validation_data "
+                     "or test_data to fit, or call evaluate(x, y))")
+        elif evaluate:
             summary["metrics"] = self.evaluate()
         return self._close_run_dir(summary)
 

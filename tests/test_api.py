@@ -158,3 +158,21 @@ def test_evaluate_refuses_a_split_the_run_did_not_hold_out(tmp_path):
         in errors[0] and "Received: validation={'size': 11" in errors[0], result.output
     assert "Traceback" not in result.output
     assert not (ft.run_dir / "metrics-validation.json").exists()
+
+
+def test_fit_dataset_without_validation_finishes_and_skips_metrics(image_arrays, tmp_path):
+    import tensorflow as tf
+
+    from kerasft import build_finetuner
+
+    x, y = image_arrays
+    names = ["cat", "dog", "owl"]
+    ids = np.array([names.index(v) for v in y])
+    lines = []
+    ft = build_finetuner(_cfg(), log=lines.append)
+    ft.build(names)
+    summary = ft.fit(tf.data.Dataset.from_tensor_slices((x, ids)).batch(8), output_dir=tmp_path)
+    assert summary["metrics"] is None and len(summary["stages"]) == 1
+    assert (ft.run_dir / "model.weights.h5").is_file()
+    assert any("final metrics skipped" in line for line in lines)
+    assert "final metrics skipped" in (ft.run_dir / "train.log").read_text()
