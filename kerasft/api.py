@@ -575,20 +575,69 @@ class FineTuner:
             raise KerasftError(expected(f"labels among {self.class_names}", "y", unknown[:5]))
         return np.array([index[str(v)] for v in y])
 
-    def predict(self, inputs: Any, batch_size: int | None = None) -> np.ndarray:
-        """Probabilities for raw inputs (strings, or images of any size ``[n, h, w, 3]``)."""
+    def _predict_rows(self, inputs: Any) -> tuple[np.ndarray, bool]:
+        """`inputs` as a batch for the backbone, and whether they were one example."""
+        if self.backbone.task == "text":
+            if isinstance(inputs, (str, bytes)):
+                inputs, single = [inputs], True
+            else:
+                single = False
+            try:
+                rows = np.asarray(inputs, dtype=object)
+            except ValueError:
+                rows = np.empty(0)
+            if rows.ndim != 1 or not len(rows) or not all(isinstance(v, (str, bytes))
+                                                          for v in rows):
+                raise KerasftError(expected(
+                    "one string or a non-empty list of strings", "inputs shape",
+                    tuple(rows.shape), where="predict") + f" ({type(inputs).__name__})")
+            return np.array([v.decode("utf-8") if isinstance(v, bytes) else v
+                             for v in rows], dtype=object), single
+        try:
+            rows = np.asarray(inputs)
+        except ValueError:  # ragged
+            rows = np.empty(0, dtype=object)
+        problem = rows.dtype.kind not in "biuf" or rows.ndim not in (2, 3, 4) or not rows.size
+        # [h, w] and [h, w, c] with c in 1, 3, 4 are one image; [n, h, w] a grayscale batch.
+        single = rows.ndim == 2 or (rows.ndim == 3 and rows.shape[-1] in (1, 3, 4))
+        if not problem:
+            if single:
+                rows = rows[np.newaxis]
+            if rows.ndim == 3:
+                rows = rows[..., np.newaxis]
+            problem = rows.shape[-1] not in (1, 3, 4)
+        if problem:
+            raise KerasftError(expected(
+                "one image [h, w, 3] or a batch [n, h, w, 3] of pixel values 0..255",
+                "inputs shape", tuple(rows.shape), where="predict") + f" (dtype {rows.dtype})")
+        if rows.shape[-1] == 1:
+            rows = np.repeat(rows, 3, axis=-1)
+        elif rows.shape[-1] == 4:
+            rows = rows[..., :3]
+        return rows, single
+
+    def predict(self, inputs: Any, batch_size: int | None = None,
+                return_labels: bool = False) -> Any:
+        """Probabilities for raw inputs: one example (a string, or an image ``[h, w, 3]`` of any
+        size, pixels 0..255) gives ``[num_classes]``, a batch (strings, images ``[n, h, w, 3]``)
+        gives ``[n, num_classes]``.
+
+        With `return_labels`, returns ``(probabilities, labels)``: the class name (multi-label:
+        the list of names above the threshold) of the example, or a list of them for a batch.
+        """
         import tensorflow as tf
 
         from kerasft.distributed import distribute_pipeline
 
         model = self.model
         batch_size = batch_size or self.config.data.batch_size
+        rows, single = self._predict_rows(inputs)
         if self.backbone.task == "text":
-            rows = np.asarray(inputs, dtype=object).astype(str)
+            rows = rows.astype(str)
             ds = tf.data.Dataset.from_tensor_slices(rows)
             ds = ds.batch(batch_size).map(self._preprocess())
         else:
-            rows = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
+            rows = tf.image.resize(tf.cast(rows, tf.float32), self.backbone.image_size)
             ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
             ds = ds.map(self.backbone.preprocess)
         count = len(rows)
@@ -601,7 +650,19 @@ class FineTuner:
                                          global_batch=batch_size, training=False)
             if padded is not labelled:
                 ds = padded
-        return np.asarray(model.predict(ds, verbose=0))[:count]
+        probabilities = np.asarray(model.predict(ds, verbose=0))[:count]
+        if not return_labels:
+            return probabilities[0] if single else probabilities
+        labels = self._labels_of(probabilities)
+        return (probabilities[0], labels[0]) if single else (probabilities, labels)
+
+    def _labels_of(self, probabilities: np.ndarray) -> list[Any]:
+        """Class names per row: the argmax, or (multi-label) every class above the threshold."""
+        names = self.class_names
+        if self.multi_label:
+            threshold = float(getattr(self.config.head, "threshold", 0.5))
+            return [[names[j] for j in np.flatnonzero(row > threshold)] for row in probabilities]
+        return [names[int(i)] for i in probabilities.argmax(-1)]
 
     # -- export ------------------------------------------------------------------------------
 

@@ -176,3 +176,45 @@ def test_fit_dataset_without_validation_finishes_and_skips_metrics(image_arrays,
     assert (ft.run_dir / "model.weights.h5").is_file()
     assert any("final metrics skipped" in line for line in lines)
     assert "final metrics skipped" in (ft.run_dir / "train.log").read_text()
+
+
+def test_predict_takes_one_image_or_a_batch_and_returns_labels(image_arrays):
+    from kerasft import build_finetuner
+
+    x, _ = image_arrays
+    ft = build_finetuner(_cfg(), log=lambda s: None)
+    ft.build(["cat", "dog", "owl"])
+    batch = ft.predict(x[:4])
+    assert batch.shape == (4, 3)
+    one = ft.predict(x[0])
+    assert one.shape == (3,)
+    np.testing.assert_allclose(one, batch[0], atol=1e-6)
+    probabilities, label = ft.predict(x[0], return_labels=True)
+    assert label == ["cat", "dog", "owl"][int(np.argmax(probabilities))]
+    probabilities, labels = ft.predict(x[:4], return_labels=True)
+    assert labels == [["cat", "dog", "owl"][i] for i in batch.argmax(-1)]
+    np.testing.assert_allclose(ft.predict(x[0, :, :, :1]), ft.predict(
+        np.repeat(x[0, :, :, :1], 3, axis=-1)), atol=1e-6)  # grayscale [h, w, 1] is one image
+    for bad in ("cat.jpg", np.zeros((2, 8, 8, 5)), np.zeros(7)):
+        with pytest.raises(KerasftError, match=r"^predict: expected one image \[h, w, 3\] or a "
+                                               r"batch \[n, h, w, 3\].*Received: inputs shape=\("):
+            ft.predict(bad)
+
+
+def test_predict_takes_one_string_or_a_batch(tmp_path):
+    from kerasft import build_finetuner
+    from tests.bert_fixtures import write_tiny_bert_preset
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    ft = build_finetuner({"backbone": {"name": "bert", "preset": preset, "sequence_length": 16},
+                          "training": {"strategy": "default"}}, log=lambda s: None)
+    ft.build(["neg", "pos"])
+    batch = ft.predict(["a good movie", "awful film"])
+    assert batch.shape == (2, 2)
+    one, label = ft.predict("a good movie", return_labels=True)
+    assert one.shape == (2,) and label in ("neg", "pos")
+    np.testing.assert_allclose(one, batch[0], atol=1e-5)
+    with pytest.raises(KerasftError, match=r"^predict: expected one string or a non-empty list "
+                                           r"of strings\. Received: inputs shape=\(1, 8, 8, 3\) "
+                                           r"\(ndarray\)$"):
+        ft.predict(np.zeros((1, 8, 8, 3)))
