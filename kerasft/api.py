@@ -276,11 +276,13 @@ class FineTuner:
         where = placement(self.strategy_info.kind, os.environ)
         self._run_folder, checkpoint = resume_run_folder(
             locate, reopen, where, self.strategy_info.strategy,
-            copy=lambda run, temp: copy_committed_run(run, temp, (LABELS_FILE,)))
+            copy=lambda run, temp: copy_committed_run(run, temp, (LABELS_FILE, DATA_FILE)))
         self._run_folder_lines = [
             f"{line} (resumed)" if line.startswith("run folder:") else line
             for line in self._run_folder.describe(where)]
         self.run_dir = self._run_folder.write_dir
+        if not (self.run_dir / DATA_FILE).is_file():  # a run from before data.json existed
+            self._write_fingerprint(data)  # resume checked the data is the run's
         return checkpoint
 
     def _write_fingerprint(self, data: Any) -> None:
@@ -496,6 +498,8 @@ class FineTuner:
         held_out = None
         if x is not None:
             probabilities = self.predict(x)
+            if probabilities.ndim == 1:  # one example
+                probabilities, y = probabilities[np.newaxis], [y]
             labels = self._label_ids(y)
             split_name, suffix = "given data", "-given"
         else:
