@@ -27,6 +27,7 @@ Log = Callable[[str], None]
 
 WEIGHTS_FILE = "model.weights.h5"
 LABELS_FILE = "labels.txt"
+DATA_FILE = "data.json"  # the fingerprint of the run's splits, checked by evaluate
 
 
 class _RunLog:
@@ -254,6 +255,7 @@ class FineTuner:
             save_config(self.config, self.run_dir / "config.yaml")
             (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
                                                     encoding="utf-8")
+            self._write_fingerprint(data)
             if not self.config.training.checkpoint_every_epoch:
                 return None
             return Checkpointer.start(self.run_dir, data, self.log)
@@ -275,12 +277,22 @@ class FineTuner:
         where = placement(self.strategy_info.kind, os.environ)
         self._run_folder, checkpoint = resume_run_folder(
             locate, reopen, where, self.strategy_info.strategy,
-            copy=lambda run, temp: copy_committed_run(run, temp, (LABELS_FILE,)))
+            copy=lambda run, temp: copy_committed_run(run, temp, (LABELS_FILE, DATA_FILE)))
         self._run_folder_lines = [
             f"{line} (resumed)" if line.startswith("run folder:") else line
             for line in self._run_folder.describe(where)]
         self.run_dir = self._run_folder.write_dir
+        if not (self.run_dir / DATA_FILE).is_file():  # a run from before data.json existed
+            self._write_fingerprint(data)  # resume checked the data is the run's
         return checkpoint
+
+    def _write_fingerprint(self, data: Any) -> None:
+        import json
+
+        from kerasft.data import fingerprint
+
+        (self.run_dir / DATA_FILE).write_text(json.dumps(fingerprint(data), indent=1) + "\n",
+                                              encoding="utf-8")
 
     def fit(
         self,
@@ -367,7 +379,13 @@ class FineTuner:
             self.log(f"training curves: {self.run_dir / 'training_curves.png'}")
         summary: dict[str, Any] = {"run_dir": str(self.run_dir),
                                    "stages": [asdict(r) for r in self.stage_results]}
-        if evaluate:
+        if evaluate and data.test is None and data.validation is None:
+            # A Keras fit without validation data is ordinary: the trained run is kept and
+            # reported; only the held-out metrics are missing.
+            summary["metrics"] = None
+            self.log("no test or validation split: final metrics skipped (pass validation_data "
+                     "or test_data to fit, or call evaluate(x, y))")
+        elif evaluate:
             summary["metrics"] = self.evaluate()
         return self._close_run_dir(summary)
 
@@ -400,8 +418,10 @@ class FineTuner:
         plan["lines"] = plan_lines(plan)
         return plan
 
-    def _feature_cache(self, data: Any) -> Callable[[], dict[str, Any]] | None:
-        """Features of the frozen backbone, computed once on first use (head-only stages).
+    def _feature_cache(self, data: Any) -> Callable[..., dict[str, Any]] | None:
+        """Features of the frozen backbone for head-only stages, computed on first use and again
+        when called with ``refresh=True`` (run_stages does after a stage that trained the
+        backbone, so ``[head, all, head]``'s last stage sees the fine-tuned backbone).
 
         Off when augmentation makes every epoch's inputs different, or when
         ``training.cache_features: off``. The cached features are computed in inference mode, so
@@ -416,12 +436,16 @@ class FineTuner:
             return None
         cache: dict[str, Any] = {}
 
-        def compute() -> dict[str, Any]:
+        def compute(refresh: bool = False) -> dict[str, Any]:
             import keras
 
+            if refresh:
+                cache.clear()
             if not cache:
                 extractor = keras.Model(self.backbone.inputs, self.backbone.features)
-                self.log("computing the frozen backbone's features once for head-only stages")
+                self.log("computing the frozen backbone's features for head-only stages"
+                         + (" (the backbone changed since they were last computed)"
+                            if refresh else ""))
                 cache["x"] = self._predict_split(extractor, data.train)
                 cache["y"] = data.train.labels
                 if data.validation is not None:
@@ -457,8 +481,13 @@ class FineTuner:
     def evaluate(self, x: Any = None, y: Any = None, split: str | None = None) -> dict[str, Any]:
         """Scores the model on `x`/`y`, or on the test split (else validation) of the data.
 
-        Prints a table and, when a run folder exists, writes ``metrics.json``,
-        ``metrics.txt`` and ``confusion_matrix.png`` there.
+        Prints a table and, when a run folder exists, writes the results there, each split
+        apart: the run's held-out split (test, else validation) to ``metrics.json``,
+        ``metrics.txt`` and ``confusion_matrix.png`` (what an export's model card reports),
+        another split to ``metrics-<split>.json`` / ``.txt`` / ``confusion_matrix-<split>.png``
+        and `x`/`y` to ``metrics-given.*``. Only the held-out split's results become
+        :attr:`metrics`. A split of the config's data is first checked against the fingerprint
+        the run saved in ``data.json`` (sizes and labels): evaluating on other data is refused.
         """
         from kerasft.metrics import (
             classification_report,
@@ -467,59 +496,154 @@ class FineTuner:
             write_json,
         )
 
+        held_out = None
         if x is not None:
             probabilities = self.predict(x)
+            if probabilities.ndim == 1:  # one example
+                probabilities, y = probabilities[np.newaxis], [y]
             labels = self._label_ids(y)
-            split_name = "given data"
+            split_name, suffix = "given data", "-given"
         else:
             if self.data is None:
                 self.data = self.load_data()
-            split_name = split or ("test" if self.data.test is not None else "validation")
+            held_out = "test" if self.data.test is not None else "validation"
+            split_name = split or held_out
             chosen = getattr(self.data, split_name, None)
             if chosen is None:
                 raise KerasftError(expected("a test or validation split to evaluate on",
                                             "split", split_name))
+            self._check_fingerprint(split_name, chosen)
             probabilities = self._predict_split(self.model, chosen)
             labels = chosen.labels
+            suffix = "" if split_name == held_out else f"-{split_name}"
         report = classification_report(labels, probabilities, self.class_names,
                                        multi_label=self.multi_label,
                                        threshold=self.config.head.threshold)
         report["split"] = split_name
-        self.metrics = report
+        if split_name == held_out:
+            self.metrics = report
         self.log(format_report(report, title=f"metrics on {split_name} "
                                              f"({report['examples']} examples)"))
         if self.run_dir is not None:
-            write_json(report, self.run_dir / "metrics.json")
-            (self.run_dir / "metrics.txt").write_text(format_report(report) + "\n",
-                                                      encoding="utf-8")
-            if plot_confusion_matrix(report, self.run_dir / "confusion_matrix.png"):
-                self.log(f"confusion matrix: {self.run_dir / 'confusion_matrix.png'}")
+            write_json(report, self.run_dir / f"metrics{suffix}.json")
+            (self.run_dir / f"metrics{suffix}.txt").write_text(format_report(report) + "\n",
+                                                               encoding="utf-8")
+            image = self.run_dir / f"confusion_matrix{suffix}.png"
+            if plot_confusion_matrix(report, image):
+                self.log(f"confusion matrix: {image}")
         return report
 
+    def _check_fingerprint(self, split_name: str, split: Any) -> None:
+        """Refuses to score a split that is not the one the run saved in ``data.json``."""
+        import json
+
+        from kerasft.data import fingerprint
+
+        if self.run_dir is None:
+            return
+        path = self.run_dir / DATA_FILE
+        if not path.is_file():
+            self.log(f"warning: {path} not found (a run from an older kerasft): cannot check "
+                     f"that the {split_name} split is the one the run held out")
+            return
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        now = fingerprint(self.data)
+        if saved.get("class_names") != now["class_names"]:
+            raise KerasftError(f"{path}: expected the run's labels. Received: "
+                               f"class_names={now['class_names'][:10]} "
+                               f"(run: {saved.get('class_names', [])[:10]})")
+        was, got = saved.get("splits", {}).get(split_name), now["splits"].get(split_name)
+        if was != got:
+            raise KerasftError(
+                f"{path}: expected the {split_name} split the run held out (the data files or "
+                f"data.* settings changed). Received: {split_name}={got} (run: {was})")
+
     def _label_ids(self, y: Any) -> np.ndarray:
+        """`y` as class ids: label names are looked up, integers are ids (as in fit)."""
+        from kerasft.data import check_integer_labels, integer_values
+
         y = np.asarray(y)
-        if self.multi_label or y.dtype.kind in "iu":
+        if self.multi_label:
             return y
+        ids = integer_values(y) if y.ndim == 1 else None
+        if ids is not None and len(ids) == len(y):
+            check_integer_labels(y, self.class_names, "evaluate y")
+            bad = np.flatnonzero((ids < 0) | (ids >= len(self.class_names)))
+            if len(bad):
+                raise KerasftError(expected(
+                    f"class ids 0..{len(self.class_names) - 1} (or labels among "
+                    f"{self.class_names[:10]})", f"y[{bad[0]}]", int(ids[bad[0]]),
+                    where="evaluate"))
+            return ids
         index = {name: i for i, name in enumerate(self.class_names)}
         unknown = sorted({str(v) for v in y} - set(index))
         if unknown:
             raise KerasftError(expected(f"labels among {self.class_names}", "y", unknown[:5]))
         return np.array([index[str(v)] for v in y])
 
-    def predict(self, inputs: Any, batch_size: int | None = None) -> np.ndarray:
-        """Probabilities for raw inputs (strings, or images of any size ``[n, h, w, 3]``)."""
+    def _predict_rows(self, inputs: Any) -> tuple[np.ndarray, bool]:
+        """`inputs` as a batch for the backbone, and whether they were one example."""
+        if self.backbone.task == "text":
+            if isinstance(inputs, (str, bytes)):
+                inputs, single = [inputs], True
+            else:
+                single = False
+            try:
+                rows = np.asarray(inputs, dtype=object)
+            except ValueError:
+                rows = np.empty(0)
+            if rows.ndim != 1 or not len(rows) or not all(isinstance(v, (str, bytes))
+                                                          for v in rows):
+                raise KerasftError(expected(
+                    "one string or a non-empty list of strings", "inputs shape",
+                    tuple(rows.shape), where="predict") + f" ({type(inputs).__name__})")
+            return np.array([v.decode("utf-8") if isinstance(v, bytes) else v
+                             for v in rows], dtype=object), single
+        try:
+            rows = np.asarray(inputs)
+        except ValueError:  # ragged
+            rows = np.empty(0, dtype=object)
+        problem = rows.dtype.kind not in "biuf" or rows.ndim not in (2, 3, 4) or not rows.size
+        # [h, w] and [h, w, c] with c in 1, 3, 4 are one image; [n, h, w] a grayscale batch.
+        single = rows.ndim == 2 or (rows.ndim == 3 and rows.shape[-1] in (1, 3, 4))
+        if not problem:
+            if single:
+                rows = rows[np.newaxis]
+            if rows.ndim == 3:
+                rows = rows[..., np.newaxis]
+            problem = rows.shape[-1] not in (1, 3, 4)
+        if problem:
+            raise KerasftError(expected(
+                "one image [h, w, 3] or a batch [n, h, w, 3] of pixel values 0..255",
+                "inputs shape", tuple(rows.shape), where="predict") + f" (dtype {rows.dtype})")
+        if rows.shape[-1] == 1:
+            rows = np.repeat(rows, 3, axis=-1)
+        elif rows.shape[-1] == 4:
+            rows = rows[..., :3]
+        return rows, single
+
+    def predict(self, inputs: Any, batch_size: int | None = None,
+                return_labels: bool = False) -> Any:
+        """Probabilities for raw inputs: one example (a string, or an image ``[h, w, 3]`` of any
+        size, pixels 0..255) gives ``[num_classes]``, a batch (strings, images ``[n, h, w, 3]``)
+        gives ``[n, num_classes]``.
+
+        With `return_labels`, returns ``(probabilities, labels)``: the class name (multi-label:
+        the list of names above the threshold) of the example, or a list of them for a batch.
+        """
         import tensorflow as tf
 
         from kerasft.distributed import distribute_pipeline
 
         model = self.model
         batch_size = batch_size or self.config.data.batch_size
+        rows, single = self._predict_rows(inputs)
         if self.backbone.task == "text":
-            rows = np.asarray(inputs, dtype=object).astype(str)
+            rows = rows.astype(str)
             ds = tf.data.Dataset.from_tensor_slices(rows)
             ds = ds.batch(batch_size).map(self._preprocess())
         else:
-            rows = tf.image.resize(tf.cast(inputs, tf.float32), self.backbone.image_size)
+            rows = tf.image.resize(tf.cast(rows, tf.float32), self.backbone.image_size)
             ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
             ds = ds.map(self.backbone.preprocess)
         count = len(rows)
@@ -532,7 +656,19 @@ class FineTuner:
                                          global_batch=batch_size, training=False)
             if padded is not labelled:
                 ds = padded
-        return np.asarray(model.predict(ds, verbose=0))[:count]
+        probabilities = np.asarray(model.predict(ds, verbose=0))[:count]
+        if not return_labels:
+            return probabilities[0] if single else probabilities
+        labels = self._labels_of(probabilities)
+        return (probabilities[0], labels[0]) if single else (probabilities, labels)
+
+    def _labels_of(self, probabilities: np.ndarray) -> list[Any]:
+        """Class names per row: the argmax, or (multi-label) every class above the threshold."""
+        names = self.class_names
+        if self.multi_label:
+            threshold = float(getattr(self.config.head, "threshold", 0.5))
+            return [[names[j] for j in np.flatnonzero(row > threshold)] for row in probabilities]
+        return [names[int(i)] for i in probabilities.argmax(-1)]
 
     # -- export ------------------------------------------------------------------------------
 

@@ -140,11 +140,7 @@ weights_option = click.option(
 @_handle_errors
 def evaluate(run_dir: str, split: str | None, weights: str) -> None:
     """Score a trained run (RUN_DIR) on its data's test or validation split."""
-    from kerasft.metrics import write_json
-
-    ft = _load_run(run_dir, weights)
-    report = ft.evaluate(split=split)
-    write_json(report, Path(run_dir) / "metrics.json")
+    _load_run(run_dir, weights).evaluate(split=split)  # writes the split's own metrics files
 
 
 @main.command()

@@ -110,6 +110,7 @@ class StageConfig:
     warmup_steps: int | None = None
     warmup_ratio: float | None = None
     weight_decay: float = 0.0
+    weight_decay_exclude: list[str] = field(default_factory=lambda: ["bias", "normalization"])
     label_smoothing: float = 0.0
     clipnorm: float | None = None
     momentum: float = 0.9
@@ -335,6 +336,21 @@ def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
     )
 
 
+def logged_metrics(activation: str) -> list[str]:
+    """What ``model.fit`` logs each epoch for a head with `activation` (kerasft.stages.
+    make_metrics), with the ``val_`` names a run with a validation split adds."""
+    names = ["loss", "accuracy"] + (["auc"] if activation == "sigmoid" else [])
+    return names + [f"val_{n}" for n in names]
+
+
+def _check_monitor(value: str, activation: str, key: str) -> None:
+    # A monitor that is never logged silently disables best-weight restore / early stopping.
+    names = logged_metrics(activation)
+    if value not in names:
+        raise ConfigError(expected(f"a metric the run logs ({', '.join(names)})", key, value)
+                          + _did_you_mean(value, names))
+
+
 def validate(cfg: Config) -> Config:
     """Checks values and combinations that the types alone do not catch. Returns `cfg`."""
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
@@ -422,10 +438,17 @@ def validate(cfg: Config) -> Config:
         if s.weight_decay < 0:
             raise ConfigError(expected("a non-negative number", f"{key}.weight_decay",
                                        s.weight_decay))
+        for j, name in enumerate(s.weight_decay_exclude):
+            if not name.strip():
+                raise ConfigError(expected(
+                    "bias, normalization, embeddings or a variable's short name (e.g. kernel)",
+                    f"{key}.weight_decay_exclude[{j}]", name))
         if not 0.0 <= s.label_smoothing < 1.0:
             raise ConfigError(expected("a number in [0, 1)", f"{key}.label_smoothing",
                                        s.label_smoothing))
         _check_positive(s.clipnorm, f"{key}.clipnorm", allow_none=True)
+        _check_monitor(s.early_stopping.monitor, cfg.head.activation,
+                       f"{key}.early_stopping.monitor")
         if s.early_stopping.patience < 0:
             raise ConfigError(expected("a non-negative patience", f"{key}.early_stopping.patience",
                                        s.early_stopping.patience))
@@ -442,6 +465,7 @@ def validate(cfg: Config) -> Config:
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
     _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
+    _check_monitor(t.monitor, cfg.head.activation, "training.monitor")
     _check_positive(d.bucket_multiple, "data.bucket_multiple")
 
     e = cfg.export

@@ -187,7 +187,9 @@ def from_arrays(
 
     `x` is a sequence of strings (text) or images ``[n, h, w, 3]`` (``uint8``, or floats in
     0..255; ``[n, h, w]`` / ``[n, h, w, 1]`` grayscale and RGBA are converted to RGB). `y` holds
-    labels as strings or ints (ints index `class_names` when it is given), or ``[n, C]`` one-hot /
+    labels as strings or ints (ints are class ids 0..K-1: they index `class_names` when it is
+    given, else the class names are ``"0".."K-1"`` and every id must occur in `y_train`; other
+    integers are refused, see :func:`integer_class_names`), or ``[n, C]`` one-hot /
     multi-hot rows; with `multi_label` a label may also be a list of labels or a ``"a|b"`` string.
     Without `x_val`, a stratified `validation_split` (default 0.1; 0 for none) of the training
     arrays becomes the validation split; `test_split` does the same for the test split. Texts that
@@ -209,6 +211,12 @@ def from_arrays(
         if value is not None and not 0.0 <= value < 1.0:
             raise DataError(expected("a fraction in [0, 1)", key, value, where="from_arrays"))
     names = [str(c) for c in class_names] if class_names is not None else None
+    if not multi_label:
+        for part_name, y in (("train", y_train), ("validation", y_val), ("test", y_test)):
+            if y is not None:
+                check_integer_labels(y, names, f"from_arrays {part_name}")
+        if names is None:
+            names = integer_class_names(y_train)
     report: dict[str, Any] = {"source": "arrays"}
     given = {"train": (x_train, y_train), "validation": (x_val, y_val), "test": (x_test, y_test)}
     parts: dict[str, _Part] = {}
@@ -234,6 +242,66 @@ def from_arrays(
         max_examples=None,
         report=report,
     )
+
+
+def integer_values(y: Any) -> np.ndarray | None:
+    """The labels as int64 when `y` is a 1-D array of whole numbers (NaN: a missing label)."""
+    try:
+        arr = np.asarray(y)
+    except ValueError:  # ragged
+        return None
+    if arr.ndim != 1 or arr.dtype.kind not in "iuf" or arr.dtype == bool:
+        return None
+    if arr.dtype.kind == "f":
+        arr = arr[~np.isnan(arr)]
+        if not np.all(arr == np.round(arr)):
+            return None
+    return arr.astype(np.int64)
+
+
+def integer_class_names(y: Any) -> list[str] | None:
+    """Class names for integer labels without `class_names`: ``"0".."K-1"``, or None when `y`
+    is not integers.
+
+    Integer labels are class ids 0..K-1 (Keras's ``SparseCategoricalCrossentropy`` convention),
+    in fit, evaluate, predict and the export alike. Any other set of integers (1..3, or ids with
+    a gap) is refused rather than renumbered: renumbering would make ``evaluate(x, y)`` with the
+    same integers score against other classes.
+    """
+    values = integer_values(y)
+    if values is None or not len(values):
+        return None
+    present = np.unique(values)
+    k = int(present.max()) + 1
+    if present.min() < 0 or len(present) != k:
+        shown = present.tolist()[:10]
+        missing = sorted(set(range(max(k, 0))) - set(present.tolist()))[:5]
+        raise DataError(expected(
+            "integer labels that are class ids 0..K-1, every id present (Keras's convention; "
+            "pass string labels, or FineTuner.build(class_names) first, to use other values)",
+            "labels", shown, where="from_arrays train")
+            + (f" (missing ids: {missing})" if missing and present.min() >= 0 else ""))
+    return [str(i) for i in range(k)]
+
+
+def check_integer_labels(y: Any, class_names: Sequence[str] | None, where: str) -> None:
+    """Refuses integer labels for a model whose class names are other integers.
+
+    Integer labels are class ids; a model trained on the string labels "1", "2", "3" has ids 0, 1,
+    2, so the integer 1 would silently mean class "2". Such labels must be given as strings.
+    """
+    if class_names is not None and integer_values(y) is not None:
+        _check_integer_names(class_names, where)
+
+
+def _check_integer_names(class_names: Sequence[str], where: str) -> None:
+    names = [str(c) for c in class_names]
+    if all(_INT_LABEL.fullmatch(n) for n in names) and names != [str(i)
+                                                               for i in range(len(names))]:
+        raise DataError(expected(
+            "labels as strings (y.astype(str)): integer labels are class ids 0.."
+            f"{len(names) - 1}, and this model's class names are other integers", "class_names",
+            names[:10], where=where))
 
 
 def from_datasets(
@@ -267,6 +335,9 @@ def from_datasets(
         where = f"from_datasets {name}"
         if ds.element_spec[1].dtype == tf.string:
             _check_string_labels(ds, name, where, names)
+        elif ds.element_spec[1].dtype.is_integer and ds.element_spec[1].shape.rank == 0 \
+                and not multi_label:
+            _check_integer_names(names, where)
         ds = ds.map(_tf_label_converter(ds.element_spec[1], names, multi_label),
                     num_parallel_calls=tf.data.AUTOTUNE)
         parts[name] = _tf_part(name, where, ds, names, multi_label)
@@ -529,6 +600,21 @@ def build_augmentation(
         return x
 
     return augment
+
+
+def fingerprint(splits: DataSplits) -> dict[str, Any]:
+    """What identifies a run's data: the labels and, per split, its size and a hash of its labels
+    in order (a split re-drawn with another seed, fraction or file gives another hash)."""
+    import hashlib
+
+    out: dict[str, Any] = {"class_names": list(splits.class_names), "splits": {}}
+    for name in ("train", "validation", "test"):
+        split = getattr(splits, name)
+        if split is not None:
+            labels = np.ascontiguousarray(split.labels)
+            out["splits"][name] = {"size": int(split.size),
+                                   "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest()}
+    return out
 
 
 def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:

@@ -6,8 +6,9 @@ end of every stage, ``<run>/checkpoints/`` receives in this order:
 
 1. ``ckpt-<n>.weights.h5``: the whole model's weights (Keras ``save_weights``: arrays only);
 2. ``ckpt-<n>.state.npz``: the stage optimizer's variables (iteration count, so the learning-rate
-   schedule position, moments, gradient accumulators) and the random-seed states of the model's
-   layers (dropout); arrays only, read with ``allow_pickle=False``;
+   schedule position, moments, gradient accumulators) with their paths, restored by path (a
+   missing, unexpected or reshaped variable is a one-line error), and the random-seed states of
+   the model's layers (dropout); arrays only, read with ``allow_pickle=False``;
 3. ``state.json``, the commit point: stage index, epoch counter, best-so-far metric and epoch,
    early-stopping counters, the finished stages, the committed length of ``history.csv`` and the
    names of the files above.
@@ -252,6 +253,12 @@ def copy_committed_run(run_dir: Path, dest: Path, extra_files: tuple[str, ...] =
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints.
+
+
+def _optimizer_key(path: str) -> str:
+    """An optimizer variable's path without the optimizer's name (``adam_1/head_kernel_momentum``
+    -> ``head_kernel_momentum``)."""
+    return path.split("/", 1)[-1]
 
 
 def _seed_variables(model: Any) -> list[Any]:
@@ -515,19 +522,28 @@ class Checkpointer:
         if not optimizer.built:
             optimizer.build(fit_model.trainable_variables)
         variables = list(optimizer.variables)
-        count = sum(1 for k in arrays if k.startswith("opt_") and k != "opt_paths")
-        shapes_ok = count == len(variables) and all(
-            tuple(arrays[f"opt_{i}"].shape) == tuple(v.shape) for i, v in enumerate(variables))
-        if not shapes_ok:
-            message = expected(f"optimizer state for {len(variables)} variables of this stage",
-                               "checkpoint optimizer variables", count,
-                               where=str(self.dir / str(self.state.arrays)))
+        saved_paths = [str(p) for p in arrays.get("opt_paths", [])]
+        # The optimizer's own name leads each path and is made unique per process ("adam",
+        # "adam_1", ...): a resumed process that skips finished stages numbers it differently.
+        saved = {_optimizer_key(p): i for i, p in enumerate(saved_paths)}
+        current = [_optimizer_key(v.path) for v in variables]
+        missing = [k for k in current if k not in saved]
+        unexpected = sorted(set(saved) - set(current))
+        wrong_shape = [k for k, v in zip(current, variables, strict=True) if k in saved
+                       and tuple(arrays[f"opt_{saved[k]}"].shape) != tuple(v.shape)]
+        if missing or unexpected or wrong_shape:
+            problems = ", ".join(f"{name}={items[:_MAX_SHOWN]}" for name, items in (
+                ("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong_shape))
+                if items)
+            message = (f"{self.dir / str(self.state.arrays)}: expected the optimizer state of "
+                       f"this stage's {len(variables)} variables, matched by path. Received: "
+                       f"{problems}")
             if not self.force:
                 raise KerasftError(message)
             self.log(f"warning: {message}; the optimizer starts fresh")
             return False
-        for i, v in enumerate(variables):
-            v.assign(arrays[f"opt_{i}"])
+        for key, v in zip(current, variables, strict=True):
+            v.assign(arrays[f"opt_{saved[key]}"])
         return True
 
     def early_stopping_weights(self, model: Any, fit_model: Any) -> list[Any] | None:

@@ -10,8 +10,9 @@ up a change of ``trainable`` at compile time.
 ``trainable`` values:
 - ``head``: the backbone is frozen; only the head trains.
 - ``all``: every backbone layer trains (BN only with ``train_bn``).
-- ``{top_n: N}``: the top N backbone layers *that own weights* train (see
-  ``kerasft backbones --layers NAME`` for that list).
+- ``{top_n: N}``: the top N backbone layers *that will train* train: layers that own weights,
+  minus BatchNorm layers when BN is frozen in the stage and minus layers the features do not use
+  (BERT's ``pooled_dense`` under mean pooling); see ``kerasft backbones --layers NAME``.
 - ``{from_layer: NAME}``: layer NAME and every layer above it train.
 """
 
@@ -31,13 +32,39 @@ def _is_batch_norm(layer: Any) -> bool:
     return isinstance(layer, keras.layers.BatchNormalization)
 
 
+def trains_batch_norm(stage: StageConfig) -> bool:
+    """Whether BatchNormalization layers train in `stage` (``train_bn``)."""
+    return bool(stage.train_bn)
+
+
+def will_train(layer: Any, backbone: Backbone, bn_trains: bool) -> bool:
+    """Whether `layer` trains when a stage unfreezes it: it owns weights, the features use it
+    (not BERT's ``pooled_dense`` under mean pooling) and it is not a frozen BatchNorm."""
+    return (bool(layer.weights) and layer.name not in backbone.unused_layers
+            and (bn_trains or not _is_batch_norm(layer)))
+
+
+def trainable_units(backbone: Backbone, bn_trains: bool) -> list[Any]:
+    """The backbone layers ``top_n`` counts, bottom to top: the ones that will train, so
+    ``top_n: N`` trains N layers (a frozen BatchNorm or an unused layer is never counted)."""
+    return [layer for layer in unfreeze_units(backbone.network)
+            if will_train(layer, backbone, bn_trains)]
+
+
 def apply_trainable(
-    backbone: Backbone, stage: StageConfig, key: str = "trainable"
+    backbone: Backbone, stage: StageConfig, key: str = "trainable",
+    bn_trains: bool | None = None,
 ) -> dict[str, Any]:
-    """Sets ``trainable`` on the backbone's layers for `stage`; returns what was unfrozen."""
+    """Sets ``trainable`` on the backbone's layers for `stage`; returns what was unfrozen.
+
+    `bn_trains` (default: :func:`trains_batch_norm` of `stage`) says whether BatchNormalization
+    layers train in this stage; ``top_n`` counts only layers that will train. A stage that would
+    unfreeze no backbone layer (other than ``head``) is a one-line error naming the stage.
+    """
     kind, arg = parse_trainable(stage.trainable, key)
     network = backbone.network
-    units = unfreeze_units(network)
+    if bn_trains is None:
+        bn_trains = trains_batch_norm(stage)
     if kind == "head":
         network.trainable = False
         return {"trainable": "head", "unfrozen_layers": []}
@@ -46,10 +73,12 @@ def apply_trainable(
     if kind == "all":
         chosen = list(network.layers)
     elif kind == "top_n":
+        units = trainable_units(backbone, bn_trains)
         if arg > len(units):
+            bn = "" if bn_trains else ", BatchNorm frozen"
             raise ConfigError(
-                expected(f"at most {len(units)} (the layers with weights in {backbone.name})",
-                         f"{key}.top_n", arg)
+                expected(f"at most {len(units)} (the layers of {backbone.name} that can train"
+                         f"{bn})", f"{key}.top_n", arg)
             )
         chosen = units[-arg:]
     else:
@@ -67,12 +96,15 @@ def apply_trainable(
         chosen = list(network.layers[names.index(arg):])
     chosen_ids = {id(layer) for layer in chosen}
     for layer in network.layers:
-        layer.trainable = (
-            id(layer) in chosen_ids
-            and layer.name not in backbone.unused_layers
-            and (stage.train_bn or not _is_batch_norm(layer))
-        )
+        layer.trainable = id(layer) in chosen_ids and (
+            not layer.weights or will_train(layer, backbone, bn_trains))
     unfrozen = [layer.name for layer in network.layers if layer.trainable and layer.weights]
+    if not unfrozen:
+        network.trainable = False
+        raise ConfigError(expected(
+            "a stage that unfreezes at least one backbone layer with weights (BatchNorm layers "
+            "train only with train_bn; use trainable: head to train the head alone)", key,
+            stage.trainable, where=f"stage '{stage.name}'"))
     return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
 
 
@@ -173,6 +205,34 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
     if stage.optimizer == "sgd":
         return keras.optimizers.SGD(momentum=stage.momentum, **kwargs)
     return keras.optimizers.Adam(**kwargs)
+
+
+def weight_decay_excluded(model: Any, exclude: list[str]) -> list[Any]:
+    """The variables of `model` that weight decay must leave alone, picked by layer type or by
+    short name (Keras's ``exclude_from_weight_decay(var_names=...)`` matches short names such as
+    ``gamma`` or ``bias`` as regular expressions, never paths, so kerasft passes a ``var_list``).
+
+    Entries of `exclude`: ``bias`` (every variable named ``bias``), ``normalization`` (all weights
+    of LayerNormalization, BatchNormalization, GroupNormalization and RMSNormalization layers:
+    gamma/beta), ``embeddings`` (Embedding layers and variables named ``embeddings``, e.g.
+    KerasHub's position embeddings); anything else is a variable short name (``kernel``).
+    BERT's own recipe excludes ``LayerNorm``, ``layer_norm`` and ``bias``: the default
+    ``[bias, normalization]`` is that, and embeddings keep their decay unless listed.
+    """
+    import keras
+
+    groups = set(exclude)
+    norm_types = tuple(getattr(keras.layers, n) for n in (
+        "LayerNormalization", "BatchNormalization", "GroupNormalization", "RMSNormalization")
+        if hasattr(keras.layers, n))
+    chosen: dict[int, Any] = {}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if ("normalization" in groups and isinstance(layer, norm_types)) or (
+                "embeddings" in groups and isinstance(layer, keras.layers.Embedding)):
+            chosen.update((id(v), v) for v in layer.weights)
+    names = groups - {"normalization"}
+    chosen.update((id(v), v) for v in model.weights if v.name in names)
+    return list(chosen.values())
 
 
 def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:

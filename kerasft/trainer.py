@@ -265,12 +265,16 @@ def _verbose(setting: str) -> int | str:
 def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: int,
                   num_classes: int, replicas: int = 1) -> None:
     """Compiles `model` for `stage` (call inside the strategy scope)."""
-    from kerasft.stages import make_loss, make_metrics, make_optimizer
+    from kerasft.stages import make_loss, make_metrics, make_optimizer, weight_decay_excluded
 
     lr_scale = float(replicas) if cfg.training.lr_scaling == "linear" else 1.0
+    optimizer = make_optimizer(stage, steps_per_epoch, lr_scale,
+                               cfg.training.gradient_accumulation_steps)
+    if stage.weight_decay and stage.weight_decay_exclude:
+        optimizer.exclude_from_weight_decay(
+            var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
     model.compile(
-        optimizer=make_optimizer(stage, steps_per_epoch, lr_scale,
-                                 cfg.training.gradient_accumulation_steps),
+        optimizer=optimizer,
         loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.distributed.pad_to_full_batches).
@@ -303,13 +307,15 @@ def run_stages(
     num_classes: int,
     log: Log = print,
     head: Any = None,
-    cached_features: Callable[[], dict[str, Any]] | None = None,
+    cached_features: Callable[..., dict[str, Any]] | None = None,
     checkpoint: Any = None,
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
     A ``head`` stage trains `head` alone on the backbone features from `cached_features` when
-    given (they are computed once and reused by every head-only epoch and stage); other stages
+    given (computed on first use and reused by every head-only epoch and stage, and computed
+    again, ``cached_features(refresh=True)``, after a stage that trained the backbone: a resumed
+    run, which computes them afresh, then trains on the same features); other stages
     train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
     an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
     `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.resume.
@@ -337,6 +343,7 @@ def run_stages(
         bn_sync = batch_norm_sync_callback()
     epoch = 0
     results = []
+    features_stale = False  # a stage trained the backbone since the features were computed
     ckpt = checkpoint
     if ckpt is not None:  # per-epoch checkpoints; continue where the run state says
         epoch = ckpt.state.epoch
@@ -407,7 +414,8 @@ def run_stages(
         history = None
         if remaining > 0:
             if use_cache:
-                features = cached_features()
+                features = cached_features(refresh=features_stale)
+                features_stale = False
                 fit_data: dict[str, Any] = {
                     "x": _feature_batches(features, cfg, epoch),
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
@@ -452,6 +460,8 @@ def run_stages(
             stopped_early=ran < stage.epochs, final_logs=last_logs,
         )
         results.append(result)
+        if stage.trainable != "head":
+            features_stale = True
         epoch = first + ran
         if ckpt is not None:
             ckpt.commit_stage_end(model, stage=i, result=asdict(result),

@@ -169,12 +169,13 @@ def _check_data(cfg: Config) -> list[str]:
 
 
 def describe_layers(name: str, preset: str | None = None) -> list[str]:
-    """The layers of a backbone as ``top_n`` counts them (top first)."""
-    from kerasft.backbones import unfreeze_units
+    """The layers of a backbone as ``top_n`` counts them (top first) with BatchNorm frozen."""
+    from kerasft.stages import trainable_units
 
     backbone = _build_network(BackboneConfig(name=name, weights="none", preset=preset))
-    units = unfreeze_units(backbone.network)
-    lines = [f"{name}: {len(units)} layers with weights (top_n counts these, top first)"]
+    units = trainable_units(backbone, bn_trains=False)
+    lines = [f"{name}: {len(units)} layers with weights that train with BatchNorm frozen "
+             "(top_n counts these, top first; with train_bn BatchNorm layers count too)"]
     for i, layer in enumerate(reversed(units), start=1):
         lines.append(f"{i:>4}  {layer.name:<40} {layer.count_params():>12,}")
     return lines

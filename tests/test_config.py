@@ -115,3 +115,27 @@ def test_pkg_uri_resolves_inside_package_only():
         resolve_pkg_path("pkg://kerasft/../setup.cfg")
     with pytest.raises(ConfigError, match="an installed Python package named 'no_such_pkg'"):
         resolve_pkg_path("pkg://no_such_pkg/x")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.monitor=val_acc", r"^expected a metric the run logs \(loss, accuracy, val_loss, "
+                                 r"val_accuracy\)\. Received: training.monitor='val_acc' "
+                                 r"Did you mean 'val_accuracy'\?$"),
+    ("stages.1.early_stopping={patience: 2, monitor: val_los}",
+     r"^expected a metric the run logs .*Received: stages\[1\].early_stopping.monitor="
+     r"'val_los' Did you mean 'val_loss'\?$"),
+    ("training.monitor=val_auc", r"Received: training.monitor='val_auc'"),  # softmax: no AUC
+])
+def test_monitor_typos_are_config_errors(tmp_path, override, message):
+    """A monitor the run never logs would silently disable best-weight restore or early
+    stopping: it is refused when the config is loaded."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, BASE), [override])
+
+
+def test_monitor_accepts_what_the_run_logs(tmp_path):
+    for monitor in ("val_loss", "loss", "accuracy", "val_accuracy"):
+        assert load_config(write(tmp_path, BASE), [f"training.monitor={monitor}"])
+    cfg = load_config(write(tmp_path, BASE), ["head.activation=sigmoid",
+                                              "training.monitor=val_auc"])
+    assert cfg.training.monitor == "val_auc"

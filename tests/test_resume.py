@@ -404,3 +404,105 @@ def test_export_killed_midway_leaves_no_servable_version(tmp_path):
                               verify=False, log=lambda s: None)
     assert path == model_dir / "1" and (path / "saved_model.pb").is_file()
     assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == ["1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Head features across stages.
+
+
+def _head_all_head(tmp_path: Path) -> dict:
+    cfg = _config(tmp_path, cache_features="on", restore_best=False)
+    cfg["head"] = {"dropout": 0.0}
+    cfg["stages"] = [
+        {"name": "head1", "trainable": "head", "epochs": 1, "learning_rate": 0.05},
+        {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.05},
+        {"name": "head2", "trainable": "head", "epochs": 2, "learning_rate": 0.05},
+    ]
+    return cfg
+
+
+def test_head_stage_after_fine_tuning_trains_on_the_fine_tuned_features(tmp_path, monkeypatch):
+    """[head, all, head]: the last head stage's cached features are the backbone's after the
+    `all` stage, not the ones computed before fine-tuning."""
+    import keras
+
+    import kerasft.trainer as trainer
+
+    seen = []
+    original = trainer._feature_batches
+
+    def record(features, cfg, start_epoch):
+        seen.append(np.array(features["x"]))
+        return original(features, cfg, start_epoch)
+
+    monkeypatch.setattr(trainer, "_feature_batches", record)
+    ft = _finetuner(_head_all_head(tmp_path))
+    ft.fit(evaluate=False)
+    assert len(seen) == 2
+    # head2 leaves the backbone as `all` left it: its features are today's backbone's
+    extractor = keras.Model(ft.backbone.inputs, ft.backbone.features)
+    np.testing.assert_allclose(seen[1], ft._predict_split(extractor, ft.data.train), atol=1e-6)
+    assert not np.allclose(seen[0], seen[1], atol=1e-4)
+
+
+def test_resumed_head_stage_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    whole = _finetuner(_head_all_head(tmp_path / "a"))
+    whole.fit(evaluate=False)
+    cfg = _head_all_head(tmp_path / "b")
+    _interrupt_at(monkeypatch, "commit@2")  # head2's first epoch done, never committed
+    with pytest.raises(Interrupted):
+        _finetuner(cfg).fit(evaluate=False)
+    monkeypatch.undo()
+    resumed = _finetuner(cfg)
+    resumed.fit(resume=True, evaluate=False)
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer state is restored by path.
+
+
+def _adam_checkpoint(tmp_path: Path, order, rename=None):
+    """A compiled tiny model and a checkpoint of its Adam state saved in `order` (indices into
+    the optimizer's variables) by another process (optimizer named adam_7)."""
+    import keras
+
+    from kerasft.resume import Checkpointer, RunState
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="d")], name="m")
+    model.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    variables = list(model.optimizer.variables)
+    rng = np.random.default_rng(0)
+    values = {v.path.split("/", 1)[1]: (rng.normal(size=v.shape) * 100).astype(v.dtype)
+              for v in variables}
+    paths = ["adam_7/" + variables[i].path.split("/", 1)[1] for i in order]
+    if rename:
+        paths = [p.replace(*rename) for p in paths]
+    arrays = {f"opt_{j}": values[variables[i].path.split("/", 1)[1]]
+              for j, i in enumerate(order)}
+    (tmp_path / "checkpoints").mkdir(parents=True)
+    np.savez(tmp_path / "checkpoints" / "ckpt-000001.state.npz", opt_paths=np.array(paths),
+             **arrays)
+    state = RunState(arrays="ckpt-000001.state.npz", has_optimizer=True)
+    return model, values, Checkpointer(tmp_path, state, log=lambda s: None)
+
+
+def test_resume_restores_optimizer_variables_by_path(tmp_path):
+    # saved with the kernel's momentum and velocity swapped: same shapes, different paths
+    model, values, ckpt = _adam_checkpoint(tmp_path, order=[0, 1, 3, 2, 4, 5])
+    assert ckpt.restore_optimizer(model)
+    for v in model.optimizer.variables:
+        np.testing.assert_array_equal(v.numpy(), values[v.path.split("/", 1)[1]],
+                                      err_msg=v.path)
+
+
+def test_resume_refuses_optimizer_state_of_other_variables(tmp_path):
+    model, _, ckpt = _adam_checkpoint(tmp_path, order=[0, 1, 2, 3, 4, 5],
+                                      rename=("m_d_bias", "m_e_bias"))
+    with pytest.raises(KerasftError, match=r"ckpt-000001.state.npz: expected the optimizer state "
+                                           r"of this stage's 6 variables, matched by path\. "
+                                           r"Received: missing=\['m_d_bias_momentum', "
+                                           r"'m_d_bias_velocity'\], unexpected=\['m_e_bias_"):
+        ckpt.restore_optimizer(model)

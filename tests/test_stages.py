@@ -58,17 +58,56 @@ def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path)
     ft.build(sorted(set(y)))
     network = ft.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
-    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
-    # units are conv1, bn1, conv2, bn2: top_n=1 is bn2, which stays frozen (train_bn false).
-    assert _changed_layers(network, before) == set()
+    summary = ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    # With BN frozen top_n counts conv1 and conv2 only: top_n=1 trains conv2, and bn2's
+    # gamma/beta and moving statistics stay untouched.
+    assert _changed_layers(network, before) == {"conv2"}
+    assert summary["stages"][0]["unfrozen_layers"] == 1
     ft2 = _finetuner([{"name": "top", "trainable": {"top_n": 2}, "epochs": 2,
                        "learning_rate": 0.05}])
     ft2.build(sorted(set(y)))
     network = ft2.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
     ft2.fit(x, y, output_dir=tmp_path, evaluate=False)
-    # bn2's gamma/beta and moving statistics untouched
-    assert _changed_layers(network, before) == {"conv2"}
+    assert _changed_layers(network, before) == {"conv1", "conv2"}
+
+
+def test_top_n_counts_batch_norm_only_when_it_trains(image_arrays):
+    from kerasft.stages import trainable_units
+
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    assert [u.name for u in trainable_units(ft.backbone, bn_trains=False)] == ["conv1", "conv2"]
+    assert [u.name for u in trainable_units(ft.backbone, bn_trains=True)] == [
+        "conv1", "bn1", "conv2", "bn2"]
+    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}, train_bn=True))
+    assert info["unfrozen_layers"] == ["bn2"]
+    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}), bn_trains=False)
+    assert info["unfrozen_layers"] == ["conv2"]
+
+
+def test_stage_that_unfreezes_nothing_is_an_error_naming_it(image_arrays):
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    with pytest.raises(ConfigError, match=r"^stage 'bn_only': expected a stage that unfreezes at "
+                                          r"least one backbone layer.*Received: "
+                                          r"stages\[1\].trainable=\{'from_layer': 'bn2'\}$"):
+        apply_trainable(ft.backbone, StageConfig(name="bn_only", trainable={"from_layer": "bn2"}),
+                        key="stages[1].trainable")
+    assert not ft.backbone.network.trainable
+
+
+def test_bert_top_n_skips_unused_pooled_dense(tmp_path):
+    from kerasft.backbones import build_backbone
+    from kerasft.config import BackboneConfig
+    from tests.bert_fixtures import write_tiny_hf_bert_dir
+
+    hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True)
+    backbone = build_backbone(BackboneConfig(name="bert", preset=hf))  # mean pooling
+    assert backbone.unused_layers == ["pooled_dense"]
+    info = apply_trainable(backbone, StageConfig(trainable={"top_n": 1}))
+    assert len(info["unfrozen_layers"]) == 1 and info["unfrozen_layers"] != ["pooled_dense"]
+    assert not backbone.network.get_layer("pooled_dense").trainable
 
 
 def test_train_bn_unfreezes_gamma_beta_but_not_statistics(image_arrays, tmp_path):
@@ -109,8 +148,8 @@ def test_stage_change_recompiles_and_epochs_continue(image_arrays, tmp_path):
 def test_top_n_larger_than_backbone_and_unknown_layer(image_arrays):
     ft = _finetuner([{"name": "a", "trainable": "head"}])
     ft.build(["a", "b"])
-    with pytest.raises(ConfigError, match=r"at most 4 \(the layers with weights in tiny_cnn\)"
-                                          r".*top_n=9"):
+    with pytest.raises(ConfigError, match=r"at most 2 \(the layers of tiny_cnn that can train, "
+                                          r"BatchNorm frozen\).*top_n=9"):
         apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 9}))
     with pytest.raises(ConfigError, match=r"from_layer=.conv3. Close matches: conv2, conv1"):
         apply_trainable(ft.backbone, StageConfig(trainable={"from_layer": "conv3"}))
@@ -127,11 +166,14 @@ def test_resnet50_top_n_counts_layers_with_weights():
     ft.build(["a", "b"])
     units = unfreeze_units(ft.backbone.network)
     info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 3}))
-    # The top three units of ResNet50 are conv5_block3_3_conv, conv5_block3_3_bn and ...
-    expected = [u.name for u in units[-3:] if "bn" not in u.name]
+    # top_n=3 trains three conv layers: the BN layers between them are not counted
+    expected = [u.name for u in units if "bn" not in u.name][-3:]
     assert info["unfrozen_layers"] == expected
-    frozen_bn = [u for u in units[-3:] if "bn" in u.name]
+    assert all(name.endswith("_conv") for name in expected)
+    frozen_bn = [u for u in units[-6:] if "bn" in u.name]
     assert frozen_bn and all(not layer.trainable for layer in frozen_bn)
+    assert apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 1}))[
+        "unfrozen_layers"] == ["conv5_block3_3_conv"]
 
 
 def test_schedules_warm_up_and_decay():
@@ -160,3 +202,66 @@ def test_config_stage_validation_combinations():
         load_config({"stages": [{"name": "a", "warmup_steps": 2, "warmup_ratio": 0.1}]})
     with pytest.raises(ConfigError, match=r"unique stage names.*stages\[1\].name='a'"):
         load_config({"stages": [{"name": "a"}, {"name": "a"}]})
+
+
+def _decay_only(ft, stage_dict, steps=3):
+    """Compiles ft.model for the stage as fit does, then applies `steps` zero gradients: only
+    weight decay can move a variable. Returns {path: (before, after)} of trainable variables."""
+    from kerasft.trainer import compile_stage
+
+    stage = load_config({"stages": [stage_dict]}).stages[0]
+    apply_trainable(ft.backbone, stage)
+    compile_stage(ft.model, stage, ft.config, steps_per_epoch=10, num_classes=2)
+    variables = ft.model.trainable_variables
+    before = {v.path: np.array(v.numpy()) for v in variables}
+    for _ in range(steps):
+        ft.model.optimizer.apply([np.zeros(v.shape, "float32") for v in variables], variables)
+    return {v.path: (before[v.path], v.numpy()) for v in variables}
+
+
+def _moved(pair):
+    return not np.array_equal(*pair)
+
+
+def test_adamw_leaves_biases_and_batch_norm_scales_alone(image_arrays):
+    ft = _finetuner([{"name": "a", "trainable": "head"}])
+    ft.build(["a", "b"])
+    moved = _decay_only(ft, {"name": "all", "trainable": "all", "train_bn": True,
+                             "optimizer": "adamw", "weight_decay": 0.5, "learning_rate": 0.1})
+    for path, pair in moved.items():
+        if path.endswith(("/bias", "/gamma", "/beta")):
+            assert not _moved(pair), path  # no gradient, excluded: must not move
+        elif path.endswith("/kernel"):
+            np.testing.assert_allclose(pair[1], pair[0] * (1 - 0.05) ** 3, rtol=1e-5,
+                                       err_msg=path)
+    assert any(p.endswith("bn2/gamma") for p in moved)  # BN did train in this stage
+    # An empty list decays every variable, as Keras's AdamW alone does.
+    ft.model.optimizer = None
+    moved = _decay_only(ft, {"name": "all", "trainable": "all", "train_bn": True,
+                             "optimizer": "adamw", "weight_decay": 0.5, "learning_rate": 0.1,
+                             "weight_decay_exclude": []})
+    assert _moved(next(pair for p, pair in moved.items() if p.endswith("bn2/gamma")))
+
+
+def test_adamw_leaves_bert_layer_norms_and_biases_alone_and_embeddings_configurable(tmp_path):
+    from kerasft.api import build_finetuner
+    from tests.bert_fixtures import write_tiny_bert_preset
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    stage = {"name": "all", "trainable": "all", "optimizer": "adamw", "weight_decay": 0.5,
+             "learning_rate": 0.1}
+    for exclude, embeddings_move in ((None, True), (["bias", "normalization", "embeddings"],
+                                                    False)):
+        ft = build_finetuner({"backbone": {"name": "bert", "preset": preset,
+                                           "sequence_length": 16},
+                              "training": {"strategy": "default"}}, log=lambda s: None)
+        ft.build(["a", "b"])
+        moved = _decay_only(ft, {**stage, **({"weight_decay_exclude": exclude}
+                                             if exclude else {})})
+        norms = {p: v for p, v in moved.items() if "norm" in p}
+        biases = {p: v for p, v in moved.items() if p.endswith("/bias")}
+        embeddings = {p: v for p, v in moved.items() if p.endswith("/embeddings")}
+        assert norms and biases and embeddings
+        assert not any(_moved(v) for v in {**norms, **biases}.values())
+        assert all(_moved(v) == embeddings_move for v in embeddings.values()), exclude
+        assert any(_moved(v) for p, v in moved.items() if p.endswith("/kernel"))
