@@ -162,6 +162,7 @@ class FineTuner:
             class_names=self.class_names, validation_split=split if x_val is None else None,
             test_split=self.config.data.test_split if x_test is None else None,
             seed=self.config.seed, multi_label=self.multi_label,
+            label_separator=self.config.data.label_separator,
         )
 
     def _trims(self) -> bool:

@@ -182,6 +182,7 @@ def from_arrays(
     test_split: float | None = None,
     seed: int = 0,
     multi_label: bool = False,
+    label_separator: str = "|",
 ) -> DataSplits:
     """Builds splits from in-memory arrays.
 
@@ -190,7 +191,8 @@ def from_arrays(
     labels as strings or ints (ints are class ids 0..K-1: they index `class_names` when it is
     given, else the class names are ``"0".."K-1"`` and every id must occur in `y_train`; other
     integers are refused, see :func:`integer_class_names`), or ``[n, C]`` one-hot /
-    multi-hot rows; with `multi_label` a label may also be a list of labels or a ``"a|b"`` string.
+    multi-hot rows; with `multi_label` a label may also be a list of labels or a string of labels
+    joined by `label_separator` (``"a|b"``, ``data.label_separator``, as in CSV files).
     Without `x_val`, a stratified `validation_split` (default 0.1; 0 for none) of the training
     arrays becomes the validation split; `test_split` does the same for the test split. Texts that
     are empty and labels that are missing are skipped and counted in the report.
@@ -224,7 +226,8 @@ def from_arrays(
     for name, (x, y) in given.items():
         if x is None:
             continue
-        part_task, parts[name] = _array_part(name, x, y, names, multi_label, report)
+        part_task, parts[name] = _array_part(name, x, y, names, multi_label, report,
+                                             label_separator)
         if task is not None and part_task != task:
             raise DataError(expected(f"{task} examples like x_train", f"{name} task", part_task,
                                      where="from_arrays"))
@@ -1385,7 +1388,7 @@ def _tf_part_builder(
 
 
 def _array_part(name: str, x: Any, y: Any, class_names: list[str] | None, multi_label: bool,
-                report: dict[str, Any]) -> tuple[str, _Part]:
+                report: dict[str, Any], label_separator: str = "|") -> tuple[str, _Part]:
     where = f"from_arrays {name}"
     if isinstance(y, np.ndarray):
         y_arr = y
@@ -1401,7 +1404,7 @@ def _array_part(name: str, x: Any, y: Any, class_names: list[str] | None, multi_
     if len(y_arr) != n:
         raise DataError(expected(f"as many labels as examples ({n})", f"len(y_{name})",
                                  len(y_arr), where="from_arrays"))
-    raw = _raw_labels(y_arr, class_names, multi_label, where)
+    raw = _raw_labels(y_arr, class_names, multi_label, where, label_separator)
     skipped: dict[str, dict[str, Any]] = {}
     if x.dtype.kind in "USO":
         texts = [t.decode("utf-8") if isinstance(t, bytes) else t for t in x]
@@ -1452,7 +1455,7 @@ def _is_rectangular(y: Any) -> bool:
 
 
 def _raw_labels(y: np.ndarray, class_names: list[str] | None, multi_label: bool,
-                where: str) -> list[Any]:
+                where: str, separator: str = "|") -> list[Any]:
     """Label strings (tuples of them when multi-label); '' / () for a missing label."""
     def name_of(value: Any) -> str:
         if isinstance(value, bytes):
@@ -1491,7 +1494,7 @@ def _raw_labels(y: np.ndarray, class_names: list[str] | None, multi_label: bool,
     out = []
     for value in y:
         if isinstance(value, str):
-            items = value.split("|")
+            items = value.split(separator)
         elif isinstance(value, (list, tuple, set, np.ndarray)):
             items = list(value)
         else:

@@ -170,8 +170,8 @@ def test_check_refuses_a_warmup_record_the_graph_cannot_run(image_ft, tmp_path, 
 
 
 def test_multi_label_export_answers_label_sets(tmp_path):
-    """class_ids multi-hot, labels joined by data.label_separator (default "|"), the same
-    `> threshold` as evaluate; an empty string when no label passes."""
+    """class_ids multi-hot, labels joined by data.label_separator (array labels are split by
+    it too), the same `> threshold` as evaluate; an empty string when no label passes."""
     from kerasft.api import build_finetuner
 
     rng = np.random.default_rng(0)
@@ -182,11 +182,11 @@ def test_multi_label_export_answers_label_sets(tmp_path):
         for c, name in enumerate(["red", "green", "blue"]):
             if name in tags:
                 x[i, :, :, c] += 180
-        y.append("|".join(tags) if tags else "red")
+        y.append(";".join(tags) if tags else "red")
     ft = build_finetuner({
         "name": "tags", "backbone": {"name": "tiny_cnn", "weights": "none"},
         "head": {"activation": "sigmoid", "threshold": 0.4},
-        "data": {"source": "arrays", "batch_size": 16},
+        "data": {"source": "arrays", "batch_size": 16, "label_separator": ";"},
         "training": QUIET,
         "stages": [{"name": "all", "trainable": "all", "epochs": 6, "learning_rate": 0.02}],
         "export": {"dir": str(tmp_path / "saved_models")},
@@ -199,10 +199,11 @@ def test_multi_label_export_answers_label_sets(tmp_path):
         out = served.run("serving_default", image=x[:12])
     np.testing.assert_allclose(out["probabilities"], probabilities, atol=1e-5)
     chosen = probabilities > 0.4
+    assert ft.class_names == ["blue", "green", "red"]  # ";" split the array labels
     assert out["class_ids"].dtype == np.int64 and out["class_ids"].shape == (12, 3)
     np.testing.assert_array_equal(out["class_ids"], chosen.astype(np.int64))
     assert [s.decode() for s in out["labels"]] == [
-        "|".join(n for n, c in zip(ft.class_names, row) if c) for row in chosen]
+        ";".join(n for n, c in zip(ft.class_names, row) if c) for row in chosen]
     report = ft.evaluate(x[:12], np.array([[int(v) for v in row] for row in chosen]))
     assert report["accuracy"] == 1.0  # evaluate thresholds exactly like the export
 
