@@ -215,8 +215,14 @@ def minilm_rows(args: argparse.Namespace, output_dir: str, which: set[str]) -> l
     if "minilm_full" in which:
         stage = {"name": "finetune", "trainable": "all", "epochs": 1, "optimizer": "adamw",
                  "learning_rate": 5e-5, "weight_decay": 0.01}
-        jobs = {"hand": hand(full_n, True, lambda: keras.optimizers.AdamW(5e-5,
-                                                                           weight_decay=0.01), 1)}
+        def adamw() -> Any:
+            # kerasft's default weight_decay_exclude (biases, normalisation gamma/beta): the same
+            # variables, named as a hand-written program names them.
+            opt = keras.optimizers.AdamW(5e-5, weight_decay=0.01)
+            opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+            return opt
+
+        jobs = {"hand": hand(full_n, True, adamw, 1)}
         for defaults in (False, True):
             ft = kerasft_tuner(bert, stage, batch, output_dir, defaults=defaults,
                                class_names=class_names)
