@@ -1,15 +1,24 @@
 """Step 5 of a run: stages, each a small freeze/unfreeze template plus its optimizer.
 
-A stage says which backbone weights train (``trainable``), for how many epochs, and with which
-optimizer, learning rate and schedule. Like Lightning's ``BaseFinetuning``, BatchNormalization
-layers stay frozen when a stage unfreezes the backbone unless the stage sets ``train_bn: true``;
-image backbones are also *called* with ``training=False``, so BN always normalises with its
-moving statistics and never updates them. A stage always recompiles the model: Keras only picks
-up a change of ``trainable`` at compile time.
+A stage says which backbone weights train (``trainable``), how its BatchNormalization layers
+behave (``batch_norm``), for how many epochs, and with which optimizer, learning rate and
+schedule. A stage always recompiles the model: Keras only picks up a change of ``trainable``
+(and of the backbone's call mode) at compile time.
+
+``batch_norm`` values (``train_bn: true`` / ``false`` is the older spelling of train / frozen):
+- ``frozen``: BN layers do not train and the backbone is called in inference mode, so BN
+  normalises with its moving statistics and never updates them (Keras's transfer-learning
+  guide). Default over pretrained weights and for ``head`` stages.
+- ``train``: the BN layers among the layers the stage unfreezes train (gamma/beta), and during
+  ``fit`` the backbone runs in training mode: those layers normalise with batch statistics and
+  update their moving averages, as a plain Keras ``model.fit`` does. Evaluation, prediction and
+  the export still run in inference mode (moving statistics). Default for ``weights: none``.
+  BN layers outside the unfrozen ones stay in inference mode (Keras 3 runs a BN layer with
+  ``trainable = False`` in inference mode whatever ``training`` says).
 
 ``trainable`` values:
 - ``head``: the backbone is frozen; only the head trains.
-- ``all``: every backbone layer trains (BN only with ``train_bn``).
+- ``all``: every backbone layer trains (BN layers only with ``batch_norm: train``).
 - ``{top_n: N}``: the top N backbone layers *that own weights* train (see
   ``kerasft backbones --layers NAME`` for that list).
 - ``{from_layer: NAME}``: layer NAME and every layer above it train.
@@ -20,8 +29,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kerasft.backbones import Backbone, unfreeze_units
-from kerasft.config import ConfigError, StageConfig, parse_trainable
+from kerasft.backbones import Backbone, set_batch_statistics, unfreeze_units
+from kerasft.config import ConfigError, StageConfig, parse_trainable, resolve_batch_norm
 from kerasft.errors import expected
 
 
@@ -34,13 +43,16 @@ def _is_batch_norm(layer: Any) -> bool:
 def apply_trainable(
     backbone: Backbone, stage: StageConfig, key: str = "trainable"
 ) -> dict[str, Any]:
-    """Sets ``trainable`` on the backbone's layers for `stage`; returns what was unfrozen."""
+    """Sets ``trainable`` on the backbone's layers and the backbone's call mode for `stage`;
+    returns what was unfrozen and the BatchNorm mode."""
     kind, arg = parse_trainable(stage.trainable, key)
+    batch_norm = batch_norm_mode(backbone, stage, key)
+    set_batch_statistics(backbone, batch_norm == "train")
     network = backbone.network
     units = unfreeze_units(network)
     if kind == "head":
         network.trainable = False
-        return {"trainable": "head", "unfrozen_layers": []}
+        return {"trainable": "head", "unfrozen_layers": [], "batch_norm": batch_norm}
 
     network.trainable = True
     if kind == "all":
@@ -70,18 +82,28 @@ def apply_trainable(
         layer.trainable = (
             id(layer) in chosen_ids
             and layer.name not in backbone.unused_layers
-            and (stage.train_bn or not _is_batch_norm(layer))
+            and (batch_norm == "train" or not _is_batch_norm(layer))
         )
     unfrozen = [layer.name for layer in network.layers if layer.trainable and layer.weights]
-    return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
+    return {"trainable": stage.trainable, "unfrozen_layers": unfrozen, "batch_norm": batch_norm}
+
+
+def batch_norm_mode(backbone: Backbone, stage: StageConfig, key: str = "trainable") -> str:
+    """`stage`'s BatchNorm mode, ``frozen`` or ``train`` (resolved by config validation; a
+    StageConfig built in code resolves here from the backbone's weights)."""
+    if stage.batch_norm is not None and stage.train_bn is None:
+        return stage.batch_norm
+    prefix = key.removesuffix(".trainable") if key != "trainable" else "stage"
+    return resolve_batch_norm(stage, str(backbone.info.get("weights", "imagenet")), prefix)
 
 
 def check_stages(backbone: Backbone, cfg: Any) -> None:
     """Checks every stage's ``trainable`` against `backbone` (``top_n`` in range, ``from_layer``
-    found) before training starts; leaves the backbone frozen."""
+    found) before training starts; leaves the backbone frozen, in inference mode."""
     for i, stage in enumerate(cfg.stages):
         apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
     backbone.network.trainable = False
+    set_batch_statistics(backbone, False)
 
 
 def count_params(weights: list[Any]) -> int:
