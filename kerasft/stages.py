@@ -8,11 +8,14 @@ schedule. A stage always recompiles the model: Keras only picks up a change of `
 ``batch_norm`` values (``train_bn: true`` / ``false`` is the older spelling of train / frozen):
 - ``frozen``: BN layers do not train and the backbone is called in inference mode, so BN
   normalises with its moving statistics and never updates them (Keras's transfer-learning
-  guide). Default over pretrained weights and for ``head`` stages.
+  guide). The default, over pretrained and random weights alike (docs/BENCHMARKS.md, "BatchNorm
+  from random weights"); ``head`` stages are always frozen.
 - ``train``: the BN layers among the layers the stage unfreezes train (gamma/beta), and during
   ``fit`` the backbone runs in training mode: those layers normalise with batch statistics and
-  update their moving averages, as a plain Keras ``model.fit`` does. Evaluation, prediction and
-  the export still run in inference mode (moving statistics). Default for ``weights: none``.
+  update their moving averages, and the backbone's own dropout (EfficientNet's) is active, as in
+  a plain Keras ``model.fit``. Evaluation, prediction and the export still run in inference mode
+  (moving statistics), which with a BN momentum of 0.99-0.999 take many steps to catch up with
+  the batch statistics the weights were trained with.
   BN layers outside the unfrozen ones stay in inference mode (Keras 3 runs a BN layer with
   ``trainable = False`` in inference mode whatever ``training`` says).
 

@@ -54,15 +54,15 @@ def test_head_stage_keeps_backbone_bit_identical(image_arrays, tmp_path, cache_f
 def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path):
     x, y = image_arrays
     ft = _finetuner([{"name": "top", "trainable": {"top_n": 1}, "epochs": 2,
-                      "learning_rate": 0.05, "batch_norm": "frozen"}])
+                      "learning_rate": 0.05}])
     ft.build(sorted(set(y)))
     network = ft.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
     ft.fit(x, y, output_dir=tmp_path, evaluate=False)
-    # units are conv1, bn1, conv2, bn2: top_n=1 is bn2, which stays frozen (batch_norm frozen).
+    # units are conv1, bn1, conv2, bn2: top_n=1 is bn2, which stays frozen (train_bn false).
     assert _changed_layers(network, before) == set()
     ft2 = _finetuner([{"name": "top", "trainable": {"top_n": 2}, "epochs": 2,
-                       "learning_rate": 0.05, "batch_norm": "frozen"}])
+                       "learning_rate": 0.05}])
     ft2.build(sorted(set(y)))
     network = ft2.backbone.network
     before = {layer.name: _snapshot([layer]) for layer in network.layers}
@@ -242,7 +242,7 @@ def test_batch_norm_key_alias_defaults_and_errors():
     assert stages(train_bn=False).batch_norm == "frozen"
     assert stages(weights="imagenet", train_bn=True).batch_norm == "train"
     assert stages(weights="imagenet").batch_norm == "frozen"  # pretrained: keep the statistics
-    assert stages().batch_norm == "train"  # random weights: docs/BENCHMARKS.md
+    assert stages().batch_norm == "frozen"  # random weights too: docs/BENCHMARKS.md
     assert stages(trainable="head").batch_norm == "frozen"
     assert stages(trainable="head", train_bn=True).batch_norm == "frozen"  # never trained BN
     assert stages(trainable={"top_n": 1}, batch_norm="frozen").batch_norm == "frozen"
@@ -321,7 +321,7 @@ def test_resnet50_top_n_counts_layers_with_weights():
                           "training": {"strategy": "default"}}, log=lambda s: None)
     ft.build(["a", "b"])
     units = unfreeze_units(ft.backbone.network)
-    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 3}, batch_norm="frozen"))
+    info = apply_trainable(ft.backbone, StageConfig(trainable={"top_n": 3}))
     # The top three units of ResNet50 are conv5_block3_3_conv, conv5_block3_3_bn and ...
     expected = [u.name for u in units[-3:] if "bn" not in u.name]
     assert info["unfrozen_layers"] == expected
