@@ -113,8 +113,8 @@ class StageConfig:
     label_smoothing: float = 0.0
     clipnorm: float | None = None
     momentum: float = 0.9
-    # None = the default for the backbone's weights (see default_batch_norm); validate() writes
-    # the resolved mode here, so a run's config.yaml says which one ran.
+    # None = default_batch_norm(); validate() writes the resolved mode here, so a run's
+    # config.yaml says which one ran.
     batch_norm: str | None = None
     train_bn: bool | None = None  # alias of batch_norm (true = train, false = frozen)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)

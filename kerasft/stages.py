@@ -92,10 +92,8 @@ def apply_trainable(
 
 
 def batch_norm_mode(backbone: Backbone, stage: StageConfig, key: str = "trainable") -> str:
-    """`stage`'s BatchNorm mode, ``frozen`` or ``train`` (resolved by config validation; a
-    StageConfig built in code resolves here from the backbone's weights)."""
-    if stage.batch_norm is not None and stage.train_bn is None:
-        return stage.batch_norm
+    """`stage`'s BatchNorm mode, ``frozen`` or ``train``: resolved by config validation, and
+    checked (or, for a StageConfig built in code, resolved) again here."""
     prefix = key.removesuffix(".trainable") if key != "trainable" else "stage"
     return resolve_batch_norm(stage, str(backbone.info.get("weights", "imagenet")), prefix)
 
