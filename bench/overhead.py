@@ -272,7 +272,8 @@ def resnet_rows(args: argparse.Namespace, output_dir: str, which: set[str]) -> l
         rows.append(Row("resnet50_frozen", f"ResNet50 224x224 frozen, batch {batch}, "
                         f"{frozen_n} images x 2 epochs", batch, jobs))
     if "resnet50_unfrozen" in which:
-        stage = {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4}
+        stage = {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-4,
+                 "batch_norm": "frozen"}  # as the hand-written side (set_trainable)
         ft = kerasft_tuner(backbone, stage, batch, output_dir, defaults=False,
                            class_names=class_names)
         jobs = {"hand": hand(unfrozen_n, True, 1e-4, 1),
@@ -339,7 +340,8 @@ def tiny_rows(args: argparse.Namespace, output_dir: str, which: set[str]) -> lis
         model.compile(optimizer=keras.optimizers.Adam(1e-3),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
-    stage = {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-3}
+    stage = {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-3,
+             "batch_norm": "frozen"}  # the hand-written model calls it in inference mode
     ft = kerasft_tuner({"name": "bench_cnn", "weights": "none"}, stage, batch, output_dir,
                        defaults=False, class_names=class_names)
     jobs = {"hand": hand_job(model, compile_fn, batch, 1, lambda: {

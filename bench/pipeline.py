@@ -209,7 +209,7 @@ def main() -> None:
                                     {"source": "image_folder", "train": str(folder),
                                      "max_examples": int(1600 * scale)},
                                     {"name": "all", "trainable": "all", "epochs": 2,
-                                     "learning_rate": 1e-4}, 32)), 2),
+                                     "learning_rate": 1e-4, "batch_norm": "frozen"}, 32)), 2),
             "image_resnet50": ("JPEG folder (96x96) -> ResNet50 224x224 frozen, batch 16",
                                lambda: tuner(base_config(
                                    tmp, {"name": "resnet50", "weights": "none",

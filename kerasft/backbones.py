@@ -70,6 +70,17 @@ class Backbone:
     preprocessor: Any = None
     unused_layers: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    _mode_layers: list[Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def mode_layers(self) -> list[Any]:
+        """The layers that decide the network's call mode (``InferenceModeCall``); found from
+        the graph, so a registered builder only has to use :func:`call_in_inference_mode`."""
+        if self._mode_layers is None:
+            import keras
+
+            self._mode_layers = mode_layers(keras.Model(self.inputs, self.features))
+        return self._mode_layers
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -368,27 +379,35 @@ def _inference_mode_class() -> type:
 
     @keras.saving.register_keras_serializable(package="kerasft")
     class InferenceModeCall(keras.layers.Layer):
-        """Calls the wrapped network with ``training=False`` whatever the outer call says.
+        """Calls the wrapped network in inference mode, unless a stage asks for batch statistics.
 
         Keras 3 functional models replace an explicit ``training=False`` of a nested call with
         the outer ``training`` value, so ``network(x, training=False)`` alone does not keep
-        BatchNormalization in inference mode during ``fit``. This layer does.
+        BatchNormalization in inference mode during ``fit``. This layer does while
+        ``batch_statistics`` is False (``batch_norm: frozen``). With ``batch_statistics`` True
+        (``batch_norm: train``) it passes the outer ``training`` on: ``fit`` runs the network in
+        training mode (trainable BN layers normalise with batch moments and update their moving
+        statistics), while ``evaluate``, ``predict`` and the export, which call with
+        ``training=False``, still run it in inference mode. The flag is read when Keras traces
+        the train function, so it takes effect at the next ``compile`` (every stage compiles).
         """
 
-        def __init__(self, network: Any, **kwargs: Any) -> None:
+        def __init__(self, network: Any, batch_statistics: bool = False, **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.network = network
+            self.batch_statistics = bool(batch_statistics)
 
-        def call(self, inputs: Any) -> Any:
-            return self.network(inputs, training=False)
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            return self.network(inputs, training=bool(training) and self.batch_statistics)
 
-        def compute_output_spec(self, inputs: Any) -> Any:
+        def compute_output_spec(self, inputs: Any, training: bool | None = None) -> Any:
             return self.network.compute_output_spec(inputs)
 
         def get_config(self) -> dict[str, Any]:
             # The wrapped network is the constructor argument (TensorBoard's graph, model JSON).
             return {**super().get_config(),
-                    "network": keras.saving.serialize_keras_object(self.network)}
+                    "network": keras.saving.serialize_keras_object(self.network),
+                    "batch_statistics": self.batch_statistics}
 
         @classmethod
         def from_config(cls, config: dict[str, Any]) -> Any:
@@ -400,9 +419,24 @@ def _inference_mode_class() -> type:
 
 
 def call_in_inference_mode(network: Any, inputs: Any) -> Any:
-    """``network(inputs)`` with BatchNormalization (and dropout) always in inference mode, as in
-    Keras's transfer-learning guide: moving statistics are never updated by fine-tuning."""
+    """``network(inputs)`` with BatchNormalization (and dropout) in inference mode, as in Keras's
+    transfer-learning guide: moving statistics are never updated by fine-tuning. A stage with
+    ``batch_norm: train`` switches the wrapping layer (see :func:`set_batch_statistics`)."""
     return _inference_mode_class()(network, name=f"{network.name}_inference")(inputs)
+
+
+def mode_layers(model: Any) -> list[Any]:
+    """The InferenceModeCall layers among `model`'s own layers (one per image backbone; none
+    for BERT, whose network is called directly)."""
+    cls = _inference_mode_class()
+    return [layer for layer in model.layers if isinstance(layer, cls)]
+
+
+def set_batch_statistics(backbone: Backbone, enabled: bool) -> None:
+    """Runs `backbone`'s network in training mode during ``fit`` (`enabled`) or always in
+    inference mode; takes effect at the next ``compile``."""
+    for layer in backbone.mode_layers:
+        layer.batch_statistics = enabled
 
 
 @functools.lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from kerasft.config import Config, save_config
+from kerasft.config import Config, save_config, upgrade_saved_config
 from kerasft.errors import KerasftError, expected
 
 Log = Callable[[str], None]
@@ -313,7 +313,7 @@ class Checkpointer:
         except (OSError, yaml.YAMLError) as e:
             raise KerasftError(f"{config_path}: expected the run's resolved config. Received: "
                                f"error={str(e).splitlines()[0]!r}") from None
-        diffs = config_differences(saved, cfg.to_dict())
+        diffs = config_differences(upgrade_saved_config(saved), cfg.to_dict())
         if diffs and not force:
             shown = "; ".join(diffs[:_MAX_SHOWN])
             more = f" (and {len(diffs) - _MAX_SHOWN} more)" if len(diffs) > _MAX_SHOWN else ""

@@ -1,15 +1,27 @@
 """Step 5 of a run: stages, each a small freeze/unfreeze template plus its optimizer.
 
-A stage says which backbone weights train (``trainable``), for how many epochs, and with which
-optimizer, learning rate and schedule. Like Lightning's ``BaseFinetuning``, BatchNormalization
-layers stay frozen when a stage unfreezes the backbone unless the stage sets ``train_bn: true``;
-image backbones are also *called* with ``training=False``, so BN always normalises with its
-moving statistics and never updates them. A stage always recompiles the model: Keras only picks
-up a change of ``trainable`` at compile time.
+A stage says which backbone weights train (``trainable``), how its BatchNormalization layers
+behave (``batch_norm``), for how many epochs, and with which optimizer, learning rate and
+schedule. A stage always recompiles the model: Keras only picks up a change of ``trainable``
+(and of the backbone's call mode) at compile time.
+
+``batch_norm`` values (``train_bn: true`` / ``false`` is the older spelling of train / frozen):
+- ``frozen``: BN layers do not train and the backbone is called in inference mode, so BN
+  normalises with its moving statistics and never updates them (Keras's transfer-learning
+  guide). The default, over pretrained and random weights alike (docs/BENCHMARKS.md, "BatchNorm
+  from random weights"); ``head`` stages are always frozen.
+- ``train``: the BN layers among the layers the stage unfreezes train (gamma/beta), and during
+  ``fit`` the backbone runs in training mode: those layers normalise with batch statistics and
+  update their moving averages, and the backbone's own dropout (EfficientNet's) is active, as in
+  a plain Keras ``model.fit``. Evaluation, prediction and the export still run in inference mode
+  (moving statistics), which with a BN momentum of 0.99-0.999 take many steps to catch up with
+  the batch statistics the weights were trained with.
+  BN layers outside the unfrozen ones stay in inference mode (Keras 3 runs a BN layer with
+  ``trainable = False`` in inference mode whatever ``training`` says).
 
 ``trainable`` values:
 - ``head``: the backbone is frozen; only the head trains.
-- ``all``: every backbone layer trains (BN only with ``train_bn``).
+- ``all``: every backbone layer trains (BN layers only with ``batch_norm: train``).
 - ``{top_n: N}``: the top N backbone layers *that will train* train: layers that own weights,
   minus BatchNorm layers when BN is frozen in the stage and minus layers the features do not use
   (BERT's ``pooled_dense`` under mean pooling); see ``kerasft backbones --layers NAME``.
@@ -21,8 +33,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kerasft.backbones import Backbone, unfreeze_units
-from kerasft.config import ConfigError, StageConfig, parse_trainable
+from kerasft.backbones import Backbone, set_batch_statistics, unfreeze_units
+from kerasft.config import ConfigError, StageConfig, parse_trainable, resolve_batch_norm
 from kerasft.errors import expected
 
 
@@ -30,11 +42,6 @@ def _is_batch_norm(layer: Any) -> bool:
     import keras
 
     return isinstance(layer, keras.layers.BatchNormalization)
-
-
-def trains_batch_norm(stage: StageConfig) -> bool:
-    """Whether BatchNormalization layers train in `stage` (``train_bn``)."""
-    return bool(stage.train_bn)
 
 
 def will_train(layer: Any, backbone: Backbone, bn_trains: bool) -> bool:
@@ -55,19 +62,23 @@ def apply_trainable(
     backbone: Backbone, stage: StageConfig, key: str = "trainable",
     bn_trains: bool | None = None,
 ) -> dict[str, Any]:
-    """Sets ``trainable`` on the backbone's layers for `stage`; returns what was unfrozen.
+    """Sets ``trainable`` on the backbone's layers and the backbone's call mode for `stage`;
+    returns what was unfrozen and the BatchNorm mode.
 
-    `bn_trains` (default: :func:`trains_batch_norm` of `stage`) says whether BatchNormalization
-    layers train in this stage; ``top_n`` counts only layers that will train. A stage that would
-    unfreeze no backbone layer (other than ``head``) is a one-line error naming the stage.
+    `bn_trains` (default: whether the stage's ``batch_norm`` is ``train``) says whether
+    BatchNormalization layers train in this stage; ``top_n`` counts only layers that will train.
+    A stage that would unfreeze no backbone layer (other than ``head``) is a one-line error
+    naming the stage.
     """
     kind, arg = parse_trainable(stage.trainable, key)
+    batch_norm = batch_norm_mode(backbone, stage, key)
+    set_batch_statistics(backbone, batch_norm == "train")
     network = backbone.network
     if bn_trains is None:
-        bn_trains = trains_batch_norm(stage)
+        bn_trains = batch_norm == "train"
     if kind == "head":
         network.trainable = False
-        return {"trainable": "head", "unfrozen_layers": []}
+        return {"trainable": "head", "unfrozen_layers": [], "batch_norm": batch_norm}
 
     network.trainable = True
     if kind == "all":
@@ -103,17 +114,25 @@ def apply_trainable(
         network.trainable = False
         raise ConfigError(expected(
             "a stage that unfreezes at least one backbone layer with weights (BatchNorm layers "
-            "train only with train_bn; use trainable: head to train the head alone)", key,
-            stage.trainable, where=f"stage '{stage.name}'"))
-    return {"trainable": stage.trainable, "unfrozen_layers": unfrozen}
+            "train only with batch_norm: train; use trainable: head to train the head alone)",
+            key, stage.trainable, where=f"stage '{stage.name}'"))
+    return {"trainable": stage.trainable, "unfrozen_layers": unfrozen, "batch_norm": batch_norm}
+
+
+def batch_norm_mode(backbone: Backbone, stage: StageConfig, key: str = "trainable") -> str:
+    """`stage`'s BatchNorm mode, ``frozen`` or ``train``: resolved by config validation, and
+    checked (or, for a StageConfig built in code, resolved) again here."""
+    prefix = key.removesuffix(".trainable") if key != "trainable" else "stage"
+    return resolve_batch_norm(stage, str(backbone.info.get("weights", "imagenet")), prefix)
 
 
 def check_stages(backbone: Backbone, cfg: Any) -> None:
     """Checks every stage's ``trainable`` against `backbone` (``top_n`` in range, ``from_layer``
-    found) before training starts; leaves the backbone frozen."""
+    found) before training starts; leaves the backbone frozen, in inference mode."""
     for i, stage in enumerate(cfg.stages):
         apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
     backbone.network.trainable = False
+    set_batch_statistics(backbone, False)
 
 
 def count_params(weights: list[Any]) -> int:

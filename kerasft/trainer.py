@@ -371,6 +371,7 @@ def run_stages(
         log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}"
             f"{' (head on cached features)' if use_cache else ''}, "
             f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen, "
+            f"batch_norm={unfrozen['batch_norm']}, "
             f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
             f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
             f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")

@@ -175,7 +175,7 @@ def describe_layers(name: str, preset: str | None = None) -> list[str]:
     backbone = _build_network(BackboneConfig(name=name, weights="none", preset=preset))
     units = trainable_units(backbone, bn_trains=False)
     lines = [f"{name}: {len(units)} layers with weights that train with BatchNorm frozen "
-             "(top_n counts these, top first; with train_bn BatchNorm layers count too)"]
+             "(top_n counts these, top first; with batch_norm: train BatchNorm layers count too)"]
     for i, layer in enumerate(reversed(units), start=1):
         lines.append(f"{i:>4}  {layer.name:<40} {layer.count_params():>12,}")
     return lines

@@ -110,18 +110,213 @@ def test_bert_top_n_skips_unused_pooled_dense(tmp_path):
     assert not backbone.network.get_layer("pooled_dense").trainable
 
 
-def test_train_bn_unfreezes_gamma_beta_but_not_statistics(image_arrays, tmp_path):
+def _bn_state(layer):
+    return {name: getattr(layer, name).numpy().copy()
+            for name in ("moving_mean", "moving_variance", "gamma", "beta")}
+
+
+def _stage_all(**kw):
+    return {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.05, **kw}
+
+
+def test_batch_norm_train_uses_batch_statistics_and_updates_moving_averages(image_arrays,
+                                                                             tmp_path):
     x, y = image_arrays
-    ft = _finetuner([{"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.05,
-                      "train_bn": True}])
+    ft = _finetuner([_stage_all(batch_norm="train")])
     ft.build(sorted(set(y)))
     bn = ft.backbone.network.get_layer("bn2")
-    stats = [bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy()]
-    gamma = bn.gamma.numpy().copy()
+    before = _bn_state(bn)
     ft.fit(x, y, output_dir=tmp_path, evaluate=False)
-    np.testing.assert_array_equal(stats[0], bn.moving_mean.numpy())
-    np.testing.assert_array_equal(stats[1], bn.moving_variance.numpy())
-    assert not np.array_equal(gamma, bn.gamma.numpy())
+    after = _bn_state(bn)
+    for name in before:  # moving averages updated by fit, gamma/beta trained
+        assert not np.array_equal(before[name], after[name]), name
+    # The call fit makes (training=True) normalises with the batch's moments; evaluate, predict
+    # and the export (training=False) with the moving statistics.
+    assert bn.trainable and ft.backbone.mode_layers[0].batch_statistics
+    images = ft.backbone.preprocess(x[:16].astype("float32"))
+    normalised = _bn_probe(ft.backbone.network)(images, training=True)
+    # normalised with the batch's own mean: each channel's batch mean is exactly beta
+    np.testing.assert_allclose(np.mean(normalised, axis=(0, 1, 2)), after["beta"], atol=1e-4)
+    wrapper = ft.backbone.mode_layers[0]
+    network = ft.backbone.network
+    np.testing.assert_allclose(wrapper(images, training=True), network(images, training=True),
+                               atol=1e-6)
+    np.testing.assert_allclose(wrapper(images, training=False), network(images, training=False),
+                               atol=1e-6)
+    assert not np.allclose(wrapper(images, training=True), wrapper(images, training=False),
+                           atol=1e-3)
+
+
+def _bn_probe(network):
+    """conv1..bn2 of the tiny CNN as a model (shares the layers, so it sees trained weights)."""
+    import keras
+
+    return keras.Model(network.input, network.get_layer("bn2").output)
+
+
+def test_batch_norm_frozen_keeps_statistics_gamma_beta_and_inference_mode(image_arrays,
+                                                                          tmp_path):
+    x, y = image_arrays
+    ft = _finetuner([_stage_all(batch_norm="frozen")])
+    ft.build(sorted(set(y)))
+    network = ft.backbone.network
+    before = {name: _bn_state(network.get_layer(name)) for name in ("bn1", "bn2")}
+    conv = network.get_layer("conv2").get_weights()[0].copy()
+    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    for name, state in before.items():
+        for key, value in state.items():
+            np.testing.assert_array_equal(value, getattr(network.get_layer(name), key).numpy(),
+                                          err_msg=f"{name}.{key}")
+    assert not np.array_equal(conv, network.get_layer("conv2").get_weights()[0])  # it trained
+    images = ft.backbone.preprocess(x[:16].astype("float32"))
+    wrapper = ft.backbone.mode_layers[0]
+    np.testing.assert_allclose(wrapper(images, training=True), network(images, training=False),
+                               atol=1e-6)
+
+
+def test_batch_norm_mode_changes_between_stages(image_arrays, tmp_path, monkeypatch):
+    """Every stage recompiles, so the call mode traced into fit follows each stage's key."""
+    import keras
+
+    from kerasft.api import build_finetuner
+
+    x, y = image_arrays
+    lines = []
+    stages = [_stage_all(name="a", batch_norm="train"), _stage_all(name="b", batch_norm="frozen"),
+              _stage_all(name="c", batch_norm="train")]
+    ft = build_finetuner({"name": "t", "backbone": {"name": "tiny_cnn", "weights": "none"},
+                          "head": {"dropout": 0.0}, "data": {"source": "arrays", "batch_size": 8},
+                          "training": {"strategy": "default", "tensorboard": False,
+                                       "verbose": "silent", "restore_best": False},
+                          "export": {"enabled": False}, "stages": stages}, log=lines.append)
+    ft.build(sorted(set(y)))
+    bn = ft.backbone.network.get_layer("bn2")
+    states = []  # (before, after) of each stage's fit
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        before = _bn_state(bn)
+        history = real_fit(self, *args, **kwargs)
+        states.append((before, _bn_state(bn)))
+        return history
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    (a0, a1), (b0, b1), (c0, c1) = states
+    assert not np.array_equal(a0["moving_mean"], a1["moving_mean"])
+    for key in b0:
+        np.testing.assert_array_equal(b0[key], b1[key], err_msg=key)
+    assert not np.array_equal(c0["moving_mean"], c1["moving_mean"])
+    modes = [line.split("batch_norm=")[1].split(",")[0] for line in lines if "batch_norm=" in line]
+    assert modes == ["train", "frozen", "train"]
+
+
+def test_batch_norm_train_then_cached_head_stage(image_arrays, tmp_path, monkeypatch):
+    """A head stage after a ``train`` stage trains on cached features and leaves every backbone
+    weight, moving statistics included, as the ``train`` stage left it."""
+    import keras
+
+    x, y = image_arrays
+    ft = _finetuner([_stage_all(batch_norm="train"),
+                     {"name": "head", "trainable": "head", "epochs": 2, "learning_rate": 0.05}],
+                    training={"strategy": "default", "tensorboard": False, "verbose": "silent",
+                              "cache_features": "on", "restore_best": False})
+    ft.build(sorted(set(y)))
+    network = ft.backbone.network
+    after_train = {}
+    real_fit = keras.Model.fit
+
+    def fit(self, *args, **kwargs):
+        if self is ft.head and not after_train:
+            after_train.update(_snapshot([network]))
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    assert after_train, "the head stage did not train on cached features"
+    final = _snapshot([network])
+    for key in after_train:
+        np.testing.assert_array_equal(after_train[key], final[key], err_msg=key)
+    assert not ft.backbone.mode_layers[0].batch_statistics  # the head stage ran frozen
+
+
+def test_export_after_batch_norm_train_answers_inference_mode(image_arrays, tmp_path):
+    import tensorflow as tf
+
+    x, y = image_arrays
+    ft = _finetuner([_stage_all(batch_norm="train")],
+                    export={"enabled": True, "dir": str(tmp_path / "saved_models")})
+    ft.fit(x, y, output_dir=tmp_path / "runs", evaluate=False)
+    path = ft.export(verify=False)
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    images = x[:8].astype("float32")
+    served = serve(image=tf.constant(images))["probabilities"].numpy()
+    inputs = ft.backbone.preprocess(images)
+    np.testing.assert_allclose(served, ft.model(inputs, training=False), atol=1e-5)
+    assert not np.allclose(served, ft.model(inputs, training=True), atol=1e-3)
+
+
+def test_train_bn_true_trains_batch_norm_with_batch_statistics(image_arrays, tmp_path):
+    """The older key: ``train_bn: true`` now means ``batch_norm: train`` (it used to train gamma
+    and beta under frozen moving statistics, which left MobileNetV2 from random weights at
+    chance)."""
+    x, y = image_arrays
+    ft = _finetuner([_stage_all(train_bn=True)])
+    ft.build(sorted(set(y)))
+    bn = ft.backbone.network.get_layer("bn2")
+    before = _bn_state(bn)
+    ft.fit(x, y, output_dir=tmp_path, evaluate=False)
+    assert not np.array_equal(before["moving_mean"], bn.moving_mean.numpy())
+    assert not np.array_equal(before["moving_variance"], bn.moving_variance.numpy())
+    assert ft.config.stages[0].batch_norm == "train" and ft.config.stages[0].train_bn is None
+
+
+def test_batch_norm_key_alias_defaults_and_errors():
+    def stages(weights="none", **stage):
+        cfg = load_config({"backbone": {"name": "tiny_cnn", "weights": weights},
+                           "stages": [{"name": "s", "trainable": "all", **stage}]})
+        return cfg.stages[0]
+
+    assert (stages(train_bn=True).batch_norm, stages(train_bn=True).train_bn) == ("train", None)
+    assert stages(train_bn=False).batch_norm == "frozen"
+    assert stages(weights="imagenet", train_bn=True).batch_norm == "train"
+    assert stages(weights="imagenet").batch_norm == "frozen"  # pretrained: keep the statistics
+    assert stages().batch_norm == "frozen"  # random weights too: docs/BENCHMARKS.md
+    assert stages(trainable="head").batch_norm == "frozen"
+    assert stages(trainable="head", train_bn=True).batch_norm == "frozen"  # never trained BN
+    assert stages(trainable={"top_n": 1}, batch_norm="frozen").batch_norm == "frozen"
+    with pytest.raises(ConfigError) as e:
+        stages(batch_norm="train", train_bn=True)
+    assert str(e.value) == ("stages[0]: expected batch_norm or its alias train_bn, not both. "
+                            "Received: batch_norm='train', train_bn=True")
+    with pytest.raises(ConfigError, match=r"one of frozen, train. "
+                                          r"Received: stages\[0\].batch_norm='fozen'"):
+        stages(batch_norm="fozen")
+    with pytest.raises(ConfigError, match=r"expected frozen for a head stage .*"
+                                          r"stages\[0\].batch_norm='train'"):
+        stages(trainable="head", batch_norm="train")
+    # The resolved config names one key, and loads again as it was written.
+    cfg = load_config({"backbone": {"name": "tiny_cnn", "weights": "none"},
+                       "stages": [{"name": "s", "trainable": "all", "train_bn": False}]})
+    again = load_config(cfg.to_dict())
+    assert again.stages[0].batch_norm == "frozen" and again.stages[0].train_bn is None
+
+
+def test_run_folders_saved_with_train_bn_resume_without_differences():
+    from kerasft.config import upgrade_saved_config
+    from kerasft.resume import config_differences
+
+    cfg = load_config({"backbone": {"name": "resnet50"},
+                       "stages": [{"name": "head", "trainable": "head"},
+                                  {"name": "all", "trainable": "all"}]})
+    saved = cfg.to_dict()  # as a run folder written before batch_norm existed
+    for stage in saved["stages"]:
+        del stage["batch_norm"]
+        stage["train_bn"] = False
+    assert config_differences(upgrade_saved_config(saved), cfg.to_dict()) == []
+    saved["stages"][1]["train_bn"] = True
+    assert config_differences(upgrade_saved_config(saved), cfg.to_dict()) == [
+        "stages[1].batch_norm='frozen' (run: 'train')"]
 
 
 def test_stage_change_recompiles_and_epochs_continue(image_arrays, tmp_path):
