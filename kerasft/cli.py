@@ -327,8 +327,8 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
             model_version: int | None, version_label: str | None, use_grpc: bool,
             timeout: float, retries: int, texts: tuple[str, ...], images: tuple[str, ...],
             input_csv: str | None, column: str, top: int) -> None:
-    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>) alone, or with
-    a TF Serving server (--server URL --model NAME)."""
+    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>, or .../<name>
+    for its newest version) alone, or with a TF Serving server (--server URL --model NAME)."""
     from kerasft.predict import predict_with_saved_model
 
     remote = (model_name, model_version, version_label, use_grpc)
@@ -366,7 +366,13 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
         for line in format_rows(inputs, rows, top=top):
             click.echo(line)
         return
-    for line in predict_with_saved_model(export_dir, inputs, kind=kind, top=top):
+    from kerasft.predict import resolve_version_dir
+
+    version_dir, picked = resolve_version_dir(export_dir)
+    if picked is not None:
+        click.echo(f"{export_dir}: using version {picked} (the newest, as TF Serving does)",
+                   err=True)
+    for line in predict_with_saved_model(version_dir, inputs, kind=kind, top=top):
         click.echo(line)
 
 

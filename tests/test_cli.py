@@ -134,7 +134,8 @@ def _cli_subprocess(*args: str, timeout: float = 180) -> subprocess.CompletedPro
 
 def test_error_after_tensorflow_import_is_one_stderr_line(tmp_path):
     expected_line = ("Error: expected a SavedModel version folder (.../<name>/<version>/ with "
-                     f"saved_model.pb). Received: export_dir='{tmp_path}'")
+                     f"saved_model.pb) or a model folder holding one. Received: "
+                     f"export_dir='{tmp_path}'")
     quiet = _cli_subprocess("predict", str(tmp_path), "--text", "hi")
     assert quiet.returncode == 2
     assert quiet.stderr.splitlines() == [expected_line]
@@ -215,3 +216,37 @@ def test_debug_after_the_command_and_resume_before_config(tmp_path):
     result = run("train", str(config), "--resume", "--debug")
     assert result.exit_code == 1 and "expected a run folder" in str(result.exception)
 
+
+def test_predict_image_checks_files_and_takes_the_newest_version(image_arrays, tmp_path):
+    import tensorflow as tf
+
+    from tests.test_export import _trained_image_finetuner
+
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+    ft.export(version=1, verify=False)
+    ft.export(version=3, verify=False)
+    model_dir = tmp_path / "saved_models" / "tiny"
+    (model_dir / "10-notes").mkdir()  # not an integer: TF Serving ignores it
+    png = tmp_path / "cat.png"
+    png.write_bytes(tf.io.encode_png(image_arrays[0][0]).numpy())
+
+    result = run("predict", str(model_dir), "--image", str(png))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"{model_dir}: using version 3 (the newest, as TF Serving does)"]
+    assert result.stdout.split("\t")[0] in ("cat", "dog", "owl")
+
+    config = tmp_path / "config.yaml"
+    config.write_text("name: x\n")
+    result = run("predict", str(model_dir / "3"), "--image", str(config))
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        f"Error: expected a JPEG, PNG, GIF or BMP image file. Received: --image='{config}' "
+        "(starts with b'name: x\\n')"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(png.read_bytes()[:40])
+    result = run("predict", str(model_dir / "3"), "--image", str(broken))
+    assert result.exit_code == 2, result.output
+    assert len(result.output.splitlines()) == 1
+    assert result.output.startswith(f"Error: expected decodable image files. Received: "
+                                    f"--image='{broken}' (")
