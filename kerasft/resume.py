@@ -49,7 +49,9 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BEST_FILE = "best.weights.h5"
 TMP_PREFIX = ".tmp-"
-FORMAT = 1
+# Format 2 numbers epochs from 1, as Keras's progress bar and history.csv do; format 1 (0-based)
+# run folders are refused for resuming (their history.csv would mix both numberings).
+FORMAT = 2
 # Keys that may differ between the run's config.yaml and the resumed config.
 IGNORED_KEYS = ("output_dir", "training.verbose")
 SEED_STATE = "seed_generator_state"
@@ -128,6 +130,8 @@ class RunState:
     status: str = "training"  # "training" until fit() finished, then "finished"
     commit: int = 0
     stage: int = 0  # the stage in progress (or the next one, after a stage-end commit)
+    # In memory epochs are 0-based indices (Keras's initial_epoch); state.json stores them
+    # 1-based (see _to_file / _from_file).
     stage_first_epoch: int = 0  # global index of that stage's first epoch
     epoch: int = 0  # epochs completed so far = the next epoch's global index
     stopped: bool = False  # the stage in progress was stopped early (it is complete)
@@ -149,12 +153,37 @@ class RunState:
         return {n for n in names if n}
 
 
+def _shift_epochs(raw: dict[str, Any], by: int) -> dict[str, Any]:
+    """Converts the epoch fields between 0-based indices (memory) and 1-based numbers (file).
+    ``epoch`` (epochs completed) is the same number in both; an early-stopping
+    ``stopped_epoch`` of 0 means "not stopped" in both."""
+    out = dict(raw)
+    if raw.get("stage_first_epoch") is not None:
+        out["stage_first_epoch"] = raw["stage_first_epoch"] + by
+    if raw.get("best_epoch") is not None:
+        out["best_epoch"] = raw["best_epoch"] + by
+    es = raw.get("early_stopping")
+    if es:
+        es = dict(es)
+        if es.get("best_epoch") is not None:
+            es["best_epoch"] += by
+        if es.get("stopped_epoch"):
+            es["stopped_epoch"] += by
+        out["early_stopping"] = es
+    return out
+
+
 def _read_state(path: Path) -> RunState:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise KerasftError(f"{path}: expected a readable kerasft run state. Received: "
                            f"{str(e).splitlines()[0]}") from None
+    if isinstance(raw, dict) and raw.get("format") == 1:
+        raise KerasftError(expected(
+            f"a kerasft run state of format {FORMAT} (epochs numbered from 1); this run was "
+            "written by an older kerasft, which can resume it (evaluate and export work here)",
+            "format", 1, where=str(path)))
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise KerasftError(expected(f"a kerasft run state of format {FORMAT}", "format",
                                     raw.get("format") if isinstance(raw, dict) else None,
@@ -163,7 +192,7 @@ def _read_state(path: Path) -> RunState:
     if unknown:
         raise KerasftError(expected("the fields of a kerasft run state", "unknown fields",
                                     unknown, where=str(path)))
-    return RunState(**raw)
+    return RunState(**_shift_epochs(raw, -1))
 
 
 def data_fingerprint(data: Any) -> dict[str, Any]:
@@ -356,7 +385,7 @@ class Checkpointer:
 
     @staticmethod
     def _state_json(state: RunState) -> str:
-        return json.dumps(asdict(state), indent=1, sort_keys=True) + "\n"
+        return json.dumps(_shift_epochs(asdict(state), +1), indent=1, sort_keys=True) + "\n"
 
     def _write_weights(self, model: Any, n: int, epoch: int | None = None) -> str:
         name = f"ckpt-{n:06d}.weights.h5"

@@ -1,0 +1,60 @@
+"""What a run folder holds, as a user reads it: epoch numbering, learning rates, weights file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+
+def _fit(image_arrays, tmp_path, **training):
+    from kerasft.api import build_finetuner
+
+    x, y = image_arrays
+    ft = build_finetuner({
+        "name": "folder", "backbone": {"name": "tiny_cnn", "weights": "none"},
+        "data": {"source": "arrays", "batch_size": 16},
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",
+                     "restore_best": False, **training},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 2, "learning_rate": 0.05},
+                   {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.01,
+                    "schedule": "cosine"}],
+        "export": {"enabled": False},
+    }, log=lambda s: None)
+    ft.fit(x, y, output_dir=tmp_path / "runs", evaluate=False)
+    return ft
+
+
+def test_epochs_are_numbered_from_1_and_history_has_the_rate_the_epoch_used(image_arrays,
+                                                                             tmp_path):
+    ft = _fit(image_arrays, tmp_path)
+    with open(ft.run_dir / "history.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", 1), ("head", 2),
+                                                             ("all", 3)]
+    assert float(rows[0]["learning_rate"]) == pytest.approx(0.05)
+    # One cosine epoch of 4 steps (54 training images, batch 16) from 0.01 towards 0: the mean
+    # of the rates its steps used, not the 0.0 the schedule reaches after the last step.
+    cosine = 0.01 * 0.5 * (1 + np.cos(math.pi * np.arange(4) / 4))
+    assert float(rows[2]["learning_rate"]) == pytest.approx(cosine.mean(), rel=1e-5)
+
+    state = json.loads((ft.run_dir / "checkpoints" / "state.json").read_text())
+    assert state["format"] == 2 and state["epoch"] == 3 and state["stage_first_epoch"] == 4
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert state["best_epoch"] == int(best["epoch"])
+    assert [(s["first_epoch"], s["last_epoch"]) for s in state["stages_done"]] == [(1, 2), (3, 3)]
+
+
+def test_a_run_state_with_0_based_epochs_is_refused_in_one_line(tmp_path):
+    from kerasft.errors import KerasftError
+    from kerasft.resume import _read_state
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"format": 1, "epoch": 2, "stage_first_epoch": 0}))
+    with pytest.raises(KerasftError, match=r"state.json: expected a kerasft run state of format "
+                                           r"2 \(epochs numbered from 1\); this run was written "
+                                           r"by an older kerasft.*Received: format=1$"):
+        _read_state(path)
