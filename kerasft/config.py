@@ -24,7 +24,11 @@ import yaml
 
 from kerasft.errors import ConfigError, expected
 
-BACKBONE_WEIGHTS = ("imagenet", "none")
+# "pretrained": the architecture's published weights (ImageNet for keras.applications, the
+# preset's own for BERT). "imagenet", its old name, stays accepted and resolves to it.
+PRETRAINED = "pretrained"
+WEIGHTS_ALIASES = {"imagenet": PRETRAINED}
+BACKBONE_WEIGHTS = (PRETRAINED, *WEIGHTS_ALIASES, "none")
 HEAD_ACTIVATIONS = ("softmax", "sigmoid")
 HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
 DATA_SOURCES = ("csv", "image_folder", "tfds", "arrays")
@@ -41,7 +45,7 @@ class BackboneConfig:
     """Which pretrained network the head sits on."""
 
     name: str = "bert"
-    weights: str = "imagenet"
+    weights: str = PRETRAINED
     preset: str | None = None
     sequence_length: int | None = None
     input_shape: list[int] | None = None
@@ -350,9 +354,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(expected("[height, width, 3]", "backbone.input_shape", b.input_shape))
     if b.weights not in BACKBONE_WEIGHTS and not b.weights.endswith(".weights.h5"):
         raise ConfigError(
-            expected("imagenet, none or a path to a .weights.h5 file", "backbone.weights",
-                     b.weights)
+            expected("pretrained (or its alias imagenet), none or a path to a .weights.h5 file",
+                     "backbone.weights", b.weights)
         )
+    b.weights = WEIGHTS_ALIASES.get(b.weights, b.weights)
 
     h = cfg.head
     _check_choice(h.activation, HEAD_ACTIVATIONS, "head.activation")

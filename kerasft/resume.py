@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from kerasft.config import Config, save_config
+from kerasft.config import WEIGHTS_ALIASES, Config, save_config
 from kerasft.errors import KerasftError, expected
 
 Log = Callable[[str], None]
@@ -243,6 +243,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key=current (run: saved)`` for every key whose value differs (IGNORED_KEYS aside)."""
     old, new = _flatten(saved), _flatten(current)
+    for flat in (old, new):  # a run written with the old name of backbone.weights: pretrained
+        weights = flat.get("backbone.weights")
+        flat["backbone.weights"] = WEIGHTS_ALIASES.get(weights, weights)
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED_KEYS or old.get(key) == new.get(key):

@@ -98,6 +98,7 @@ def test_train_evaluate_export_predict(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["name"] == "clitiny" and saved["stages"][1]["epochs"] == 1
+    assert saved["backbone"]["weights"] == "pretrained"  # the preset's own, not "imagenet"
 
     result = run("evaluate", str(run_dir))
     assert result.exit_code == 0, result.output

@@ -58,3 +58,17 @@ def test_a_run_state_with_0_based_epochs_is_refused_in_one_line(tmp_path):
                                            r"2 \(epochs numbered from 1\); this run was written "
                                            r"by an older kerasft.*Received: format=1$"):
         _read_state(path)
+
+
+def test_backbone_weights_pretrained_is_the_default_and_imagenet_an_alias(tmp_path):
+    from kerasft.config import load_config, save_config
+    from kerasft.resume import config_differences
+
+    assert load_config({"backbone": {"name": "bert"}}).backbone.weights == "pretrained"
+    old = load_config({"backbone": {"name": "vgg16", "weights": "imagenet"}})
+    assert old.backbone.weights == "pretrained"
+    save_config(old, tmp_path / "config.yaml")
+    assert "weights: pretrained" in (tmp_path / "config.yaml").read_text()
+    # A run folder written before the rename still matches its config when resumed.
+    saved = {**old.to_dict(), "backbone": {**old.to_dict()["backbone"], "weights": "imagenet"}}
+    assert config_differences(saved, old.to_dict()) == []

@@ -104,6 +104,7 @@ def test_run_state_is_plain_json_with_known_fields(tmp_path):
 def test_backbone_weights_must_be_a_weights_file():
     from kerasft.config import load_config
 
-    with pytest.raises(ConfigError, match=r"expected imagenet, none or a path to a .weights.h5 "
-                                          r"file. Received: backbone.weights='model.keras'"):
+    with pytest.raises(ConfigError, match=r"expected pretrained \(or its alias imagenet\), none "
+                                          r"or a path to a .weights.h5 file. Received: "
+                                          r"backbone.weights='model.keras'"):
         load_config({"backbone": {"weights": "model.keras"}})
