@@ -357,7 +357,9 @@ class FineTuner:
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
         )
-        self._model.save_weights(self.run_dir / WEIGHTS_FILE)
+        from kerasft.weights import save_model_weights
+
+        save_model_weights(self._model, self.run_dir / WEIGHTS_FILE)
         if checkpoint is not None:
             checkpoint.finish()
         from kerasft.metrics import plot_history

@@ -4,7 +4,7 @@ Keras's ``BackupAndRestore`` restores only within one ``compile`` (keras#19179, 
 kerasft recompiles at every stage, so kerasft keeps its own state. After every epoch, and at the
 end of every stage, ``<run>/checkpoints/`` receives in this order:
 
-1. ``ckpt-<n>.weights.h5``: the whole model's weights (Keras ``save_weights``: arrays only);
+1. ``ckpt-<n>.weights.h5``: the whole model's weights, not its optimizer's (kerasft/weights.py);
 2. ``ckpt-<n>.state.npz``: the stage optimizer's variables (iteration count, so the learning-rate
    schedule position, moments, gradient accumulators) and the random-seed states of the model's
    layers (dropout); arrays only, read with ``allow_pickle=False``;
@@ -42,6 +42,7 @@ import yaml
 
 from kerasft.config import WEIGHTS_ALIASES, Config, save_config
 from kerasft.errors import KerasftError, expected
+from kerasft.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
@@ -393,7 +394,7 @@ class Checkpointer:
     def _write_weights(self, model: Any, n: int, epoch: int | None = None) -> str:
         name = f"ckpt-{n:06d}.weights.h5"
         tmp = self.dir / f"{TMP_PREFIX}{name}"
-        model.save_weights(tmp)
+        save_model_weights(model, tmp)  # the optimizer goes to the .state.npz only
         if epoch is not None:
             pause_point("weights", epoch)
         publish(tmp, self.dir / name)
@@ -519,7 +520,7 @@ class Checkpointer:
             return
         path = self.dir / self.state.weights
         try:
-            model.load_weights(path)
+            load_model_weights(model, path)
         except (OSError, ValueError) as e:
             raise KerasftError(f"{path}: expected the weights of this model. Received: "
                                f"error={str(e).splitlines()[0]!r}") from None
@@ -568,9 +569,9 @@ class Checkpointer:
         name = (self.state.early_stopping or {}).get("weights")
         if not name or not self.state.weights:
             return None
-        model.load_weights(self.dir / name)
+        load_model_weights(model, self.dir / name)
         weights = fit_model.get_weights()
-        model.load_weights(self.dir / self.state.weights)
+        load_model_weights(model, self.dir / self.state.weights)
         return weights
 
 

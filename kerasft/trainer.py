@@ -27,6 +27,7 @@ from typing import Any
 
 from kerasft.config import Config, ConfigError, StageConfig
 from kerasft.errors import KerasftError, expected
+from kerasft.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
@@ -197,7 +198,7 @@ def _callbacks() -> dict[str, type]:
             if better:
                 self.state.update(best=value, epoch=epoch)
                 tmp = self.path.with_name("best.tmp.weights.h5")
-                (self.target or self.model).save_weights(tmp)
+                save_model_weights(self.target or self.model, tmp)
                 os.replace(tmp, self.path)
 
     class NaNGuard(Callback):
@@ -464,7 +465,7 @@ def run_stages(
             )
         elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
             # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
-            model.load_weights(ckpt.dir / ckpt.state.early_stopping["weights"])
+            load_model_weights(model, ckpt.dir / ckpt.state.early_stopping["weights"])
         if nan_state:
             where = nan_state["nan"]
             raise KerasftError(
@@ -495,7 +496,7 @@ def run_stages(
     if ckpt is not None and ckpt.state.best is not None:
         best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
     if cfg.training.restore_best and best_path.exists():
-        model.load_weights(best_path)
+        load_model_weights(model, best_path)
         log(f"restored the best weights ({monitor}={best_state.get('best'):.4f} at epoch "
             f"{best_state.get('epoch', 0) + 1}) from {best_path}")
     if ckpt is not None and ckpt.write_seconds:

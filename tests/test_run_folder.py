@@ -72,3 +72,36 @@ def test_backbone_weights_pretrained_is_the_default_and_imagenet_an_alias(tmp_pa
     # A run folder written before the rename still matches its config when resumed.
     saved = {**old.to_dict(), "backbone": {**old.to_dict()["backbone"], "weights": "imagenet"}}
     assert config_differences(saved, old.to_dict()) == []
+
+
+def _h5_groups(path) -> set[str]:
+    import h5py
+
+    names: set[str] = set()
+    with h5py.File(path, "r") as f:
+        f.visit(names.add)
+    return names
+
+
+def test_weights_files_hold_the_model_only(image_arrays, tmp_path):
+    from kerasft.api import FineTuner
+
+    ft = _fit(image_arrays, tmp_path)
+    run_dir = ft.run_dir
+    checkpoints = run_dir / "checkpoints"
+    files = [run_dir / "model.weights.h5", checkpoints / "best.weights.h5",
+             *checkpoints.glob("ckpt-*.weights.h5")]
+    assert len(files) >= 3
+    for path in files:
+        groups = _h5_groups(path)
+        assert not any(g.split("/")[0] == "optimizer" for g in groups), (path, sorted(groups))
+        # Only the model's parameters (and metric counters): not Adam's two moments per weight.
+        params = sum(int(np.prod(w.shape)) for w in ft.model.weights) * 4
+        assert path.stat().st_size < 2 * params + 200_000, path
+    # (The optimizer state lives once, in ckpt-<n>.state.npz: test_resume checks that a resumed
+    # run continues Adam's iteration count.)
+
+    x, _ = image_arrays
+    reloaded = FineTuner.from_run(run_dir, log=lambda s: None)
+    np.testing.assert_allclose(reloaded.model.predict(x[:4], verbose=0),
+                               ft.model.predict(x[:4], verbose=0), atol=1e-6)
