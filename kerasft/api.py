@@ -601,7 +601,8 @@ class FineTuner:
             if not (run_dir / required).is_file():
                 raise KerasftError(expected(f"a kerasft run folder with {required}", "run_dir",
                                             str(run_dir)))
-        config = load_config(run_dir / "config.yaml")
+        # Its paths are relative to where the run started, not to the run folder.
+        config = load_config(run_dir / "config.yaml", resolve_paths=False)
         # The trained weights replace the pretrained ones: no download needed to rebuild.
         config.backbone.weights = "none"
         ft = cls(config, log=log)
