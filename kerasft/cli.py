@@ -81,7 +81,7 @@ class _Group(click.Group):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.NoArgsIsHelpError as e:
-            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
             sys.exit(EXIT_BAD_INPUT)
         except click.UsageError as e:
             hint = f" ('{e.ctx.command_path} --help' shows the usage)" if e.ctx else ""
