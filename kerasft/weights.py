@@ -16,8 +16,16 @@ from typing import Any
 
 
 def _optimizer(model: Any) -> list[Any]:
-    optimizer = getattr(model, "optimizer", None)
-    return [optimizer] if optimizer is not None else []
+    """The optimizers of the model and of its compiled sub-models (a head trained alone on
+    cached features has its own)."""
+    flatten = getattr(model, "_flatten_layers", None)
+    layers = list(flatten(include_self=True, recursive=True)) if flatten else [model]
+    found: dict[int, Any] = {}
+    for layer in layers:
+        optimizer = getattr(layer, "optimizer", None)
+        if optimizer is not None:
+            found[id(optimizer)] = optimizer
+    return list(found.values())
 
 
 def _saving_lib() -> Any:
