@@ -371,7 +371,9 @@ class FineTuner:
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
         )
-        self._model.save_weights(self.run_dir / WEIGHTS_FILE)
+        from kerasft.weights import save_model_weights
+
+        save_model_weights(self._model, self.run_dir / WEIGHTS_FILE)
         if checkpoint is not None:
             checkpoint.finish()
         from kerasft.metrics import plot_history
@@ -780,7 +782,8 @@ class FineTuner:
             if not (run_dir / required).is_file():
                 raise KerasftError(expected(f"a kerasft run folder with {required}", "run_dir",
                                             str(run_dir)))
-        config = load_config(run_dir / "config.yaml")
+        # Its paths are relative to where the run started, not to the run folder.
+        config = load_config(run_dir / "config.yaml", resolve_paths=False)
         # The trained weights replace the pretrained ones: no download needed to rebuild.
         config.backbone.weights = "none"
         ft = cls(config, log=log)

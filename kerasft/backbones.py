@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kerasft.config import BackboneConfig, ConfigError, resolve_pkg_path
+from kerasft.config import (
+    BACKBONE_WEIGHTS,
+    PRETRAINED,
+    WEIGHTS_ALIASES,
+    BackboneConfig,
+    ConfigError,
+    resolve_pkg_path,
+)
 from kerasft.errors import KerasftError, expected
 
 
@@ -113,7 +120,7 @@ def get_entry(name: str) -> BackboneEntry:
 def build_backbone(cfg: BackboneConfig, pooling: str = "auto") -> Backbone:
     """Builds the backbone named by ``cfg.name`` with pooled features (`pooling`)."""
     entry = get_entry(cfg.name)
-    if cfg.weights not in ("imagenet", "none"):
+    if cfg.weights not in BACKBONE_WEIGHTS:
         _check_weights_file(cfg.weights)  # for every entry, before it builds anything
     return entry.build(cfg, pooling)
 
@@ -239,8 +246,8 @@ def _build_keras_application(cfg: BackboneConfig, pooling: str) -> Backbone:
     height, width = _image_size(cfg, cfg.name, default, min_size)
     module = importlib.import_module(f"keras.applications.{module_name}")
     constructor = getattr(keras.applications, fn_name)
-    weights_path = None if cfg.weights in ("imagenet", "none") else _check_weights_file(cfg.weights)
-    weights = "imagenet" if cfg.weights == "imagenet" else None
+    weights_path = None if cfg.weights in BACKBONE_WEIGHTS else _check_weights_file(cfg.weights)
+    weights = "imagenet" if cfg.weights in (PRETRAINED, *WEIGHTS_ALIASES) else None
     try:
         network = constructor(include_top=False, weights=weights, input_shape=(height, width, 3))
     except Exception as e:  # noqa: BLE001 - the download error is re-raised as one line.
@@ -472,7 +479,7 @@ def _build_bert(cfg: BackboneConfig, pooling: str) -> Backbone:
     path = source["path"]
     load_weights = cfg.weights != "none"
     weights_path = None
-    if cfg.weights not in ("imagenet", "none"):
+    if cfg.weights not in BACKBONE_WEIGHTS:
         weights_path = _check_weights_file(cfg.weights)
         load_weights = False
     try:

@@ -21,10 +21,25 @@ from kerasft.errors import KerasftError
 
 EXIT_BAD_INPUT = 2
 
+# --debug may come before or after the subcommand; whichever sets it wins for this invocation.
+_state = {"debug": False}
+
+
+def _debug() -> bool:
+    return _state["debug"]
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        _state["debug"] = True
+
 
 def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    from kerasft.tf_logs import quiet_tensorflow_import
+
+    quiet_tensorflow_import(_debug)
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -32,11 +47,10 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        debug = click.get_current_context().find_root().params.get("debug", False)
         try:
             return fn(*args, **kwargs)
         except KerasftError as e:
-            if debug:
+            if _debug():
                 raise
             click.echo(f"Error: {e}", err=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -58,11 +72,44 @@ def _parse_sets(values: tuple[str, ...]) -> list[str]:
     return list(values)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Click's usage errors as one line too (Click prints usage, a hint and the error)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        except click.UsageError as e:
+            hint = f" ('{e.ctx.command_path} --help' shows the usage)" if e.ctx else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"Error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+debug_option = click.option(
+    "--debug", is_flag=True, expose_value=False, is_eager=True, callback=_set_debug,
+    help="Show Python tracebacks and TensorFlow's start-up logs (also before the command).",
+)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kerasft")
-@click.option("--debug", is_flag=True, help="Show Python tracebacks for errors.")
+@click.option("--debug", is_flag=True,
+              help="Show Python tracebacks and TensorFlow's start-up logs (also after the "
+                   "command).")
 def main(debug: bool) -> None:
     """Fine-tune Keras applications and KerasHub BERT in stages; export for TF Serving."""
+    _state["debug"] = debug
     _quiet_tensorflow()
 
 
@@ -73,7 +120,8 @@ set_option = click.option(
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@debug_option
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
 @set_option
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Parent folder of the run folder (default: the config's output_dir).")
@@ -87,7 +135,7 @@ set_option = click.option(
 @click.option("--resume", "resume", is_flag=False, flag_value="latest", default=None,
               metavar="[RUN_DIR]",
               help="Continue an interrupted run: RUN_DIR, or alone the newest "
-                   "<output_dir>/<name>-<timestamp> of this config (put --resume after CONFIG).")
+                   "<output_dir>/<name>-<timestamp> of this config.")
 @click.option("--force", is_flag=True,
               help="With --resume: continue even though the resolved config changed.")
 @_handle_errors
@@ -98,6 +146,7 @@ def train(config: str, sets: tuple[str, ...], output_dir: str | None, no_export:
     from kerasft.config import load_config
     from kerasft.validate import check_export_target
 
+    config, resume = _config_and_resume(config, resume)
     cfg = load_config(config, _parse_sets(sets))
     if output_dir:
         cfg.output_dir = output_dir
@@ -112,12 +161,54 @@ def train(config: str, sets: tuple[str, ...], output_dir: str | None, no_export:
     if cfg.export.enabled and not no_export:
         check_export_target(cfg)  # before training: a bad export target writes nothing
     ft = build_finetuner(cfg, log=click.echo)
-    summary = ft.fit(run_id=run_id, force=force,
-                     resume=False if resume is None else True if resume == "latest" else resume)
+    try:
+        summary = ft.fit(run_id=run_id, force=force,
+                         resume=False if resume is None else True if resume == "latest"
+                         else resume)
+    except KeyboardInterrupt:
+        _report_interrupt(ft, config, sets)
+        sys.exit(130)
     if cfg.export.enabled and not no_export:
         path = ft.export()
         click.echo(f"SavedModel: {path}")
     click.echo(f"run folder: {summary['run_dir']}")
+
+
+def _config_and_resume(config: str | None, resume: str | None) -> tuple[str, str | None]:
+    """``train --resume CONFIG`` means CONFIG plus the newest run (Click gives --resume CONFIG's
+    value, since --resume takes an optional RUN_DIR)."""
+    if config is None:
+        if resume not in (None, "latest") and Path(resume).suffix.lower() in (".yaml", ".yml") \
+                and not Path(resume).is_dir():
+            return resume, "latest"
+        raise click.UsageError("Missing argument 'CONFIG': kerasft train CONFIG [--resume "
+                               "[RUN_DIR]]")
+    return config, resume
+
+
+def _report_interrupt(ft: Any, config: str, sets: tuple[str, ...]) -> None:
+    """Ctrl-C during `train`: says (on stderr and in train.log) how to continue the run."""
+    import shlex
+
+    from kerasft.resume import CHECKPOINTS, STATE_FILE
+
+    folder = getattr(ft, "_run_folder", None)
+    run_dir = Path(folder.run_dir) if folder is not None else ft.run_dir
+    if run_dir is None:
+        click.echo("Interrupted before the run folder was created: nothing to resume.", err=True)
+        return
+    if (Path(run_dir) / CHECKPOINTS / STATE_FILE).is_file():
+        command = ["kerasft", "train", config, *(f"--set={v}" for v in sets), "--resume",
+                   str(run_dir)]
+        line = f"Interrupted. Resume with: {shlex.join(command)}"
+    else:
+        line = (f"Interrupted. {run_dir} has no run state to resume from "
+                "(training.checkpoint_every_epoch: false).")
+    click.echo(line, err=True)
+    log_path = getattr(ft.log, "path", None)
+    if log_path is not None:
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _load_run(run_dir: str, weights: str) -> Any:
@@ -133,6 +224,7 @@ weights_option = click.option(
 
 
 @main.command()
+@debug_option
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["test", "validation"]), default=None,
               help="Split to score (default: test, else validation).")
@@ -144,6 +236,7 @@ def evaluate(run_dir: str, split: str | None, weights: str) -> None:
 
 
 @main.command()
+@debug_option
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--dir", "export_dir", default=None, help="Export base folder (TF Serving layout).")
 @click.option("--version", "version", default=None,
@@ -205,6 +298,7 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 
 
 @main.command()
+@debug_option
 @click.argument("export_dir", type=click.Path(file_okay=False), required=False)
 @click.option("--server", default=None, metavar="URL",
               help="Ask a TF Serving server instead (REST: http://host:8501; --grpc: host:8500).")
@@ -231,8 +325,8 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
             model_version: int | None, version_label: str | None, use_grpc: bool,
             timeout: float, retries: int, texts: tuple[str, ...], images: tuple[str, ...],
             input_csv: str | None, column: str, top: int) -> None:
-    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>) alone, or with
-    a TF Serving server (--server URL --model NAME)."""
+    """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>, or .../<name>
+    for its newest version) alone, or with a TF Serving server (--server URL --model NAME)."""
     from kerasft.predict import predict_with_saved_model
 
     remote = (model_name, model_version, version_label, use_grpc)
@@ -270,11 +364,18 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
         for line in format_rows(inputs, rows, top=top):
             click.echo(line)
         return
-    for line in predict_with_saved_model(export_dir, inputs, kind=kind, top=top):
+    from kerasft.predict import resolve_version_dir
+
+    version_dir, picked = resolve_version_dir(export_dir)
+    if picked is not None:
+        click.echo(f"{export_dir}: using version {picked} (the newest, as TF Serving does)",
+                   err=True)
+    for line in predict_with_saved_model(version_dir, inputs, kind=kind, top=top):
         click.echo(line)
 
 
 @main.command("serve-config")
+@debug_option
 @click.argument("models_config", type=click.Path(dir_okay=False))
 @click.option("--name", required=True, help="Model name (the REST path /v1/models/NAME).")
 @click.option("--base-path", required=True,
@@ -342,6 +443,7 @@ def _read_column(path: str, column: str) -> list[str]:
 
 
 @main.command()
+@debug_option
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
 @_handle_errors
@@ -355,6 +457,7 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 
 
 @main.command()
+@debug_option
 @click.option("--layers", "layers_of", default=None, metavar="NAME",
               help="List the layers of one backbone (what top_n and from_layer refer to).")
 @click.option("--preset", default=None, help="BERT preset for --layers bert.")

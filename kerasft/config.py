@@ -24,7 +24,11 @@ import yaml
 
 from kerasft.errors import ConfigError, expected
 
-BACKBONE_WEIGHTS = ("imagenet", "none")
+# "pretrained": the architecture's published weights (ImageNet for keras.applications, the
+# preset's own for BERT). "imagenet", its old name, stays accepted and resolves to it.
+PRETRAINED = "pretrained"
+WEIGHTS_ALIASES = {"imagenet": PRETRAINED}
+BACKBONE_WEIGHTS = (PRETRAINED, *WEIGHTS_ALIASES, "none")
 HEAD_ACTIVATIONS = ("softmax", "sigmoid")
 HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
 DATA_SOURCES = ("csv", "image_folder", "tfds", "arrays")
@@ -42,7 +46,7 @@ class BackboneConfig:
     """Which pretrained network the head sits on."""
 
     name: str = "bert"
-    weights: str = "imagenet"
+    weights: str = PRETRAINED
     preset: str | None = None
     sequence_length: int | None = None
     input_shape: list[int] | None = None
@@ -421,9 +425,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(expected("[height, width, 3]", "backbone.input_shape", b.input_shape))
     if b.weights not in BACKBONE_WEIGHTS and not b.weights.endswith(".weights.h5"):
         raise ConfigError(
-            expected("imagenet, none or a path to a .weights.h5 file", "backbone.weights",
-                     b.weights)
+            expected("pretrained (or its alias imagenet), none or a path to a .weights.h5 file",
+                     "backbone.weights", b.weights)
         )
+    b.weights = WEIGHTS_ALIASES.get(b.weights, b.weights)
 
     h = cfg.head
     _check_choice(h.activation, HEAD_ACTIVATIONS, "head.activation")
@@ -598,6 +603,48 @@ def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
                 node = node[part]
 
 
+def _relative_to(base: str, value: Any) -> Any:
+    if not isinstance(value, str) or not value or value.startswith("pkg://") or "://" in value:
+        return value
+    if os.path.isabs(os.path.expanduser(value)) or value.startswith("~"):
+        return value
+    return os.path.normpath(os.path.join(base, value))
+
+
+def _looks_like_preset_path(value: Any, base: str) -> bool:
+    """A local preset folder rather than a KerasHub preset name (``bert_base_en_uncased``)."""
+    return isinstance(value, str) and "://" not in value and (
+        "/" in value or os.sep in value or value.startswith(".")
+        or os.path.isdir(os.path.join(base, value)))
+
+
+def resolve_input_paths(data: dict[str, Any], base: str | os.PathLike) -> dict[str, Any]:
+    """Makes a YAML's relative *input* paths relative to the working directory instead of to the
+    YAML's folder `base`: data files and folders, ``data.tfds_data_dir``, a local
+    ``backbone.preset`` and a ``backbone.weights`` file. ``pkg://``, URLs, absolute paths and
+    outputs (``output_dir``, ``export.dir``: where the command runs) are left alone."""
+    base = os.fspath(base)
+    if base in ("", "."):
+        return data
+    data = copy.deepcopy(data)
+    section = data.get("data")
+    if isinstance(section, dict):
+        if section.get("source", DataConfig.source) in ("csv", "image_folder"):
+            for key in ("train", "validation", "test"):
+                if key in section:
+                    section[key] = _relative_to(base, section[key])
+        if "tfds_data_dir" in section:
+            section["tfds_data_dir"] = _relative_to(base, section["tfds_data_dir"])
+    backbone = data.get("backbone")
+    if isinstance(backbone, dict):
+        if _looks_like_preset_path(backbone.get("preset"), base):
+            backbone["preset"] = _relative_to(base, backbone["preset"])
+        weights = backbone.get("weights")
+        if isinstance(weights, str) and weights.endswith(".weights.h5"):
+            backbone["weights"] = _relative_to(base, weights)
+    return data
+
+
 def _default_dict() -> dict[str, Any]:
     return Config().to_dict()
 
@@ -605,9 +652,15 @@ def _default_dict() -> dict[str, Any]:
 def load_config(
     source: str | os.PathLike | dict[str, Any] | Config | None = None,
     overrides: typing.Sequence[str] = (),
+    resolve_paths: bool = True,
     **kwargs: Any,
 ) -> Config:
     """Builds a validated Config from a YAML path, a dict or a Config, plus overrides.
+
+    Relative input paths in a YAML file are relative to that file's folder (see
+    :func:`resolve_input_paths`; off with ``resolve_paths=False``, for a run folder's resolved
+    config.yaml, whose paths are relative to where the run was started); `overrides` and
+    `kwargs` are relative to the working directory.
 
     `overrides` are ``key=value`` strings (as given to ``--set``); `kwargs` are Python overrides
     with ``__`` or ``.`` between levels (``data__batch_size=16``), applied after `overrides`.
@@ -620,6 +673,8 @@ def load_config(
         data = {}
     else:
         data = read_yaml(source)
+        if resolve_paths:
+            data = resolve_input_paths(data, os.path.dirname(os.fspath(source)))
     # Overrides of stages.N.x are applied to the YAML's stages list, so make sure one exists.
     for text in overrides:
         path, value = parse_override(text)

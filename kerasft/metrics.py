@@ -152,7 +152,7 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
         rows = list(csv.DictReader(f))
     if not rows:
         return False
-    epochs = [int(r["epoch"]) + 1 for r in rows]
+    epochs = [int(r["epoch"]) for r in rows]  # history.csv numbers epochs from 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):

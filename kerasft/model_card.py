@@ -110,8 +110,9 @@ def card_info_from_finetuner(ft: Any) -> ModelCardInfo:
     cfg = ft.config
     backbone = ft.backbone
     weights = _original_backbone_weights(ft)
-    if backbone.task == "text" and weights == "imagenet":  # the config's default: "pretrained"
-        weights = "the preset's pretrained weights"
+    if weights in ("pretrained", "imagenet"):  # "imagenet": runs written before "pretrained"
+        weights = ("the preset's pretrained weights" if backbone.task == "text"
+                   else "ImageNet (pretrained)")
     info: dict[str, Any] = {"name": backbone.name, "weights": weights}
     if cfg.backbone.preset:
         info["preset"] = cfg.backbone.preset

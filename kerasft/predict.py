@@ -14,6 +14,38 @@ import numpy as np
 
 from kerasft.errors import ExportError, KerasftError, expected
 
+# What serving_bytes decodes (tf.io.decode_image): JPEG, PNG, GIF, BMP, by their magic bytes.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+
+
+def resolve_version_dir(export_dir: str | os.PathLike) -> tuple[Path, int | None]:
+    """A version folder as given, or for a model folder its newest integer version that holds a
+    SavedModel (what TF Serving loads by default); returns the folder and the version picked."""
+    path = Path(export_dir)
+    if (path / "saved_model.pb").is_file() or not path.is_dir():
+        return path, None
+    versions = [int(p.name) for p in path.iterdir()
+                if p.is_dir() and p.name.isdigit() and (p / "saved_model.pb").is_file()]
+    if not versions:
+        return path, None
+    return path / str(max(versions)), max(versions)
+
+
+def read_image_files(files: list[str]) -> list[bytes]:
+    """The files' bytes; a file that is missing or not a JPEG/PNG/GIF/BMP image is one error."""
+    blobs = []
+    for file in files:
+        try:
+            data = Path(file).read_bytes()
+        except OSError as e:
+            raise KerasftError(expected("a readable image file", "--image", file)
+                               + f" ({e.strerror})") from None
+        if not data.startswith(_IMAGE_MAGIC):
+            raise KerasftError(expected("a JPEG, PNG, GIF or BMP image file", "--image", file)
+                               + f" (starts with {data[:8]!r})")
+        blobs.append(data)
+    return blobs
+
 
 def load_saved_model(export_dir: str | os.PathLike) -> Any:
     """Loads a SavedModel (registering tensorflow-text's ops first, which BERT exports need)."""
@@ -26,7 +58,8 @@ def load_saved_model(export_dir: str | os.PathLike) -> Any:
     path = Path(export_dir)
     if not (path / "saved_model.pb").is_file():
         raise ExportError(expected("a SavedModel version folder (.../<name>/<version>/ with "
-                                   "saved_model.pb)", "export_dir", str(path)))
+                                   "saved_model.pb) or a model folder holding one",
+                                   "export_dir", str(path)))
     return tf.saved_model.load(str(path))
 
 
@@ -43,23 +76,28 @@ def run_signature(loaded: Any, inputs: list[str], kind: str) -> dict[str, np.nda
                                         name))
         result = fn(text=tf.constant(inputs))
     else:
-        blobs = []
-        for file in inputs:
-            try:
-                blobs.append(Path(file).read_bytes())
-            except OSError as e:
-                raise KerasftError(expected("a readable image file", "--image", file)
-                                   + f" ({e.strerror})") from None
+        blobs = read_image_files(inputs)
         if "serving_bytes" not in signatures:
             raise KerasftError(expected("an image model with a serving_bytes signature",
                                         "signatures", sorted(signatures)))
-        result = signatures["serving_bytes"](image_bytes=tf.constant(blobs))
+        try:
+            result = signatures["serving_bytes"](image_bytes=tf.constant(blobs))
+        except tf.errors.InvalidArgumentError as e:
+            # A file with an image's magic bytes but a damaged body.
+            message = " ".join(str(e.message).split())[:200]
+            raise KerasftError(expected("decodable image files", "--image", ", ".join(inputs))
+                               + f" ({message})") from None
     return {k: v.numpy() for k, v in result.items()}
 
 
 def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], kind: str = "text",
                              top: int = 3) -> list[str]:
-    """Readable lines: the predicted label, its probability and the top-k, per input."""
+    """Readable lines: the predicted label, its probability and the top-k, per input.
+
+    `export_dir` is a version folder, or a model folder (its newest version is used)."""
+    export_dir, _ = resolve_version_dir(export_dir)
+    if kind == "image":
+        read_image_files(inputs)  # before loading the model: a wrong file fails at once
     loaded = load_saved_model(export_dir)
     labels_file = Path(export_dir) / "assets.extra" / "labels.txt"
     out = run_signature(loaded, inputs, kind)

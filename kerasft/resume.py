@@ -4,7 +4,7 @@ Keras's ``BackupAndRestore`` restores only within one ``compile`` (keras#19179, 
 kerasft recompiles at every stage, so kerasft keeps its own state. After every epoch, and at the
 end of every stage, ``<run>/checkpoints/`` receives in this order:
 
-1. ``ckpt-<n>.weights.h5``: the whole model's weights (Keras ``save_weights``: arrays only);
+1. ``ckpt-<n>.weights.h5``: the whole model's weights, not its optimizer's (kerasft/weights.py);
 2. ``ckpt-<n>.state.npz``: the stage optimizer's variables (iteration count, so the learning-rate
    schedule position, moments, gradient accumulators) with their paths, restored by path (a
    missing, unexpected or reshaped variable is a one-line error), and the random-seed states of
@@ -41,8 +41,9 @@ from typing import Any
 
 import yaml
 
-from kerasft.config import Config, save_config, upgrade_saved_config
+from kerasft.config import WEIGHTS_ALIASES, Config, save_config, upgrade_saved_config
 from kerasft.errors import KerasftError, expected
+from kerasft.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
@@ -50,7 +51,9 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BEST_FILE = "best.weights.h5"
 TMP_PREFIX = ".tmp-"
-FORMAT = 1
+# Format 2 numbers epochs from 1, as Keras's progress bar and history.csv do; format 1 (0-based)
+# run folders are refused for resuming (their history.csv would mix both numberings).
+FORMAT = 2
 # Keys that may differ between the run's config.yaml and the resumed config.
 IGNORED_KEYS = ("output_dir", "training.verbose")
 SEED_STATE = "seed_generator_state"
@@ -129,6 +132,8 @@ class RunState:
     status: str = "training"  # "training" until fit() finished, then "finished"
     commit: int = 0
     stage: int = 0  # the stage in progress (or the next one, after a stage-end commit)
+    # In memory epochs are 0-based indices (Keras's initial_epoch); state.json stores them
+    # 1-based (see _to_file / _from_file).
     stage_first_epoch: int = 0  # global index of that stage's first epoch
     epoch: int = 0  # epochs completed so far = the next epoch's global index
     stopped: bool = False  # the stage in progress was stopped early (it is complete)
@@ -150,12 +155,37 @@ class RunState:
         return {n for n in names if n}
 
 
+def _shift_epochs(raw: dict[str, Any], by: int) -> dict[str, Any]:
+    """Converts the epoch fields between 0-based indices (memory) and 1-based numbers (file).
+    ``epoch`` (epochs completed) is the same number in both; an early-stopping
+    ``stopped_epoch`` of 0 means "not stopped" in both."""
+    out = dict(raw)
+    if raw.get("stage_first_epoch") is not None:
+        out["stage_first_epoch"] = raw["stage_first_epoch"] + by
+    if raw.get("best_epoch") is not None:
+        out["best_epoch"] = raw["best_epoch"] + by
+    es = raw.get("early_stopping")
+    if es:
+        es = dict(es)
+        if es.get("best_epoch") is not None:
+            es["best_epoch"] += by
+        if es.get("stopped_epoch"):
+            es["stopped_epoch"] += by
+        out["early_stopping"] = es
+    return out
+
+
 def _read_state(path: Path) -> RunState:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise KerasftError(f"{path}: expected a readable kerasft run state. Received: "
                            f"{str(e).splitlines()[0]}") from None
+    if isinstance(raw, dict) and raw.get("format") == 1:
+        raise KerasftError(expected(
+            f"a kerasft run state of format {FORMAT} (epochs numbered from 1); this run was "
+            "written by an older kerasft, which can resume it (evaluate and export work here)",
+            "format", 1, where=str(path)))
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise KerasftError(expected(f"a kerasft run state of format {FORMAT}", "format",
                                     raw.get("format") if isinstance(raw, dict) else None,
@@ -164,7 +194,7 @@ def _read_state(path: Path) -> RunState:
     if unknown:
         raise KerasftError(expected("the fields of a kerasft run state", "unknown fields",
                                     unknown, where=str(path)))
-    return RunState(**raw)
+    return RunState(**_shift_epochs(raw, -1))
 
 
 def data_fingerprint(data: Any) -> dict[str, Any]:
@@ -215,6 +245,9 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key=current (run: saved)`` for every key whose value differs (IGNORED_KEYS aside)."""
     old, new = _flatten(saved), _flatten(current)
+    for flat in (old, new):  # a run written with the old name of backbone.weights: pretrained
+        weights = flat.get("backbone.weights")
+        flat["backbone.weights"] = WEIGHTS_ALIASES.get(weights, weights)
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key in IGNORED_KEYS or old.get(key) == new.get(key):
@@ -363,12 +396,12 @@ class Checkpointer:
 
     @staticmethod
     def _state_json(state: RunState) -> str:
-        return json.dumps(asdict(state), indent=1, sort_keys=True) + "\n"
+        return json.dumps(_shift_epochs(asdict(state), +1), indent=1, sort_keys=True) + "\n"
 
     def _write_weights(self, model: Any, n: int, epoch: int | None = None) -> str:
         name = f"ckpt-{n:06d}.weights.h5"
         tmp = self.dir / f"{TMP_PREFIX}{name}"
-        model.save_weights(tmp)
+        save_model_weights(model, tmp)  # the optimizer goes to the .state.npz only
         if epoch is not None:
             pause_point("weights", epoch)
         publish(tmp, self.dir / name)
@@ -494,7 +527,7 @@ class Checkpointer:
             return
         path = self.dir / self.state.weights
         try:
-            model.load_weights(path)
+            load_model_weights(model, path)
         except (OSError, ValueError) as e:
             raise KerasftError(f"{path}: expected the weights of this model. Received: "
                                f"error={str(e).splitlines()[0]!r}") from None
@@ -552,9 +585,9 @@ class Checkpointer:
         name = (self.state.early_stopping or {}).get("weights")
         if not name or not self.state.weights:
             return None
-        model.load_weights(self.dir / name)
+        load_model_weights(model, self.dir / name)
         weights = fit_model.get_weights()
-        model.load_weights(self.dir / self.state.weights)
+        load_model_weights(model, self.dir / self.state.weights)
         return weights
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from kerasft.config import Config, ConfigError, StageConfig
 from kerasft.errors import KerasftError, expected
+from kerasft.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
@@ -148,12 +149,16 @@ def _callbacks() -> dict[str, type]:
             self.path = Path(path)
             self.stage = stage
 
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.first_step = _iterations(self.model.optimizer)
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = dict(logs or {})
-            row = {"stage": self.stage, "epoch": epoch}
-            lr = logs.pop("learning_rate", None)
+            row = {"stage": self.stage, "epoch": epoch + 1}  # 1-based, as Keras's progress bar
+            after = logs.pop("learning_rate", None)  # the rate *after* the epoch's last step
+            lr = _epoch_lr(self.model.optimizer, getattr(self, "first_step", None))
             if lr is None:
-                lr = _current_lr(self.model.optimizer)
+                lr = after if after is not None else _current_lr(self.model.optimizer)
             row["learning_rate"] = lr
             row.update({k: float(v) for k, v in sorted(logs.items())})
             exists = self.path.exists() and self.path.stat().st_size > 0
@@ -193,7 +198,7 @@ def _callbacks() -> dict[str, type]:
             if better:
                 self.state.update(best=value, epoch=epoch)
                 tmp = self.path.with_name("best.tmp.weights.h5")
-                (self.target or self.model).save_weights(tmp)
+                save_model_weights(self.target or self.model, tmp)
                 os.replace(tmp, self.path)
 
     class NaNGuard(Callback):
@@ -226,6 +231,38 @@ def _callbacks() -> dict[str, type]:
     _Lazy.classes = {"StageCSVLogger": StageCSVLogger, "BestWeights": BestWeights,
                      "NaNGuard": NaNGuard, "EpochTensorBoard": EpochTensorBoard}
     return _Lazy.classes
+
+
+def _iterations(optimizer: Any) -> int | None:
+    try:
+        return int(optimizer.iterations.numpy())
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _epoch_lr(optimizer: Any, first_step: int | None) -> float | None:
+    """The mean learning rate of the epoch's steps (``first_step`` up to the optimizer's
+    iteration count now): what the epoch trained with, where Keras logs the rate after its last
+    step (0.0 at the end of a one-epoch cosine stage). None when it cannot be computed."""
+    import keras
+    import numpy as np
+
+    last = _iterations(optimizer)
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    schedule = getattr(inner, "_learning_rate", None)
+    if first_step is None or last is None:
+        return None
+    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return _current_lr(inner)  # a constant rate
+    if last <= first_step:
+        return None
+    steps = np.arange(first_step, last, dtype="float32")
+    try:
+        values = keras.ops.convert_to_numpy(schedule(keras.ops.convert_to_tensor(steps)))
+    except Exception:  # a schedule that only takes a scalar step
+        values = np.array([float(keras.ops.convert_to_numpy(schedule(step))) for step in steps])
+    values = np.broadcast_to(np.asarray(values, dtype="float64"), steps.shape)
+    return float(values.mean())
 
 
 def _current_lr(optimizer: Any) -> float:
@@ -437,7 +474,7 @@ def run_stages(
             )
         elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
             # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
-            model.load_weights(ckpt.dir / ckpt.state.early_stopping["weights"])
+            load_model_weights(model, ckpt.dir / ckpt.state.early_stopping["weights"])
         if nan_state:
             where = nan_state["nan"]
             raise KerasftError(
@@ -470,7 +507,7 @@ def run_stages(
     if ckpt is not None and ckpt.state.best is not None:
         best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
     if cfg.training.restore_best and best_path.exists():
-        model.load_weights(best_path)
+        load_model_weights(model, best_path)
         log(f"restored the best weights ({monitor}={best_state.get('best'):.4f} at epoch "
             f"{best_state.get('epoch', 0) + 1}) from {best_path}")
     if ckpt is not None and ckpt.write_seconds:

@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kerasft.config import BackboneConfig, Config, ConfigError, load_config
+from kerasft.config import (
+    BACKBONE_WEIGHTS,
+    PRETRAINED,
+    BackboneConfig,
+    Config,
+    ConfigError,
+    load_config,
+)
 from kerasft.errors import expected
 
 
@@ -70,8 +77,8 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                         entry.min_size)
         lines.append(f"backbone: {entry.name} ({entry.description})"
                      + (" with ImageNet weights (downloaded at train time)"
-                        if cfg.backbone.weights == "imagenet" else ""))
-    if cfg.backbone.weights not in ("imagenet", "none"):
+                        if cfg.backbone.weights == PRETRAINED else ""))
+    if cfg.backbone.weights not in BACKBONE_WEIGHTS:
         from kerasft.backbones import _check_weights_file
 
         _check_weights_file(cfg.backbone.weights)

@@ -61,6 +61,6 @@ def test_training_curves_png(tmp_path):
     pytest.importorskip("matplotlib")
     csv = tmp_path / "history.csv"
     csv.write_text("stage,epoch,learning_rate,accuracy,loss,val_accuracy,val_loss\n"
-                   "head,0,0.1,0.5,1.0,0.5,1.1\nall,1,0.01,0.7,0.6,0.6,0.8\n")
+                   "head,1,0.1,0.5,1.0,0.5,1.1\nall,2,0.01,0.7,0.6,0.6,0.8\n")
     assert plot_history(csv, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

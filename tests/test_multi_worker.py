@@ -463,13 +463,13 @@ def _committed_run(tmp_path: Path) -> Path:
     run = tmp_path / "runs" / "m-job"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("name: m\n")
-    (run / "history.csv").write_text("stage,epoch\nhead,0\n")
+    (run / "history.csv").write_text("stage,epoch\nhead,1\n")
     (run / "labels.txt").write_text("a\nb\n")
     (run / "checkpoints" / "ckpt-000001.weights.h5").write_bytes(b"w")
     (run / "checkpoints" / "ckpt-000001.state.npz").write_bytes(b"s")
     (run / "checkpoints" / "ckpt-000000.weights.h5").write_bytes(b"old, unreferenced")
     (run / "checkpoints" / "state.json").write_text(json.dumps(
-        {"format": 1, "commit": 1, "epoch": 1, "weights": "ckpt-000001.weights.h5",
+        {"format": 2, "commit": 1, "epoch": 1, "weights": "ckpt-000001.weights.h5",
          "arrays": "ckpt-000001.state.npz"}))
     return run
 
@@ -602,7 +602,7 @@ def test_two_workers_resume_after_both_are_killed(two_worker_run, tmp_path):
     assert "resuming" in resumed.logs[0] and "stage 2/2 'all', epoch 3" in resumed.logs[0]
     with open(run_dir / "history.csv", newline="") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2]  # no gap, no repeat
+    assert epochs == [1, 2, 3]  # no gap, no repeat
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny-job-1"]
     for i in range(2):
         assert list((resumed.out / f"tmp_{i}").iterdir()) == [], i

@@ -95,7 +95,7 @@ def test_run_state_is_plain_json_with_known_fields(tmp_path):
     from kerasft.resume import STATE_FILE, _read_state
 
     path = tmp_path / STATE_FILE
-    path.write_text(json.dumps({"format": 1, "__class__": "os.system"}))
+    path.write_text(json.dumps({"format": 2, "__class__": "os.system"}))
     with pytest.raises(KerasftError, match=r"state.json: expected the fields of a kerasft run "
                                            r"state. Received: unknown fields=\['__class__'\]"):
         _read_state(path)
@@ -104,6 +104,7 @@ def test_run_state_is_plain_json_with_known_fields(tmp_path):
 def test_backbone_weights_must_be_a_weights_file():
     from kerasft.config import load_config
 
-    with pytest.raises(ConfigError, match=r"expected imagenet, none or a path to a .weights.h5 "
-                                          r"file. Received: backbone.weights='model.keras'"):
+    with pytest.raises(ConfigError, match=r"expected pretrained \(or its alias imagenet\), none "
+                                          r"or a path to a .weights.h5 file. Received: "
+                                          r"backbone.weights='model.keras'"):
         load_config({"backbone": {"weights": "model.keras"}})

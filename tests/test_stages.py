@@ -337,7 +337,7 @@ def test_stage_change_recompiles_and_epochs_continue(image_arrays, tmp_path):
     with open(ft.run_dir / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["stage"], int(r["epoch"])) for r in rows] == [
-        ("head", 0), ("head", 1), ("all", 2), ("all", 3)]
+        ("head", 1), ("head", 2), ("all", 3), ("all", 4)]
 
 
 def test_top_n_larger_than_backbone_and_unknown_layer(image_arrays):

@@ -24,7 +24,7 @@ def _build_tiny_cnn(cfg: BackboneConfig, pooling: str) -> Backbone:
     x = keras.layers.BatchNormalization(name="bn2")(x)
     x = keras.layers.Activation("relu", name="relu2")(x)
     network = keras.Model(inp, x, name="tiny_cnn")
-    if cfg.weights not in ("none", "imagenet"):
+    if cfg.weights not in ("none", "pretrained", "imagenet"):
         network.load_weights(cfg.weights)
     inputs = keras.Input(shape=(*size, 3), name="image")
     features = keras.layers.GlobalAveragePooling2D(name="avg_pool")(
