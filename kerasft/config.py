@@ -31,7 +31,7 @@ DATA_SOURCES = ("csv", "image_folder", "tfds", "arrays")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential", "linear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
-MIXED_PRECISION = ("none", "mixed_float16", "mixed_bfloat16")
+MIXED_PRECISION = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 LR_SCALING = ("none", "linear")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 
@@ -124,7 +124,8 @@ class TrainingConfig:
     strategy: str = "auto"
     devices: list[str] | None = None
     tpu: str | None = None
-    mixed_precision: str = "none"
+    mixed_precision: str = "auto"  # resolved at the start of a run: kerasft/precision.py
+    mixed_precision_reason: str | None = None  # written by kerasft: why auto chose the policy
     jit_compile: bool = False
     steps_per_execution: int = 1
     gradient_accumulation_steps: int = 1
