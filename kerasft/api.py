@@ -332,7 +332,8 @@ class FineTuner:
         `run_id` (or ``KERASFT_RUN_ID``) names the run folder ``<name>-<run_id>``.
         `resume` continues an interrupted run: a run folder, or True for the newest
         ``<output_dir>/<name>-<timestamp>`` with a run state; its config.yaml must equal this
-        config unless `force` (see kerasft/resume.py). Nothing is written before the data, the
+        config unless `force` (see kerasft/resume.py); ``training.mixed_precision: auto`` takes
+        the run's recorded policy. Nothing is written before the data, the
         backbone and every stage's ``trainable`` were checked.
         """
         from kerasft.distributed import distribution_notes, drops_remainder
