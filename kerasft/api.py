@@ -67,16 +67,20 @@ class FineTuner:
         self.data: Any = None
         self.run_dir: Path | None = None
         self.strategy_info: Any = None
+        self.precision: Any = None  # kerasft.precision.Precision, once the runtime is prepared
         self.stage_results: list[Any] = []
         self.metrics: dict[str, Any] | None = None
 
     # -- building ----------------------------------------------------------------------------
 
-    def _prepare_runtime(self) -> None:
+    def _prepare_runtime(self, recorded: tuple[str, str | None] | None = None) -> None:
+        """Seeds, strategy and mixed-precision policy; `recorded`: the (policy, reason) of the run
+        being resumed, which ``auto`` keeps (kerasft/precision.py)."""
         import keras
         import tensorflow as tf
 
         from kerasft.backbones import get_entry
+        from kerasft.precision import resolve as resolve_precision
         from kerasft.trainer import resolve_strategy
 
         if self.strategy_info is not None:
@@ -84,10 +88,16 @@ class FineTuner:
         keras.utils.set_random_seed(self.config.seed)
         if self.config.training.deterministic:
             tf.config.experimental.enable_op_determinism()
-        # Always set: a policy left by an earlier mixed-precision FineTuner must not leak in.
-        policy = self.config.training.mixed_precision
-        keras.mixed_precision.set_global_policy("float32" if policy == "none" else policy)
         self.strategy_info = resolve_strategy(self.config)
+        # auto resolves here, once: the config then holds the policy that runs (and why), so the
+        # run folder's config.yaml records it and a resume compares concrete policies.
+        self.precision = resolve_precision(self.config, self.strategy_info.kind, recorded)
+        training = self.config.training
+        training.mixed_precision = policy = self.precision.policy
+        if self.precision.auto:
+            training.mixed_precision_reason = self.precision.reason
+        # Always set: a policy left by an earlier mixed-precision FineTuner must not leak in.
+        keras.mixed_precision.set_global_policy(self.precision.keras_policy)
         if policy == "mixed_float16" and self.strategy_info.kind != "tpu" and \
                 get_entry(self.config.backbone.name).task == "image" and \
                 not tf.config.list_logical_devices("GPU"):
@@ -295,6 +305,25 @@ class FineTuner:
         (self.run_dir / DATA_FILE).write_text(json.dumps(fingerprint(data), indent=1) + "\n",
                                               encoding="utf-8")
 
+    def _recorded_precision(self, output_dir: str | os.PathLike | None,
+                            resume: bool | str | os.PathLike) -> tuple[str, str | None] | None:
+        """The (policy, reason) recorded by the run that `resume` names, when this config's
+        policy is ``auto`` (None otherwise, or when there is no run: resuming reports that)."""
+        if resume is False or resume is None:
+            return None
+        asked_auto = (self.precision.auto if self.precision is not None
+                      else self.config.training.mixed_precision == "auto")
+        if not asked_auto:
+            return None
+        from kerasft.resume import find_latest_run, recorded_precision
+
+        try:
+            run = (find_latest_run(output_dir or self.config.output_dir, self.config.name)
+                   if resume is True else Path(resume))
+        except KerasftError:
+            return None
+        return recorded_precision(run)
+
     def fit(
         self,
         x: Any = None,
@@ -316,14 +345,23 @@ class FineTuner:
         `run_id` (or ``KERASFT_RUN_ID``) names the run folder ``<name>-<run_id>``.
         `resume` continues an interrupted run: a run folder, or True for the newest
         ``<output_dir>/<name>-<timestamp>`` with a run state; its config.yaml must equal this
-        config unless `force` (see kerasft/resume.py). Nothing is written before the data, the
+        config unless `force` (see kerasft/resume.py); ``training.mixed_precision: auto`` takes
+        the run's recorded policy. Nothing is written before the data, the
         backbone and every stage's ``trainable`` were checked.
         """
         from kerasft.distributed import distribution_notes, drops_remainder
         from kerasft.distributed import steps_per_epoch as count_steps
         from kerasft.trainer import run_stages
 
-        self._prepare_runtime()  # multi_worker: the strategy must exist before any TF op
+        recorded = self._recorded_precision(output_dir, resume)
+        if recorded is not None and self.precision is not None \
+                and self.precision.policy != recorded[0]:
+            raise KerasftError(expected(
+                f"the resumed run's recorded policy {recorded[0]} (the model was built under "
+                f"auto's {self.precision.policy} before fit: resume without calling build() "
+                "first)", "training.mixed_precision", self.precision.policy))
+        # multi_worker: the strategy must exist before any TF op
+        self._prepare_runtime(recorded)
         report = x is None and self.data is None  # logged once the run folder exists
         if report:
             from kerasft.validate import check_data_source
@@ -352,6 +390,9 @@ class FineTuner:
 
             log_report(data, self.log)
         self.log(self.strategy_info.describe(batch))
+        self.log(self.precision.line())
+        if self.precision.note:
+            self.log(self.precision.note)
         for line in distribution_notes(self.config, self.strategy_info.kind, data):
             self.log(line)
         if batch % self.strategy_info.replicas:

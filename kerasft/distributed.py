@@ -574,6 +574,9 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
         version = next_version(model_dir) if cfg.export.version == "auto" else cfg.export.version
         export = {"path": str(model_dir / str(version)), "version": version,
                   "exists": (model_dir / str(version)).exists()}
+    from kerasft.precision import resolve as resolve_precision
+
+    precision = resolve_precision(cfg, kind)
     source = data.report.get("source", cfg.data.source)
     return {
         "strategy": kind,
@@ -598,6 +601,7 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
         "run_id": run_id,
         "export": export,
         "steps_per_execution": cfg.training.steps_per_execution,
+        "mixed_precision": {"policy": precision.policy, "reason": precision.reason},
         "notes": distribution_notes(cfg, kind, data),
     }
 
@@ -623,6 +627,8 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
         f"data: {d['source']} ({d['task']}, {d['classes']} classes): train {d['train']}, "
         f"validation {d['validation']}, test {d['test']} examples",
     ]
+    precision = plan["mixed_precision"]
+    lines.append(f"mixed precision: {precision['policy']} ({precision['reason']})")
     lines.extend(plan["notes"])
     lines.append(f"steps per epoch: {plan['steps_per_epoch']} training, "
                  f"{plan['validation_steps']} validation")

@@ -55,7 +55,7 @@ TMP_PREFIX = ".tmp-"
 # run folders are refused for resuming (their history.csv would mix both numberings).
 FORMAT = 2
 # Keys that may differ between the run's config.yaml and the resumed config.
-IGNORED_KEYS = ("output_dir", "training.verbose")
+IGNORED_KEYS = ("output_dir", "training.verbose", "training.mixed_precision_reason")
 SEED_STATE = "seed_generator_state"
 # Test hooks: KERASFT_TEST_PAUSE="<point>@<epoch>" makes the process create the file named by
 # KERASFT_TEST_PAUSE_FILE and sleep at that point, so a test can kill it there. Points, with the
@@ -254,6 +254,22 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
             continue
         diffs.append(f"{key}={new.get(key)!r} (run: {old.get(key)!r})")
     return diffs
+
+
+def recorded_precision(run_dir: str | os.PathLike) -> tuple[str, str | None] | None:
+    """The mixed-precision policy and reason that a run folder's config.yaml records (None when
+    it records none: resuming reports an unreadable config itself)."""
+    from kerasft.config import MIXED_PRECISION, read_yaml
+
+    try:
+        training = read_yaml(Path(run_dir) / "config.yaml").get("training") or {}
+    except KerasftError:
+        return None
+    policy = training.get("mixed_precision") if isinstance(training, dict) else None
+    if policy not in MIXED_PRECISION or policy == "auto":
+        return None
+    reason = training.get("mixed_precision_reason")
+    return policy, reason if isinstance(reason, str) else None
 
 
 def _truncate(path: Path, size: int) -> None:

@@ -12,6 +12,10 @@ import tempfile
 
 os.environ.setdefault("KERAS_HOME", tempfile.mkdtemp(prefix="kerasft-keras-home-"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `training.mixed_precision: auto` (the default) sees a CPU without bfloat16 here and in the
+# subprocesses tests start, so every test trains in float32 unless it asks for another policy
+# or pins other hardware itself (tests/test_precision.py).
+os.environ["KERASFT_TEST_HARDWARE"] = "cpu"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
