@@ -1,4 +1,5 @@
-"""The session-based SavedModel loader, as TF Serving's C++ ``LoadSavedModel`` uses it.
+"""Exports as their real consumers load them: the session-based SavedModel loader, as TF
+Serving's C++ ``LoadSavedModel`` uses it, and TensorFlow's ``saved_model_cli run``.
 
 Written independently of kerasft's own export check so that tests do not verify an export with
 the code that wrote it: ``tf.compat.v1.saved_model.loader.load`` into a fresh ``Session`` and
@@ -9,6 +10,9 @@ Python functions.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,3 +52,20 @@ class SessionModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def saved_model_cli_run(args: list[str], tmp_path: Path, text_ops: bool = False) -> Path:
+    """Runs TensorFlow's ``saved_model_cli run ... --outdir`` in a new process."""
+    outdir = tmp_path / "cli_out"
+    full = ["run", "--tag_set", "serve", "--outdir", str(outdir), "--overwrite", *args]
+    if text_ops:  # the tensorflow-text ops must be registered, as TF Serving's build links them
+        cmd = [sys.executable, "-c",
+               "import sys, tensorflow_text\n"
+               "from tensorflow.python.tools import saved_model_cli\n"
+               "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
+               "saved_model_cli.main()", *full]
+    else:
+        cmd = [str(Path(sys.executable).parent / "saved_model_cli"), *full]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return outdir

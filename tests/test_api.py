@@ -17,6 +17,7 @@ def _cfg(**extra):
     return cfg
 
 
+@pytest.mark.slow
 def test_tf_data_dataset_after_build(image_arrays, tmp_path):
     import tensorflow as tf
 
@@ -109,6 +110,7 @@ def _image_run_config(tmp_path):
                 export={"dir": str(tmp_path / "saved_models"), "verify": False})
 
 
+@pytest.mark.slow
 def test_evaluate_keeps_each_split_apart_and_the_card_reports_test(image_arrays, tmp_path):
     """evaluate --split validation and evaluate(x, y) write their own files; metrics.json (and
     the model card of a later export) keep the test figures."""
@@ -201,6 +203,7 @@ def test_predict_takes_one_image_or_a_batch_and_returns_labels(image_arrays):
             ft.predict(bad)
 
 
+@pytest.mark.slow
 def test_predict_takes_one_string_or_a_batch(tmp_path):
     from kerasft import build_finetuner
     from tests.bert_fixtures import write_tiny_bert_preset

@@ -81,6 +81,7 @@ def test_debug_shows_traceback(tmp_path):
     assert result.exit_code != 0 and result.exception is not None
 
 
+@pytest.mark.slow
 def test_train_evaluate_export_predict(tmp_path):
     preset = write_tiny_bert_preset(tmp_path / "kh")
     rows = [(t, "pos") for t in GOOD] * 3 + [(t, "neg") for t in BAD] * 3
@@ -133,6 +134,7 @@ def _cli_subprocess(*args: str, timeout: float = 180) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_error_after_tensorflow_import_is_one_stderr_line(tmp_path):
     expected_line = ("Error: expected a SavedModel version folder (.../<name>/<version>/ with "
                      f"saved_model.pb) or a model folder holding one. Received: "
@@ -148,6 +150,7 @@ def test_error_after_tensorflow_import_is_one_stderr_line(tmp_path):
     assert "Traceback" in debug.stderr and "ExportError" in debug.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_says_how_to_resume_and_logs_it(tmp_path):
     preset = write_tiny_bert_preset(tmp_path / "kh")
     rows = [(t, "pos") for t in GOOD] * 3 + [(t, "neg") for t in BAD] * 3
@@ -218,6 +221,7 @@ def test_debug_after_the_command_and_resume_before_config(tmp_path):
     assert result.exit_code == 1 and "expected a run folder" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_predict_image_checks_files_and_takes_the_newest_version(image_arrays, tmp_path):
     import tensorflow as tf
 

@@ -19,6 +19,7 @@ def _mirrored():
             "verbose": "silent"}
 
 
+@pytest.mark.slow
 def test_image_fit_under_mirrored_strategy(image_arrays, tmp_path):
     from kerasft.api import build_finetuner
 
@@ -37,6 +38,7 @@ def test_image_fit_under_mirrored_strategy(image_arrays, tmp_path):
     assert summary["metrics"]["examples"] == 6
 
 
+@pytest.mark.slow
 def test_bert_fit_under_mirrored_strategy(tmp_path):
     from kerasft.api import build_finetuner
     from tests.test_text import BAD, GOOD, write_csv

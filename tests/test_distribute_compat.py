@@ -170,6 +170,7 @@ def _env(tmp_path, **extra):
     return env
 
 
+@pytest.mark.slow
 def test_reduce_override_single_worker(tmp_path):
     """The override's two cases, and plain MWMS.reduce still rejecting a scalar with axis=0.
 

@@ -5,8 +5,6 @@ export check, multi-label label sets, and exports of mixed-precision models."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from kerasft.errors import ExportError
 from tests.bert_fixtures import write_tiny_bert_preset
 from tests.conftest import make_image_arrays
-from tests.session_loader import SessionModel
+from tests.session_loader import SessionModel, saved_model_cli_run
 from tests.test_export import _trained_image_finetuner
 
 GOOD = ["a good movie", "great film", "i loved this book", "very nice", "it was great"]
@@ -48,35 +46,11 @@ def image_ft(tmp_path_factory):
     return ft, ft.export()
 
 
-def _saved_model_cli(args: list[str], tmp_path: Path, text_ops: bool = False) -> Path:
-    """Runs TensorFlow's ``saved_model_cli run ... --outdir`` in a new process."""
-    outdir = tmp_path / "cli_out"
-    full = ["run", "--tag_set", "serve", "--outdir", str(outdir), "--overwrite", *args]
-    if text_ops:  # the tensorflow-text ops must be registered, as TF Serving's build links them
-        cmd = [sys.executable, "-c",
-               "import sys, tensorflow_text\n"
-               "from tensorflow.python.tools import saved_model_cli\n"
-               "sys.argv = ['saved_model_cli'] + sys.argv[1:]\n"
-               "saved_model_cli.main()", *full]
-    else:
-        cmd = [str(Path(sys.executable).parent / "saved_model_cli"), *full]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return outdir
+# The text export under saved_model_cli: tests/test_text.py::test_text_end_to_end_export_and_
+# fresh_reload (it trains the tiny BERT that this module would otherwise train again).
 
 
-def test_saved_model_cli_runs_the_text_export(tmp_path):
-    ft = _text_finetuner(tmp_path)
-    path = ft.export()
-    texts = ["I love it", "awful", "a good movie"]
-    out = _saved_model_cli(["--dir", str(path), "--signature_def", "serving_default",
-                            "--input_exprs", f"text={texts!r}"], tmp_path, text_ops=True)
-    probabilities = np.load(out / "probabilities.npy", allow_pickle=False)
-    np.testing.assert_allclose(probabilities, ft.predict(texts), atol=1e-5)
-    np.testing.assert_array_equal(np.load(out / "class_ids.npy", allow_pickle=False),
-                                  probabilities.argmax(-1))
-
-
+@pytest.mark.slow
 def test_saved_model_cli_runs_both_image_signatures(image_ft, tmp_path):
     import tensorflow as tf
 
@@ -84,7 +58,7 @@ def test_saved_model_cli_runs_both_image_signatures(image_ft, tmp_path):
     x, _ = make_image_arrays()
     np.save(tmp_path / "x.npy", x[:3].astype("float32"))
     expected = ft.predict(x[:3])
-    out = _saved_model_cli(["--dir", str(path), "--signature_def", "serving_default",
+    out = saved_model_cli_run(["--dir", str(path), "--signature_def", "serving_default",
                             "--inputs", f"image={tmp_path / 'x.npy'}"], tmp_path)
     np.testing.assert_allclose(np.load(out / "probabilities.npy"), expected, atol=1e-5)
 
@@ -92,11 +66,12 @@ def test_saved_model_cli_runs_both_image_signatures(image_ft, tmp_path):
     # --input_exprs literal cannot carry PNG bytes, the tool splits expressions on ";".
     pngs = np.array([tf.io.encode_png(img).numpy() for img in x[:3]], dtype=object)
     np.save(tmp_path / "pngs.npy", pngs, allow_pickle=True)
-    out = _saved_model_cli(["--dir", str(path), "--signature_def", "serving_bytes",
+    out = saved_model_cli_run(["--dir", str(path), "--signature_def", "serving_bytes",
                             "--inputs", f"image_bytes={tmp_path / 'pngs.npy'}"], tmp_path)
     np.testing.assert_allclose(np.load(out / "probabilities.npy"), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_warmup_file_replays_through_the_session(image_ft):
     """TF Serving replays every warmup record at load; each must run in the session graph."""
     import tensorflow as tf
@@ -115,6 +90,7 @@ def test_warmup_file_replays_through_the_session(image_ft):
             assert out["probabilities"].shape == (batch, 3)
 
 
+@pytest.mark.slow
 def test_check_names_the_variable_the_session_loader_misses(image_ft, tmp_path, monkeypatch):
     """Tracking Keras's variable wrappers (what exports did before) loads under
     tf.saved_model.load but not under TF Serving's loader: the check must refuse it."""
@@ -137,6 +113,7 @@ def test_check_names_the_variable_the_session_loader_misses(image_ft, tmp_path, 
     assert list((tmp_path / "tiny").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_check_refuses_a_warmup_record_the_graph_cannot_run(image_ft, tmp_path, monkeypatch):
     """TF Serving fails a version's load when one warmup record fails: so does the check."""
     import tensorflow as tf
@@ -169,6 +146,7 @@ def test_check_refuses_a_warmup_record_the_graph_cannot_run(image_ft, tmp_path, 
     assert list((tmp_path / "tiny").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_multi_label_export_answers_label_sets(tmp_path):
     """class_ids multi-hot, labels joined by data.label_separator (array labels are split by
     it too), the same `> threshold` as evaluate; an empty string when no label passes."""
@@ -215,6 +193,7 @@ def test_multi_label_export_answers_label_sets(tmp_path):
     assert not out["class_ids"].any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_image_models_export_in_float32(image_arrays, tmp_path, policy):
     from kerasft.api import build_finetuner
@@ -237,6 +216,7 @@ def test_mixed_precision_image_models_export_in_float32(image_arrays, tmp_path, 
     np.testing.assert_allclose(out["probabilities"], ft.predict(x[:8]), atol=2e-2)
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_text_model_exports(tmp_path):
     """The quickstart with --set training.mixed_precision=mixed_bfloat16 used to fail its export
     check after the whole run (max_abs_diff 0.0036 > 1e-5)."""

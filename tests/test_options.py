@@ -50,6 +50,7 @@ def _train(image_arrays, tmp_path, stages, training=None, batch_size=8, start=No
 ALL = [{"name": "all", "trainable": "all", "epochs": 4, "learning_rate": 0.01}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_mixed_precision_trains_with_float32_outputs(image_arrays, tmp_path, policy):
     import keras
@@ -75,6 +76,7 @@ def test_mixed_precision_trains_with_float32_outputs(image_arrays, tmp_path, pol
     assert plain.backbone.network.get_layer("conv1").compute_dtype == "float32"
 
 
+@pytest.mark.slow
 def test_mixed_float16_bert_with_trimmed_batches(tmp_path):
     import keras
 
@@ -103,6 +105,7 @@ def _initial_weights(stages):
     return [np.array(w) for w in ft.model.get_weights()]
 
 
+@pytest.mark.slow
 def test_jit_compile_matches_the_plain_train_step(image_arrays, tmp_path):
     stages = [{**ALL[0], "epochs": 2}]
     start = _initial_weights(stages)
@@ -123,6 +126,7 @@ def test_execution_steps_divide_the_epoch():
     assert execution_steps(8, 7) == 7 and execution_steps(4, 7) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [3, 4])
 def test_steps_per_execution_gives_the_same_weights(image_arrays, tmp_path, steps):
     # 48 examples / batch 8 = 6 steps per epoch: 3 divides it; 4 would overrun each epoch by 2
@@ -139,6 +143,7 @@ def test_steps_per_execution_gives_the_same_weights(image_arrays, tmp_path, step
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_large_batch(image_arrays, tmp_path):
     """k=3 accumulated steps of batch 4 == one SGD step of batch 12 (BN frozen, no dropout)."""
     sgd = [{"name": "all", "trainable": "all", "epochs": 1, "optimizer": "sgd",
@@ -158,6 +163,7 @@ def test_gradient_accumulation_equals_one_large_batch(image_arrays, tmp_path):
                for a, b in zip(w_big, w_small, strict=True))
 
 
+@pytest.mark.slow
 def test_length_grouped_batches_keep_every_example_and_its_label(tmp_path, monkeypatch):
     import kerasft.data
     from kerasft.api import build_finetuner
@@ -204,6 +210,7 @@ def test_length_grouped_batches_keep_every_example_and_its_label(tmp_path, monke
     assert width < np.mean([t.shape[1] for t, _, _ in trimmed])
 
 
+@pytest.mark.slow
 def test_length_sorted_prediction_keeps_the_split_order(tmp_path):
     from kerasft.api import build_finetuner
     from tests.test_text import BAD, GOOD, write_csv

@@ -139,6 +139,7 @@ def test_auto_is_the_default_and_trains_under_the_chosen_policy(tmp_path, monkey
     assert ft.backbone.network.get_layer("conv1").compute_dtype == "float16"
 
 
+@pytest.mark.slow
 def test_auto_records_float32_and_why_on_plain_hardware(tmp_path):
     lines: list[str] = []
     ft, _ = _tiny(tmp_path, lines)  # conftest: a CPU without bfloat16
@@ -183,6 +184,7 @@ def test_dry_run_shows_what_auto_chooses_without_setting_it(tmp_path, monkeypatc
     assert ft.config.training.mixed_precision == "auto"  # the plan changes nothing
 
 
+@pytest.mark.slow
 def test_resume_on_another_machine_keeps_the_recorded_policy(tmp_path, monkeypatch,
                                                              verified_tiny):
     cfg = _config(tmp_path)
@@ -209,6 +211,7 @@ def test_resume_on_another_machine_keeps_the_recorded_policy(tmp_path, monkeypat
     assert training["mixed_precision_reason"].startswith("auto: CPU flags include avx512_bf16")
 
 
+@pytest.mark.slow
 def test_resume_with_an_explicit_other_policy_is_still_a_config_change(tmp_path, monkeypatch):
     from kerasft.api import build_finetuner
     from kerasft.errors import KerasftError

@@ -100,6 +100,7 @@ def _finetuner(cfg: dict):
     return build_finetuner(cfg, log=lambda line: None)
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_committed_stage_and_epoch(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     _interrupt_at(monkeypatch, "commit@4")  # epoch 5's state.json written, never renamed
@@ -131,6 +132,7 @@ def test_resume_continues_at_the_committed_stage_and_epoch(tmp_path, monkeypatch
         _finetuner(cfg).fit(resume=run_dir, evaluate=False)
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_config_unless_forced(tmp_path, monkeypatch):
     cfg = _config(tmp_path)
     _interrupt_at(monkeypatch, "epoch@3")
@@ -171,6 +173,7 @@ def test_resume_without_a_run_and_with_other_data(tmp_path, monkeypatch):
         _finetuner(cfg).fit(resume=True, evaluate=False)
 
 
+@pytest.mark.slow
 def test_cli_resume_and_force(tmp_path, monkeypatch):
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(_config(tmp_path)))
@@ -238,6 +241,7 @@ def test_config_differences_name_keys_and_ignore_output_dir():
 # NaN / Inf: a diverging stage through the CLI.
 
 
+@pytest.mark.slow
 def test_diverging_stage_stops_with_one_line_and_keeps_the_best_checkpoint(tmp_path):
     import keras
 
@@ -420,6 +424,7 @@ def _head_all_head(tmp_path: Path) -> dict:
     return cfg
 
 
+@pytest.mark.slow
 def test_head_stage_after_fine_tuning_trains_on_the_fine_tuned_features(tmp_path, monkeypatch):
     """[head, all, head]: the last head stage's cached features are the backbone's after the
     `all` stage, not the ones computed before fine-tuning."""
@@ -444,6 +449,7 @@ def test_head_stage_after_fine_tuning_trains_on_the_fine_tuned_features(tmp_path
     assert not np.allclose(seen[0], seen[1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resumed_head_stage_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     whole = _finetuner(_head_all_head(tmp_path / "a"))
     whole.fit(evaluate=False)

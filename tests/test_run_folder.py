@@ -83,6 +83,7 @@ def _h5_groups(path) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_weights_files_hold_the_model_only(image_arrays, tmp_path):
     from kerasft.api import FineTuner
 

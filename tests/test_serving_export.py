@@ -149,6 +149,7 @@ def _free_port() -> int:
 # Image export: stub, warmup, card.
 
 
+@pytest.mark.slow
 def test_image_export_answers_curl_json_through_the_stub(image_export):
     ft, path = image_export["ft"], image_export["path"]
     x = image_export["x_test"][:3]
@@ -183,6 +184,7 @@ def test_image_export_answers_curl_json_through_the_stub(image_export):
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_image_warmup_file_parses_and_replays(image_export):
     import tensorflow as tf
 
@@ -201,6 +203,7 @@ def test_image_warmup_file_parses_and_replays(image_export):
         assert out["probabilities"].shape[0] == inputs[next(iter(inputs))].shape[0]
 
 
+@pytest.mark.slow
 def test_image_model_card_names_labels_signatures_and_data(image_export):
     card = (image_export["path"] / "assets.extra" / "README.md").read_text()
     assert card.startswith("# tiny: model card")
@@ -228,6 +231,7 @@ def test_image_model_card_names_labels_signatures_and_data(image_export):
 # Text export: stub in row and columnar formats, warmup, card.
 
 
+@pytest.mark.slow
 def test_text_export_answers_row_and_columnar_json(text_export):
     ft, path = text_export["ft"], text_export["path"]
     card = (path / "assets.extra" / "README.md").read_text()
@@ -257,6 +261,7 @@ def test_text_export_answers_row_and_columnar_json(text_export):
         assert outputs["class_ids"] == expected.argmax(-1).tolist()
 
 
+@pytest.mark.slow
 def test_text_warmup_and_card(text_export):
     path = text_export["path"]
     requests = [log.predict_log.request for log in serving.read_warmup_requests(path)]
@@ -277,6 +282,7 @@ def test_text_warmup_and_card(text_export):
 # The op check runs before the rename.
 
 
+@pytest.mark.slow
 def test_failing_op_check_leaves_no_version(image_export, monkeypatch):
     ft = image_export["ft"]
     base = image_export["tmp"] / "opcheck"
@@ -291,6 +297,7 @@ def test_failing_op_check_leaves_no_version(image_export, monkeypatch):
     assert list((base / "tiny").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_py_function_model_fails_the_export(image_export):
     import keras
     import tensorflow as tf
@@ -375,6 +382,7 @@ def test_serve_config_cli_round_trips(tmp_path):
     assert Path(config).read_text() == before
 
 
+@pytest.mark.slow
 def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
     import tensorflow as tf
 
@@ -439,6 +447,7 @@ def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
 # TFLite.
 
 
+@pytest.mark.slow
 def test_tflite_quantised_image_models_agree_with_the_saved_model(image_export):
     import tensorflow as tf
 
@@ -483,6 +492,7 @@ def test_tflite_quantised_image_models_agree_with_the_saved_model(image_export):
     assert (out_dir / "labels.txt").read_text().split() == IMAGE_LABELS
 
 
+@pytest.mark.slow
 def test_tflite_text_model_takes_token_ids(text_export):
     import tensorflow as tf
 

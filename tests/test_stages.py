@@ -51,6 +51,7 @@ def test_head_stage_keeps_backbone_bit_identical(image_arrays, tmp_path, cache_f
     assert not np.allclose(head_before, ft.head.get_layer("head_predictions").get_weights()[0])
 
 
+@pytest.mark.slow
 def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path):
     x, y = image_arrays
     ft = _finetuner([{"name": "top", "trainable": {"top_n": 1}, "epochs": 2,
@@ -174,6 +175,7 @@ def test_batch_norm_frozen_keeps_statistics_gamma_beta_and_inference_mode(image_
                                atol=1e-6)
 
 
+@pytest.mark.slow
 def test_batch_norm_mode_changes_between_stages(image_arrays, tmp_path, monkeypatch):
     """Every stage recompiles, so the call mode traced into fit follows each stage's key."""
     import keras
@@ -211,6 +213,7 @@ def test_batch_norm_mode_changes_between_stages(image_arrays, tmp_path, monkeypa
     assert modes == ["train", "frozen", "train"]
 
 
+@pytest.mark.slow
 def test_batch_norm_train_then_cached_head_stage(image_arrays, tmp_path, monkeypatch):
     """A head stage after a ``train`` stage trains on cached features and leaves every backbone
     weight, moving statistics included, as the ``train`` stage left it."""
