@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import ExportError, expected
+from kerasft.export_check import TOLERANCE  # one tolerance: loader vs loader, export vs model
 
 SIGNATURE_OUTPUTS = ("probabilities", "class_ids", "labels")
-TOLERANCE = 1e-5
 
 
 def next_version(model_dir: str | os.PathLike) -> int:
@@ -150,7 +150,6 @@ class CheckResult:
     checks: list[str] = field(default_factory=list)
     answers: dict[str, np.ndarray] = field(default_factory=dict)  # "<signature>/<output>"
     max_diff: float = 0.0
-    examples: int = 0
     requests: dict[str, np.ndarray] = field(default_factory=dict)  # "<signature>/<input>"
 
 
@@ -168,11 +167,16 @@ def _as_bytes(texts: Any) -> np.ndarray:
                     dtype=object)
 
 
+def _png_pixels(images: np.ndarray) -> np.ndarray:
+    """The pixels a PNG of `images` decodes to (rounded, clipped to 0..255)."""
+    return np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
+
+
 def _pngs(images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
-    return np.array([tf.io.encode_png(np.clip(np.round(im), 0, 255).astype(np.uint8)).numpy()
-                     for im in images], dtype=object)
+    return np.array([tf.io.encode_png(im.astype(np.uint8)).numpy()
+                     for im in _png_pixels(images)], dtype=object)
 
 
 def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndarray],
@@ -359,10 +363,9 @@ def export_saved_model(
             reference = {"serving_default": reference_probabilities(model, backbone,
                                                                     sample_inputs)}
             if "serving_bytes/image_bytes" in requests:  # what the PNGs decode to
-                pixels = np.clip(np.round(np.asarray(sample_inputs, np.float32)), 0, 255)
-                reference["serving_bytes"] = reference_probabilities(model, backbone, pixels)
+                reference["serving_bytes"] = reference_probabilities(
+                    model, backbone, _png_pixels(sample_inputs))
             result.max_diff = compare_with_model(final, result, reference)
-            result.examples = len(sample_inputs)
             result.checks.append(f"answers match the in-memory Keras model (max |difference| "
                                  f"{result.max_diff:.1e} on {len(sample_inputs)} examples)")
             log(f"export checked in a fresh process: session loader, warmup replay, "

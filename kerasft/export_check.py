@@ -177,8 +177,9 @@ def unpack(data: Any) -> dict[str, np.ndarray]:
             base = key[: -len("#ends")]
             raw, ends = data[f"{base}#bytes"].tobytes(), data[key]
             starts = np.concatenate([[0], ends.ravel()[:-1]]).astype(np.int64)
-            items = [raw[a:b] for a, b in zip(starts, ends.ravel())]
-            out[base] = np.array(items + [b""], dtype=object)[:-1].reshape(ends.shape)
+            items = np.empty(ends.size, dtype=object)  # bytes objects, never numpy's "S" type
+            items[:] = [raw[a:b] for a, b in zip(starts, ends.ravel())]
+            out[base] = items.reshape(ends.shape)
         elif not key.endswith("#bytes"):
             out[key] = data[key]
     return out
