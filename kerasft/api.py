@@ -108,22 +108,27 @@ class FineTuner:
 
     def build(self, class_names: list[str]) -> Any:
         """Builds backbone + head for `class_names` inside the strategy scope; returns the model."""
-        import keras
-
-        from kerasft.backbones import build_backbone
-        from kerasft.heads import build_head_model
-
         if len(class_names) < 2:
             raise KerasftError(expected("at least 2 classes", "labels", class_names))
         self._prepare_runtime()
         self.class_names = [str(c) for c in class_names]
         with self.strategy_info.strategy.scope():
-            self.backbone = build_backbone(self.config.backbone, self.config.head.pooling)
-            self.head = build_head_model(int(self.backbone.features.shape[-1]),
-                                         len(self.class_names), self.config.head)
-            self._model = keras.Model(self.backbone.inputs, self.head(self.backbone.features),
-                                      name=f"kerasft_{self.config.name}")
+            self.backbone, self.head, self._model = self._assemble(self.config.backbone)
         return self._model
+
+    def _assemble(self, backbone_cfg: Any) -> tuple[Any, Any, Any]:
+        """Backbone, head and classifier for `backbone_cfg` and this run's head and classes."""
+        import keras
+
+        from kerasft.backbones import build_backbone
+        from kerasft.heads import build_head_model
+
+        backbone = build_backbone(backbone_cfg, self.config.head.pooling)
+        head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
+                                self.config.head)
+        model = keras.Model(backbone.inputs, head(backbone.features),
+                            name=f"kerasft_{self.config.name}")
+        return backbone, head, model
 
     @property
     def model(self) -> Any:
@@ -784,9 +789,6 @@ class FineTuner:
         """
         import keras
 
-        from kerasft.backbones import build_backbone
-        from kerasft.heads import build_head_model
-
         model = self.model
         if self.config.training.mixed_precision == "none":
             return model, self.backbone
@@ -795,10 +797,7 @@ class FineTuner:
         try:
             cfg = copy.deepcopy(self.config.backbone)
             cfg.weights = "none"  # the trained weights follow
-            backbone = build_backbone(cfg, self.config.head.pooling)
-            head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
-                                    self.config.head)
-            copy_model = keras.Model(backbone.inputs, head(backbone.features), name=model.name)
+            backbone, _, copy_model = self._assemble(cfg)
             weights = model.get_weights()
             shapes = [tuple(w.shape) for w in copy_model.weights]
             if shapes != [tuple(w.shape) for w in weights]:
