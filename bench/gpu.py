@@ -93,7 +93,7 @@ def main() -> None:
 
     sys.path.insert(0, str(ROOT))
     from kerasft.api import build_finetuner
-    from kerasft.config import resolve_pkg_path
+    from kerasft.io import resolve_pkg_path
     from tests.bert_fixtures import write_tiny_bert_preset
 
     dims = SIZES[args.size]

@@ -49,8 +49,8 @@ def worker(args: argparse.Namespace) -> None:
     from kerasft.api import build_finetuner
     from kerasft.data import from_arrays
     from kerasft.distributed import drops_remainder, steps_per_epoch
-    from kerasft.stages import apply_trainable
     from kerasft.trainer import compile_stage
+    from kerasft.training.stages import apply_trainable
     from tests.tiny_backbone import register_tiny_cnn
 
     register_tiny_cnn()

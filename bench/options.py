@@ -97,7 +97,7 @@ def head_job(training: dict, features: np.ndarray, labels: np.ndarray, batch: in
         import keras
 
         from kerasft.config import load_config
-        from kerasft.heads import build_head_model
+        from kerasft.models.heads import build_head_model
         from kerasft.trainer import compile_stage
 
         keras.mixed_precision.set_global_policy("float32")

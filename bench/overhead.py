@@ -70,7 +70,7 @@ def hand_bert(num_classes: int, sequence_length: int) -> tuple[Any, Any, Any]:
     import keras
     import keras_hub
 
-    from kerasft.config import resolve_pkg_path
+    from kerasft.io import resolve_pkg_path
 
     class MeanPool(keras.layers.Layer):
         def call(self, sequence: Any, mask: Any) -> Any:
@@ -287,7 +287,7 @@ def resnet_rows(args: argparse.Namespace, output_dir: str, which: set[str]) -> l
 def register_bench_cnn() -> None:
     """A 2-conv CNN (32x32 input) in kerasft's backbone registry: steps of a few milliseconds,
     where any per-step cost of the wrapper shows."""
-    from kerasft.backbones import (
+    from kerasft.models.backbones import (
         Backbone,
         BackboneEntry,
         call_in_inference_mode,

@@ -59,7 +59,7 @@ def write_small_bert(path: Path) -> str:
     """A 2-layer BERT (hidden 128) with all-MiniLM-L6-v2's tokenizer, as a KerasHub preset."""
     import keras_hub
 
-    from kerasft.config import resolve_pkg_path
+    from kerasft.io import resolve_pkg_path
 
     minilm = resolve_pkg_path(MINILM)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
@@ -123,8 +123,8 @@ def jobs_for(ft: Any, epochs: int) -> tuple[dict[str, Job], dict[str, float]]:
     """The kerasft and in-memory jobs of one row (the data is read once, up front)."""
     import tensorflow as tf
 
-    from kerasft.stages import apply_trainable
     from kerasft.trainer import compile_stage
+    from kerasft.training.stages import apply_trainable
 
     start = time.perf_counter()
     ft.data = ft.load_data()

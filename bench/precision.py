@@ -6,10 +6,12 @@
     python bench/precision.py --rows image --seed 1   # another training seed, same data
 
 Each row trains the same config twice per repeat, under ``none`` (float32) and under the policy
-this machine's hardware rule picks (``kerasft.precision.hardware_policy``, before the quality
+this machine's hardware rule picks (``kerasft.training.precision.hardware_policy``, before the
+quality
 table that ``auto`` also applies: this bench is what fills that table), with the same seed and
 data, alternating which runs first. It prints the training time (``FineTuner.fit`` without the
-test pass) and the test macro-F1 of each run. A backbone enters ``kerasft.precision.VERIFIED``
+test pass) and the test macro-F1 of each run. A backbone enters
+``kerasft.training.precision.VERIFIED``
 for the policy when every repeat's macro-F1 is within 0.01 of float32's.
 
 * ``image``: ResNet50 (``weights: none``) at its minimum size 32x32, scikit-learn's 8x8 digits
@@ -122,7 +124,7 @@ def main() -> None:
                         help="compare this policy instead of the hardware rule's choice")
     args = parser.parse_args()
 
-    from kerasft.precision import hardware_policy, probe_hardware
+    from kerasft.training.precision import hardware_policy, probe_hardware
 
     policy, why = hardware_policy(probe_hardware("default"))
     if args.policy:

@@ -30,7 +30,7 @@ def tfidf_baseline(config_path: str, overrides: list[str]) -> dict:
 
     from kerasft.config import load_config
     from kerasft.data import load_data
-    from kerasft.metrics import classification_report
+    from kerasft.evaluation.metrics import classification_report
 
     cfg = load_config(config_path, overrides)
     data = load_data(cfg.data, seed=cfg.seed)

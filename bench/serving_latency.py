@@ -113,7 +113,7 @@ def bench_image(args: argparse.Namespace) -> list[str]:
     import tensorflow as tf
 
     from kerasft.api import build_finetuner
-    from kerasft.export import export_saved_model
+    from kerasft.export.saved_model import export_saved_model
     from kerasft.serving import image_array_instances, image_bytes_instances, predict_rest
     from tests.tf_serving_stub import MAX_BODY_BYTES, TFServingStub
 

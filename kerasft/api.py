@@ -22,6 +22,7 @@ import numpy as np
 
 from kerasft.config import Config, load_config, save_config
 from kerasft.errors import ExportError, KerasftError, expected
+from kerasft.io import atomic_write
 
 Log = Callable[[str], None]
 
@@ -51,7 +52,7 @@ class FineTuner:
         config: the resolved :class:`kerasft.config.Config`.
         model: the Keras model (built on first access; loads the config's data to learn the
             labels when :meth:`build` was not called).
-        backbone: the :class:`kerasft.backbones.Backbone` with its data config.
+        backbone: the :class:`kerasft.models.backbones.Backbone` with its data config.
         class_names: the label vocabulary (index = class id).
         run_dir: the run folder of the last :meth:`fit`.
     """
@@ -67,7 +68,8 @@ class FineTuner:
         self.data: Any = None
         self.run_dir: Path | None = None
         self.strategy_info: Any = None
-        self.precision: Any = None  # kerasft.precision.Precision, once the runtime is prepared
+        # kerasft.training.precision.Precision, once the runtime is prepared
+        self.precision: Any = None
         self.stage_results: list[Any] = []
         self.metrics: dict[str, Any] | None = None
 
@@ -75,13 +77,13 @@ class FineTuner:
 
     def _prepare_runtime(self, recorded: tuple[str, str | None] | None = None) -> None:
         """Seeds, strategy and mixed-precision policy; `recorded`: the (policy, reason) of the run
-        being resumed, which ``auto`` keeps (kerasft/precision.py)."""
+        being resumed, which ``auto`` keeps (kerasft/training/precision.py)."""
         import keras
         import tensorflow as tf
 
-        from kerasft.backbones import get_entry
-        from kerasft.precision import resolve as resolve_precision
+        from kerasft.models.backbones import get_entry
         from kerasft.trainer import resolve_strategy
+        from kerasft.training.precision import resolve as resolve_precision
 
         if self.strategy_info is not None:
             return
@@ -120,8 +122,8 @@ class FineTuner:
         """Backbone, head and classifier for `backbone_cfg` and this run's head and classes."""
         import keras
 
-        from kerasft.backbones import build_backbone
-        from kerasft.heads import build_head_model
+        from kerasft.models.backbones import build_backbone
+        from kerasft.models.heads import build_head_model
 
         backbone = build_backbone(backbone_cfg, self.config.head.pooling)
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
@@ -188,7 +190,7 @@ class FineTuner:
 
     def _trim(self) -> Callable[[Any], Any]:
         """Per-batch step after tokenization: the padding trim, or nothing."""
-        from kerasft.backbones import trim_padding
+        from kerasft.models.backbones import trim_padding
 
         multiple = self.config.data.bucket_multiple
         if not self._trims():
@@ -261,22 +263,22 @@ class FineTuner:
     def _open_run(self, output_dir: str | os.PathLike | None, run_id: str | None,
                   resume: bool | str | os.PathLike, force: bool, data: Any) -> Any:
         """Creates the run folder, or reopens the run to resume; returns its
-        :class:`kerasft.resume.Checkpointer` (None with ``training.checkpoint_every_epoch:
+        :class:`kerasft.training.checkpoints.Checkpointer` (None with
+        ``training.checkpoint_every_epoch:
         false``)."""
-        from kerasft.resume import Checkpointer, find_latest_run
+        from kerasft.training.checkpoints import Checkpointer, find_latest_run
 
         if resume is False or resume is None:
             self.run_dir = self._new_run_dir(output_dir, run_id)
             self.log.path = self.run_dir / "train.log"
             save_config(self.config, self.run_dir / "config.yaml")
-            (self.run_dir / LABELS_FILE).write_text("\n".join(self.class_names) + "\n",
-                                                    encoding="utf-8")
+            atomic_write(self.run_dir / LABELS_FILE, "\n".join(self.class_names) + "\n")
             self._write_fingerprint(data)
             if not self.config.training.checkpoint_every_epoch:
                 return None
             return Checkpointer.start(self.run_dir, data, self.log)
         from kerasft.distributed import placement, resume_run_folder
-        from kerasft.resume import copy_committed_run
+        from kerasft.training.checkpoints import copy_committed_run
 
         def locate() -> Path:
             return (find_latest_run(output_dir or self.config.output_dir, self.config.name)
@@ -307,8 +309,7 @@ class FineTuner:
 
         from kerasft.data import fingerprint
 
-        (self.run_dir / DATA_FILE).write_text(json.dumps(fingerprint(data), indent=1) + "\n",
-                                              encoding="utf-8")
+        atomic_write(self.run_dir / DATA_FILE, json.dumps(fingerprint(data), indent=1) + "\n")
 
     def _recorded_precision(self, output_dir: str | os.PathLike | None,
                             resume: bool | str | os.PathLike) -> tuple[str, str | None] | None:
@@ -320,7 +321,7 @@ class FineTuner:
                       else self.config.training.mixed_precision == "auto")
         if not asked_auto:
             return None
-        from kerasft.resume import find_latest_run, recorded_precision
+        from kerasft.training.checkpoints import find_latest_run, recorded_precision
 
         try:
             run = (find_latest_run(output_dir or self.config.output_dir, self.config.name)
@@ -350,7 +351,8 @@ class FineTuner:
         `run_id` (or ``KERASFT_RUN_ID``) names the run folder ``<name>-<run_id>``.
         `resume` continues an interrupted run: a run folder, or True for the newest
         ``<output_dir>/<name>-<timestamp>`` with a run state; its config.yaml must equal this
-        config unless `force` (see kerasft/resume.py); ``training.mixed_precision: auto`` takes
+        config unless `force` (see kerasft/training/checkpoints.py); ``training.mixed_precision:
+        auto`` takes
         the run's recorded policy. Nothing is written before the data, the
         backbone and every stage's ``trainable`` were checked.
         """
@@ -383,7 +385,7 @@ class FineTuner:
         if data.task != self.backbone.task:
             raise KerasftError(expected(f"{self.backbone.task} data for backbone "
                                         f"{self.backbone.name}", "data task", data.task))
-        from kerasft.stages import check_stages
+        from kerasft.training.stages import check_stages
 
         check_stages(self.backbone, self.config)
         checkpoint = self._open_run(output_dir, run_id, resume, force, data)
@@ -417,12 +419,12 @@ class FineTuner:
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
         )
-        from kerasft.weights import save_model_weights
+        from kerasft.models.weights import save_model_weights
 
         save_model_weights(self._model, self.run_dir / WEIGHTS_FILE)
         if checkpoint is not None:
             checkpoint.finish()
-        from kerasft.metrics import plot_history
+        from kerasft.evaluation.metrics import plot_history
 
         if plot_history(self.run_dir / "history.csv", self.run_dir / "training_curves.png"):
             self.log(f"training curves: {self.run_dir / 'training_curves.png'}")
@@ -456,8 +458,8 @@ class FineTuner:
         ``plan["lines"]`` is the printable summary. Multi-worker: fit in a fresh process (the
         strategy must be created before the data is loaded).
         """
-        from kerasft.backbones import get_entry
         from kerasft.distributed import make_plan, plan_lines
+        from kerasft.models.backbones import get_entry
 
         get_entry(self.config.backbone.name)  # an unknown backbone fails here, not at fit
         data = self._data_from(x, y, validation_data, test_data)
@@ -538,7 +540,7 @@ class FineTuner:
         :attr:`metrics`. A split of the config's data is first checked against the fingerprint
         the run saved in ``data.json`` (sizes and labels): evaluating on other data is refused.
         """
-        from kerasft.metrics import (
+        from kerasft.evaluation.metrics import (
             classification_report,
             format_report,
             plot_confusion_matrix,
@@ -575,8 +577,7 @@ class FineTuner:
                                              f"({report['examples']} examples)"))
         if self.run_dir is not None:
             write_json(report, self.run_dir / f"metrics{suffix}.json")
-            (self.run_dir / f"metrics{suffix}.txt").write_text(format_report(report) + "\n",
-                                                               encoding="utf-8")
+            atomic_write(self.run_dir / f"metrics{suffix}.txt", format_report(report) + "\n")
             image = self.run_dir / f"confusion_matrix{suffix}.png"
             if plot_confusion_matrix(report, image):
                 self.log(f"confusion matrix: {image}")
@@ -743,9 +744,9 @@ class FineTuner:
         chief's is kept, the others go to a temporary folder (kerasft.distributed.export_target).
         """
         from kerasft.distributed import export_target, placement
-        from kerasft.export import OutputSpec, export_saved_model
-        from kerasft.metrics import format_report
-        from kerasft.model_card import model_card_hook
+        from kerasft.evaluation.metrics import format_report
+        from kerasft.export.model_card import model_card_hook
+        from kerasft.export.saved_model import OutputSpec, export_saved_model
 
         model, backbone = self._serving_model()
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from kerasft import __version__
+from kerasft._version import __version__
 from kerasft.errors import KerasftError
 
 EXIT_BAD_INPUT = 2
@@ -190,7 +190,7 @@ def _report_interrupt(ft: Any, config: str, sets: tuple[str, ...]) -> None:
     """Ctrl-C during `train`: says (on stderr and in train.log) how to continue the run."""
     import shlex
 
-    from kerasft.resume import CHECKPOINTS, STATE_FILE
+    from kerasft.training.checkpoints import CHECKPOINTS, STATE_FILE
 
     folder = getattr(ft, "_run_folder", None)
     run_dir = Path(folder.run_dir) if folder is not None else ft.run_dir
@@ -272,7 +272,7 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
             raise click.BadParameter("expected --version/--no-verify only with --format "
                                      "savedmodel. Received: --format=tflite",
                                      param_hint="--format")
-        from kerasft.tflite import export_tflite
+        from kerasft.export.tflite import export_tflite
 
         ft = _load_run(run_dir, weights)
         ft.data = ft.load_data()
@@ -327,7 +327,7 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
             input_csv: str | None, column: str, top: int) -> None:
     """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>, or .../<name>
     for its newest version) alone, or with a TF Serving server (--server URL --model NAME)."""
-    from kerasft.predict import predict_with_saved_model
+    from kerasft.export.loading import predict_with_saved_model
 
     remote = (model_name, model_version, version_label, use_grpc)
     if server is None and any(v not in (None, False) for v in remote):
@@ -364,7 +364,7 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
         for line in format_rows(inputs, rows, top=top):
             click.echo(line)
         return
-    from kerasft.predict import resolve_version_dir
+    from kerasft.export.loading import resolve_version_dir
 
     version_dir, picked = resolve_version_dir(export_dir)
     if picked is not None:
@@ -464,7 +464,7 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 @_handle_errors
 def backbones(layers_of: str | None, preset: str | None) -> None:
     """List the registered backbones (or the layers of one)."""
-    from kerasft.backbones import get_entry, list_backbones
+    from kerasft.models.backbones import get_entry, list_backbones
 
     if layers_of:
         from kerasft.validate import describe_layers

@@ -23,6 +23,7 @@ from typing import Any, Union
 import yaml
 
 from kerasft.errors import ConfigError, expected
+from kerasft.io import atomic_write
 
 # "pretrained": the architecture's published weights (ImageNet for keras.applications, the
 # preset's own for BERT). "imagenet", its old name, stays accepted and resolves to it.
@@ -133,7 +134,7 @@ class TrainingConfig:
     strategy: str = "auto"
     devices: list[str] | None = None
     tpu: str | None = None
-    mixed_precision: str = "auto"  # resolved at the start of a run: kerasft/precision.py
+    mixed_precision: str = "auto"  # resolved at the start of a run: kerasft/training/precision.py
     mixed_precision_reason: str | None = None  # written by kerasft: why auto chose the policy
     jit_compile: bool = False
     steps_per_execution: int = 1
@@ -156,6 +157,12 @@ class ExportConfig:
     version: Any = "auto"
     enabled: bool = True
     verify: bool = True
+
+STEPS_PER_EXECUTION_BUG = (
+    "Keras 3 multi-step execution under MultiWorkerMirroredStrategy fails with 'You must feed "
+    "a value for placeholder tensor' from the gradient all-reduce inside its while loop, see "
+    "keras-team/keras#19246"
+)
 
 
 def _default_stages() -> list[StageConfig]:
@@ -346,7 +353,7 @@ def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
 
 
 def logged_metrics(activation: str) -> list[str]:
-    """What ``model.fit`` logs each epoch for a head with `activation` (kerasft.stages.
+    """What ``model.fit`` logs each epoch for a head with `activation` (kerasft.training.stages.
     make_metrics), with the ``val_`` names a run with a validation split adds."""
     names = ["loss", "accuracy"] + (["auc"] if activation == "sigmoid" else [])
     return names + [f"val_{n}" for n in names]
@@ -520,8 +527,6 @@ def validate(cfg: Config) -> Config:
     _check_choice(t.lr_scaling, LR_SCALING, "training.lr_scaling")
     _check_positive(t.steps_per_execution, "training.steps_per_execution")
     if t.strategy == "multi_worker":  # auto + multi-worker TF_CONFIG: checked in resolve_strategy
-        from kerasft.distributed import check_strategy_options
-
         check_strategy_options(cfg, t.strategy)
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
@@ -693,40 +698,13 @@ def load_config(
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Writes the resolved config as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(cfg.to_yaml(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, cfg.to_yaml())
 
 
-def resolve_pkg_path(uri: str, key: str = "path") -> str:
-    """Resolves ``pkg://<package>/<path inside it>`` without importing the package.
-
-    Only files inside the installed package are reachable: ``..`` and absolute paths are refused.
-    Other strings are returned unchanged (with ``~`` expanded).
-    """
-    if not uri.startswith("pkg://"):
-        return os.path.expanduser(uri)
-    import importlib.util
-
-    rest = uri[len("pkg://"):]
-    package, _, inner = rest.partition("/")
-    if not package:
-        raise ConfigError(expected("pkg://<package>/<path>", key, uri))
-    parts = Path(inner).parts
-    if Path(inner).is_absolute() or ".." in parts:
-        raise ConfigError(expected("a path inside the package (no '..')", key, uri))
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            expected(f"an installed Python package named '{package}' "
-                     f"(pip install {package.replace('_', '-')})", key, uri)
-        )
-    base = Path(list(spec.submodule_search_locations)[0]).resolve()
-    target = (base / inner).resolve()
-    if base != target and base not in target.parents:
-        raise ConfigError(expected("a path inside the package", key, uri))
-    return str(target)
+def check_strategy_options(cfg: Config, kind: str) -> None:
+    """Rejects options that the resolved strategy `kind` cannot run (one-line ConfigError)."""
+    spe = cfg.training.steps_per_execution
+    if kind == "multi_worker" and spe > 1:
+        raise ConfigError(expected(
+            f"1 with training.strategy multi_worker ({STEPS_PER_EXECUTION_BUG})",
+            "training.steps_per_execution", spe))

@@ -54,8 +54,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerasft.config import DataConfig, resolve_pkg_path
+from kerasft.config import DataConfig
 from kerasft.errors import ConfigError, DataError, expected
+from kerasft.io import resolve_pkg_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 #: Texts tokenized per call when make_pipeline tokenizes before the cache (vectorised).
@@ -508,7 +509,7 @@ def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size:
     `multiple`. The batch order is shuffled statelessly, seeded by `seed` and the window's
     tokens: the same window always gives the same batches, so seeded and resumed runs repeat.
     """
-    from kerasft.backbones import trim_padding
+    from kerasft.models.backbones import trim_padding
 
     lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
     order = tf.argsort(lengths, stable=True)

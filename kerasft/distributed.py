@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kerasft.config import Config
+from kerasft.config import Config, check_strategy_options
 from kerasft.distribute_compat import is_chief, is_multi_worker_tf_config, parse_tf_config
 from kerasft.errors import ConfigError, KerasftError, expected
 
@@ -61,11 +61,6 @@ DROP_REMAINDER_KINDS = ("tpu", "multi_worker")
 #: Strategies whose input pipelines are sharded over several hosts.
 SHARDED_KINDS = ("tpu", "multi_worker")
 SHARDING_POLICY = "DATA"
-STEPS_PER_EXECUTION_BUG = (
-    "Keras 3 multi-step execution under MultiWorkerMirroredStrategy fails with 'You must feed "
-    "a value for placeholder tensor' from the gradient all-reduce inside its while loop, see "
-    "keras-team/keras#19246"
-)
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _TIME_FORMAT = "%Y%m%d-%H%M%S"
 
@@ -126,15 +121,6 @@ def check_tpu_reachable(address: str | None, timeout_s: float = 10.0) -> None:
         raise KerasftError(expected("a reachable TPU (training.tpu: name, grpc://host:port "
                                     "or 'local')", "training.tpu", address)
                            + f" ({reason})") from None
-
-
-def check_strategy_options(cfg: Config, kind: str) -> None:
-    """Rejects options that the resolved strategy `kind` cannot run (one-line ConfigError)."""
-    spe = cfg.training.steps_per_execution
-    if kind == "multi_worker" and spe > 1:
-        raise ConfigError(expected(
-            f"1 with training.strategy multi_worker ({STEPS_PER_EXECUTION_BUG})",
-            "training.steps_per_execution", spe))
 
 
 def check_global_batch(batch: int, replicas: int, kind: str) -> None:
@@ -484,7 +470,7 @@ def export_target(base: str | os.PathLike, name: str, version: int | str, where:
     if where.workers <= 1:
         yield ExportTarget(base, version, None, None, temporary=False)
         return
-    from kerasft.export import next_version
+    from kerasft.export.saved_model import next_version
 
     mine = 0.0
     if where.is_chief:
@@ -529,7 +515,7 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
     With `strategy_info` (an already created strategy) its real replica count is used; otherwise
     replicas are counted from the config and environment (TPU cores: unknown before connecting).
     """
-    from kerasft.export import next_version
+    from kerasft.export.saved_model import next_version
 
     env = os.environ if env is None else env
     if strategy_info is not None:
@@ -574,7 +560,7 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
         version = next_version(model_dir) if cfg.export.version == "auto" else cfg.export.version
         export = {"path": str(model_dir / str(version)), "version": version,
                   "exists": (model_dir / str(version)).exists()}
-    from kerasft.precision import resolve as resolve_precision
+    from kerasft.training.precision import resolve as resolve_precision
 
     precision = resolve_precision(cfg, kind)
     source = data.report.get("source", cfg.data.source)

@@ -27,7 +27,6 @@ import importlib.util
 import json
 import os
 import re
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -40,6 +39,7 @@ from typing import Any, Literal
 import numpy as np
 
 from kerasft.errors import ExportError, KerasftError, expected
+from kerasft.io import DEFAULT_MODE, atomic_path, atomic_write
 
 __all__ = [
     "LABELS_FLAG",
@@ -279,17 +279,9 @@ def write_warmup_requests(
     target_dir = Path(export_dir) / WARMUP_DIRNAME
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / WARMUP_FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{WARMUP_FILENAME}.", dir=target_dir)
-    os.close(fd)
-    try:
-        with tf.io.TFRecordWriter(tmp) as writer:
-            for _ in range(num_records):
-                writer.write(record)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(target, mode=DEFAULT_MODE) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for _ in range(num_records):
+            writer.write(record)
     return target
 
 
@@ -574,22 +566,6 @@ def _as_served_model(item: ServedModel | Mapping[str, Any], where: str) -> Serve
     raise KerasftError(expected("a ServedModel or a dict", "model", type(item).__name__, where))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)  # mkstemp makes 0600; the server may run as another user
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _parse_models_config(path: Path, where: str) -> Any:
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
@@ -650,7 +626,7 @@ def write_models_config(
         if model.name in current:
             _check_label_moves(current[model.name], model, where)
         config.model_config_list.config.append(_model_config_proto(model))
-    _atomic_write_text(target, text_format.MessageToString(config))
+    atomic_write(target, text_format.MessageToString(config))
     return target
 
 
@@ -702,7 +678,7 @@ def update_models_config(
             break
     else:
         entries.append(new_entry)
-    _atomic_write_text(target, text_format.MessageToString(config))
+    atomic_write(target, text_format.MessageToString(config))
     return target
 
 

@@ -9,7 +9,8 @@ Callbacks (all writing into the run folder): progress bar, EarlyStopping with be
 (per stage, when ``early_stopping.patience`` > 0), best-weights checkpoint across stages (written
 to a temporary file and renamed), a NaN guard that names the stage/epoch/step, a CSV log with the
 stage of every epoch, and TensorBoard. With ``training.checkpoint_every_epoch`` (the default) the
-best-weights checkpoint is part of the per-epoch checkpoints of kerasft/resume.py, from which an
+best-weights checkpoint is part of the per-epoch checkpoints of kerasft/training/checkpoints.py,
+from which an
 interrupted run resumes at its stage and epoch.
 """
 
@@ -27,7 +28,8 @@ from typing import Any
 
 from kerasft.config import Config, ConfigError, StageConfig
 from kerasft.errors import KerasftError, expected
-from kerasft.weights import load_model_weights, save_model_weights
+from kerasft.io import atomic_path
+from kerasft.models.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
@@ -75,7 +77,8 @@ def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> Strat
 def _create_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> StrategyInfo:
     import tensorflow as tf
 
-    from kerasft.distributed import check_strategy_options, select_strategy_kind, tpu_address
+    from kerasft.config import check_strategy_options
+    from kerasft.distributed import select_strategy_kind, tpu_address
 
     env = os.environ if env is None else env
     kind = select_strategy_kind(cfg, env, lambda: len(tf.config.list_logical_devices("GPU")))
@@ -197,9 +200,8 @@ def _callbacks() -> dict[str, type]:
             better = best is None or (value > best if self.mode_max else value < best)
             if better:
                 self.state.update(best=value, epoch=epoch)
-                tmp = self.path.with_name("best.tmp.weights.h5")
-                save_model_weights(self.target or self.model, tmp)
-                os.replace(tmp, self.path)
+                with atomic_path(self.path) as tmp:
+                    save_model_weights(self.target or self.model, tmp)
 
     class NaNGuard(Callback):
         """Stops training at the first NaN/Inf loss and records where it happened."""
@@ -302,7 +304,12 @@ def _verbose(setting: str) -> int | str:
 def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: int,
                   num_classes: int, replicas: int = 1) -> None:
     """Compiles `model` for `stage` (call inside the strategy scope)."""
-    from kerasft.stages import make_loss, make_metrics, make_optimizer, weight_decay_excluded
+    from kerasft.training.stages import (
+        make_loss,
+        make_metrics,
+        make_optimizer,
+        weight_decay_excluded,
+    )
 
     lr_scale = float(replicas) if cfg.training.lr_scaling == "linear" else 1.0
     optimizer = make_optimizer(stage, steps_per_epoch, lr_scale,
@@ -355,13 +362,13 @@ def run_stages(
     run, which computes them afresh, then trains on the same features); other stages
     train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
     an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
-    `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.resume.
+    `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.training.checkpoints.
     Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
-    continues at its committed stage and epoch (see kerasft/resume.py).
+    continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
     """
     import keras
 
-    from kerasft.stages import apply_trainable, count_params
+    from kerasft.training.stages import apply_trainable, count_params
 
     classes = _callbacks()
     run_dir = Path(run_dir)
@@ -431,7 +438,7 @@ def run_stages(
             if ckpt is None:
                 es_callback = keras.callbacks.EarlyStopping(**es_kwargs)
             else:
-                from kerasft.resume import callbacks as resume_callbacks
+                from kerasft.training.checkpoints import callbacks as resume_callbacks
 
                 es_callback = resume_callbacks()["ResumableEarlyStopping"](
                     resume_state=ckpt.state.early_stopping,
@@ -440,8 +447,8 @@ def run_stages(
         if cfg.training.tensorboard:
             callbacks.append(classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard")))
         if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
-            from kerasft.resume import callbacks as resume_callbacks
-            from kerasft.resume import pause_requested
+            from kerasft.training.checkpoints import callbacks as resume_callbacks
+            from kerasft.training.checkpoints import pause_requested
 
             resume_classes = resume_callbacks()
             callbacks.append(resume_classes["EpochCheckpoint"](

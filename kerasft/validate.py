@@ -38,7 +38,7 @@ def _max_sequence_length(source: dict[str, Any]) -> int | None:
 
 def check_data_source(cfg: Config) -> None:
     """``data.source`` gives the backbone's kind of data (csv: text, image_folder: images)."""
-    from kerasft.backbones import get_entry
+    from kerasft.models.backbones import get_entry
 
     task = get_entry(cfg.backbone.name).task
     wrong = {"text": ("image_folder",), "image": ("csv",)}.get(task, ())
@@ -52,7 +52,7 @@ def check_data_source(cfg: Config) -> None:
 def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                     overrides: Sequence[str] = ()) -> list[str]:
     """Raises a one-line error at the first problem; returns what was checked."""
-    from kerasft.backbones import describe_preset, get_entry
+    from kerasft.models.backbones import describe_preset, get_entry
 
     cfg = load_config(config, overrides)
     lines = [f"config: {len(cfg.stages)} stages, keys and types OK"]
@@ -71,7 +71,7 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
         lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
     else:
         if cfg.backbone.input_shape is not None and entry.min_size:
-            from kerasft.backbones import _image_size
+            from kerasft.models.backbones import _image_size
 
             _image_size(cfg.backbone, cfg.backbone.name, entry.default_size or entry.min_size,
                         entry.min_size)
@@ -79,17 +79,13 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                      + (" with ImageNet weights (downloaded at train time)"
                         if cfg.backbone.weights == PRETRAINED else ""))
     if cfg.backbone.weights not in BACKBONE_WEIGHTS:
-        from kerasft.backbones import _check_weights_file
+        from kerasft.models.backbones import _check_weights_file
 
         _check_weights_file(cfg.backbone.weights)
     lines += _check_stages(cfg)
     lines += _check_data(cfg)
-    from kerasft.distributed import (
-        check_global_batch,
-        check_strategy_options,
-        placement,
-        select_strategy_kind,
-    )
+    from kerasft.config import check_strategy_options
+    from kerasft.distributed import check_global_batch, placement, select_strategy_kind
 
     kind = select_strategy_kind(cfg, os.environ)  # GPUs are not counted: nothing initialised
     check_strategy_options(cfg, kind)
@@ -120,7 +116,7 @@ def check_export_target(cfg: Config) -> None:
     """The export folder is writable and a fixed ``export.version`` does not exist yet (checked
     before training, so a bad export target costs no training time and writes nothing)."""
     from kerasft.errors import ExportError
-    from kerasft.export import next_version
+    from kerasft.export.saved_model import next_version
 
     check_writable(cfg.export.dir, "export.dir", "a writable export folder")
     model_dir = Path(cfg.export.dir) / cfg.name
@@ -134,14 +130,14 @@ def check_export_target(cfg: Config) -> None:
 
 
 def _build_network(cfg: BackboneConfig) -> Any:
-    from kerasft.backbones import build_backbone
+    from kerasft.models.backbones import build_backbone
 
     offline = BackboneConfig(**{**cfg.__dict__, "weights": "none"})
     return build_backbone(offline)
 
 
 def _check_stages(cfg: Config) -> list[str]:
-    from kerasft.stages import apply_trainable
+    from kerasft.training.stages import apply_trainable
 
     needs_network = any(s.trainable not in ("head", "all") for s in cfg.stages)
     if not needs_network:
@@ -177,7 +173,7 @@ def _check_data(cfg: Config) -> list[str]:
 
 def describe_layers(name: str, preset: str | None = None) -> list[str]:
     """The layers of a backbone as ``top_n`` counts them (top first) with BatchNorm frozen."""
-    from kerasft.stages import trainable_units
+    from kerasft.training.stages import trainable_units
 
     backbone = _build_network(BackboneConfig(name=name, weights="none", preset=preset))
     units = trainable_units(backbone, bn_trains=False)

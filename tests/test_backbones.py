@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerasft.backbones import build_backbone, get_entry, list_backbones
 from kerasft.config import BackboneConfig, ConfigError
 from kerasft.errors import KerasftError
+from kerasft.models.backbones import build_backbone, get_entry, list_backbones
 
 
 def test_unknown_name_lists_valid_ones():

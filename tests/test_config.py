@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kerasft.config import ConfigError, load_config, read_yaml, resolve_pkg_path, save_config
+from kerasft.config import ConfigError, load_config, read_yaml, save_config
+from kerasft.io import resolve_pkg_path
 
 
 def write(tmp_path, text: str):

@@ -87,7 +87,7 @@ def test_existing_version_is_never_overwritten(image_arrays, tmp_path):
 
 @pytest.mark.slow
 def test_failed_verification_leaves_no_version(image_arrays, tmp_path, monkeypatch):
-    import kerasft.export as export
+    import kerasft.export.saved_model as export
 
     ft = _trained_image_finetuner(image_arrays, tmp_path)
 

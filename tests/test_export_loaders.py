@@ -94,7 +94,7 @@ def test_warmup_file_replays_through_the_session(image_ft):
 def test_check_names_the_variable_the_session_loader_misses(image_ft, tmp_path, monkeypatch):
     """Tracking Keras's variable wrappers (what exports did before) loads under
     tf.saved_model.load but not under TF Serving's loader: the check must refuse it."""
-    import kerasft.export as export
+    import kerasft.export.saved_model as export
 
     ft, _ = image_ft
     real = export._serving_module
@@ -119,7 +119,7 @@ def test_check_refuses_a_warmup_record_the_graph_cannot_run(image_ft, tmp_path, 
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-    import kerasft.export as export
+    import kerasft.export.saved_model as export
 
     ft, _ = image_ft
     real = export.write_warmup
@@ -239,7 +239,7 @@ FAMILIES = ["convnexttiny", "densenet121", "efficientnetb0", "efficientnetv2b0",
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_keras_applications_family_serves_under_the_session_loader(name, tmp_path):
     from kerasft.api import build_finetuner
-    from kerasft.backbones import KERAS_APPLICATIONS
+    from kerasft.models.backbones import KERAS_APPLICATIONS
 
     size = KERAS_APPLICATIONS[name][3]
     ft = build_finetuner({

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerasft.metrics import classification_report, format_report, plot_history
+from kerasft.evaluation.metrics import classification_report, format_report, plot_history
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

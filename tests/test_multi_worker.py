@@ -17,9 +17,8 @@ import tensorflow as tf
 import yaml
 from click.testing import CliRunner
 
-from kerasft.config import load_config
+from kerasft.config import STEPS_PER_EXECUTION_BUG, load_config
 from kerasft.distributed import (
-    STEPS_PER_EXECUTION_BUG,
     Placement,
     distribute_pipeline,
     open_run_folder,
@@ -478,7 +477,7 @@ def test_non_chief_resumes_from_a_private_copy(tmp_path, monkeypatch):
     """A non-chief worker copies the committed checkpoint into its temporary folder, resumes
     that, and every worker fails with one line when another worker read another state."""
     import kerasft.distributed as distributed
-    from kerasft.resume import copy_committed_run
+    from kerasft.training.checkpoints import copy_committed_run
 
     run = _committed_run(tmp_path)
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import kerasft.precision as precision
+import kerasft.training.precision as precision
 from kerasft.cli import main
 from kerasft.errors import ConfigError
-from kerasft.precision import Hardware
+from kerasft.training.precision import Hardware
 from tests.test_resume import Interrupted, _config, _interrupt_at
 
 BF16_CPU = "cpu:fpu,avx512f,avx512_bf16"

@@ -84,7 +84,7 @@ class Interrupted(Exception):
 
 def _interrupt_at(monkeypatch, spec: str) -> None:
     """Makes the process "die" (an exception out of fit) at a test hook point."""
-    import kerasft.resume as resume
+    import kerasft.training.checkpoints as resume
 
     def pause(point: str, epoch: int) -> None:
         if f"{point}@{epoch}" == spec:
@@ -229,7 +229,7 @@ def test_epoch_order_depends_only_on_seed_and_epoch(seed):
 
 def test_config_differences_name_keys_and_ignore_output_dir():
     from kerasft.config import load_config
-    from kerasft.resume import config_differences
+    from kerasft.training.checkpoints import config_differences
 
     a = load_config({"stages": [{"name": "a"}, {"name": "b", "epochs": 2}]}).to_dict()
     b = load_config({"output_dir": "elsewhere", "training": {"verbose": "epoch"},
@@ -360,7 +360,7 @@ from pathlib import Path
 from tests.tiny_backbone import register_tiny_cnn
 register_tiny_cnn()
 from kerasft.api import build_finetuner
-from kerasft.export import export_saved_model
+from kerasft.export.saved_model import export_saved_model
 
 base, marker = sys.argv[1:3]
 ft = build_finetuner({"name": "tiny", "backbone": {"name": "tiny_cnn", "weights": "none"},
@@ -379,7 +379,7 @@ export_saved_model(ft.model, ft.backbone, ft.class_names, base_dir=base, name="t
 @pytest.mark.slow
 def test_export_killed_midway_leaves_no_servable_version(tmp_path):
     from kerasft.api import build_finetuner
-    from kerasft.export import export_saved_model, next_version
+    from kerasft.export.saved_model import export_saved_model, next_version
 
     base, marker = tmp_path / "saved_models", tmp_path / "paused"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
@@ -473,7 +473,7 @@ def _adam_checkpoint(tmp_path: Path, order, rename=None):
     the optimizer's variables) by another process (optimizer named adam_7)."""
     import keras
 
-    from kerasft.resume import Checkpointer, RunState
+    from kerasft.training.checkpoints import Checkpointer, RunState
 
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="d")], name="m")
     model.compile(optimizer=keras.optimizers.Adam(), loss="mse")

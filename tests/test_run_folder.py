@@ -50,7 +50,7 @@ def test_epochs_are_numbered_from_1_and_history_has_the_rate_the_epoch_used(imag
 
 def test_a_run_state_with_0_based_epochs_is_refused_in_one_line(tmp_path):
     from kerasft.errors import KerasftError
-    from kerasft.resume import _read_state
+    from kerasft.training.checkpoints import _read_state
 
     path = tmp_path / "state.json"
     path.write_text(json.dumps({"format": 1, "epoch": 2, "stage_first_epoch": 0}))
@@ -62,7 +62,7 @@ def test_a_run_state_with_0_based_epochs_is_refused_in_one_line(tmp_path):
 
 def test_backbone_weights_pretrained_is_the_default_and_imagenet_an_alias(tmp_path):
     from kerasft.config import load_config, save_config
-    from kerasft.resume import config_differences
+    from kerasft.training.checkpoints import config_differences
 
     assert load_config({"backbone": {"name": "bert"}}).backbone.weights == "pretrained"
     old = load_config({"backbone": {"name": "vgg16", "weights": "imagenet"}})

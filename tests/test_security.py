@@ -78,7 +78,7 @@ def test_yaml_python_tags_are_refused(tmp_path):
 
 
 def test_checkpoint_arrays_are_never_unpickled(tmp_path):
-    from kerasft.resume import Checkpointer, RunState
+    from kerasft.training.checkpoints import Checkpointer, RunState
 
     (tmp_path / "checkpoints").mkdir()
     np.savez(tmp_path / "checkpoints" / "ckpt-000001.state.npz",
@@ -92,7 +92,7 @@ def test_checkpoint_arrays_are_never_unpickled(tmp_path):
 
 
 def test_run_state_is_plain_json_with_known_fields(tmp_path):
-    from kerasft.resume import STATE_FILE, _read_state
+    from kerasft.training.checkpoints import STATE_FILE, _read_state
 
     path = tmp_path / STATE_FILE
     path.write_text(json.dumps({"format": 2, "__class__": "os.system"}))

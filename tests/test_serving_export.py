@@ -302,7 +302,7 @@ def test_py_function_model_fails_the_export(image_export):
     import keras
     import tensorflow as tf
 
-    from kerasft.export import export_saved_model
+    from kerasft.export.saved_model import export_saved_model
 
     ft = image_export["ft"]
 
@@ -451,7 +451,7 @@ def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
 def test_tflite_quantised_image_models_agree_with_the_saved_model(image_export):
     import tensorflow as tf
 
-    from kerasft.tflite import run_tflite
+    from kerasft.export.tflite import run_tflite
 
     ft, path = image_export["ft"], image_export["path"]
     out_dir = image_export["tmp"] / "tflite"
@@ -496,7 +496,7 @@ def test_tflite_quantised_image_models_agree_with_the_saved_model(image_export):
 def test_tflite_text_model_takes_token_ids(text_export):
     import tensorflow as tf
 
-    from kerasft.tflite import export_tflite, run_tflite, tokenize
+    from kerasft.export.tflite import export_tflite, run_tflite, tokenize
 
     ft, path = text_export["ft"], text_export["path"]
     out_dir = text_export["tmp"] / "tflite"

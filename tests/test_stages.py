@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kerasft.backbones import unfreeze_units
 from kerasft.config import ConfigError, StageConfig, load_config
-from kerasft.stages import apply_trainable, make_optimizer, make_schedule
+from kerasft.models.backbones import unfreeze_units
+from kerasft.training.stages import apply_trainable, make_optimizer, make_schedule
 
 
 def _finetuner(stages, **kw):
@@ -74,7 +74,7 @@ def test_top_n_changes_only_top_layers_and_bn_stats_stay(image_arrays, tmp_path)
 
 
 def test_top_n_counts_batch_norm_only_when_it_trains(image_arrays):
-    from kerasft.stages import trainable_units
+    from kerasft.training.stages import trainable_units
 
     ft = _finetuner([{"name": "a", "trainable": "head"}])
     ft.build(["a", "b"])
@@ -99,8 +99,8 @@ def test_stage_that_unfreezes_nothing_is_an_error_naming_it(image_arrays):
 
 
 def test_bert_top_n_skips_unused_pooled_dense(tmp_path):
-    from kerasft.backbones import build_backbone
     from kerasft.config import BackboneConfig
+    from kerasft.models.backbones import build_backbone
     from tests.bert_fixtures import write_tiny_hf_bert_dir
 
     hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True)
@@ -307,7 +307,7 @@ def test_batch_norm_key_alias_defaults_and_errors():
 
 def test_run_folders_saved_with_train_bn_resume_without_differences():
     from kerasft.config import upgrade_saved_config
-    from kerasft.resume import config_differences
+    from kerasft.training.checkpoints import config_differences
 
     cfg = load_config({"backbone": {"name": "resnet50"},
                        "stages": [{"name": "head", "trainable": "head"},

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kerasft.backbones import Backbone, BackboneEntry, call_in_inference_mode, register_backbone
 from kerasft.config import BackboneConfig
+from kerasft.models.backbones import (
+    Backbone,
+    BackboneEntry,
+    call_in_inference_mode,
+    register_backbone,
+)
 
 
 def _build_tiny_cnn(cfg: BackboneConfig, pooling: str) -> Backbone:

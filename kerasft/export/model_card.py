@@ -18,13 +18,13 @@ import csv
 import datetime as _dt
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from kerasft.errors import ExportError, expected
+from kerasft.io import DEFAULT_MODE, atomic_write
 
 CARD_FILENAME = "README.md"
 _CHECKED = "session-based loader, as TF Serving loads it"
@@ -61,7 +61,7 @@ class ModelCardInfo:
 def _library_versions() -> dict[str, str]:
     from importlib import metadata
 
-    from kerasft import __version__
+    from kerasft._version import __version__
 
     out = {"kerasft": __version__}
     for package in ("tensorflow", "keras", "keras-hub", "tensorflow-text"):
@@ -287,7 +287,8 @@ def render_model_card(info: ModelCardInfo,
                       signatures: dict[str, dict[str, Any]] | None = None,
                       check: Any = None) -> str:
     """The card as Markdown; `signatures` as returned by :func:`kerasft.serving.read_signatures`,
-    `check` the export check's :class:`kerasft.export.CheckResult` (None: not checked)."""
+    `check` the export check's :class:`kerasft.export.saved_model.CheckResult` (None: not
+    checked)."""
     kind = "multi-label" if info.multi_label else "single-label"
     lines = [f"# {info.name}: model card", "",
              f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} classes), "
@@ -394,20 +395,12 @@ def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo,
     extras = export_dir / EXTRAS_DIRNAME
     extras.mkdir(exist_ok=True)
     target = extras / CARD_FILENAME
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_FILENAME}.", dir=extras)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write(target, text, mode=DEFAULT_MODE)
 
 
 def model_card_hook(ft: Any) -> Callable[[Path], None]:
-    """An ``after_write`` hook for :func:`kerasft.export.export_saved_model` writing `ft`'s card."""
+    """An ``after_write`` hook for :func:`kerasft.export.saved_model.export_saved_model` writing
+    `ft`'s card."""
     info = card_info_from_finetuner(ft)
 
     def write(export_dir: Path, check: Any = None) -> None:

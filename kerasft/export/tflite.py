@@ -43,7 +43,6 @@ import contextlib
 import datetime as _dt
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import ExportError, KerasftError, expected
+from kerasft.io import atomic_write
 
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 TEXT_INPUTS = ("token_ids", "segment_ids", "padding_mask")
@@ -59,19 +59,6 @@ REPORT_FILENAME = "tflite_report.json"
 VOCAB_FILENAME = "vocab.txt"
 TOKENIZER_FILENAME = "tokenizer_config.json"
 LABELS_FILENAME = "labels.txt"
-
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,7 +332,7 @@ def _reference(ft: Any, serve: Any, saved_model: str | None
 
     text = ft.backbone.task == "text"
     if saved_model:
-        from kerasft.predict import load_saved_model
+        from kerasft.export.loading import load_saved_model
 
         fn = load_saved_model(saved_model).signatures["serving_default"]
 
@@ -419,7 +406,7 @@ def export_tflite(
     reference, probabilities, labels = (np.concatenate(parts[k]) for k in
                                         ("reference", "tflite", "labels"))
 
-    from kerasft.metrics import classification_report
+    from kerasft.evaluation.metrics import classification_report
 
     def scores(p: np.ndarray) -> dict[str, float]:
         r = classification_report(labels, p, ft.class_names, multi_label=ft.multi_label)
@@ -456,11 +443,11 @@ def export_tflite(
     except OSError as e:
         raise ExportError(expected("a writable folder", "out_dir", str(out))
                           + f" ({e.strerror})") from None
-    _atomic_write(out / filename, flatbuffer)
-    _atomic_write(out / LABELS_FILENAME, "\n".join(ft.class_names) + "\n")
+    atomic_write(out / filename, flatbuffer)
+    atomic_write(out / LABELS_FILENAME, "\n".join(ft.class_names) + "\n")
     if backbone.task == "text":
         for name, text in _tokenizer_files(backbone).items():
-            _atomic_write(out / name, text)
+            atomic_write(out / name, text)
     report_path = out / REPORT_FILENAME
     report: dict[str, Any] = {}
     if report_path.is_file():
@@ -469,7 +456,7 @@ def export_tflite(
         except ValueError:
             report = {}
     report[quantize] = entry
-    _atomic_write(report_path, json.dumps(report, indent=2) + "\n")
+    atomic_write(report_path, json.dumps(report, indent=2) + "\n")
     log(format_entry(entry))
     log(f"tflite: {out / filename} (report: {report_path})")
     entry["path"] = str(out / filename)

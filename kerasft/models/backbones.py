@@ -28,9 +28,9 @@ from kerasft.config import (
     WEIGHTS_ALIASES,
     BackboneConfig,
     ConfigError,
-    resolve_pkg_path,
 )
 from kerasft.errors import KerasftError, expected
+from kerasft.io import resolve_pkg_path
 
 
 @dataclass(frozen=True)
@@ -449,7 +449,7 @@ def set_batch_statistics(backbone: Backbone, enabled: bool) -> None:
 @functools.lru_cache(maxsize=1)
 def masked_mean_pooling_class() -> type:
     """The ``MaskedMeanPooling`` Keras layer class (defined on first use: keeps Keras out of
-    ``import kerasft.backbones``)."""
+    ``import kerasft.models.backbones``)."""
     import keras
 
     @keras.saving.register_keras_serializable(package="kerasft")

@@ -3,7 +3,8 @@
 Keras's ``save_weights`` writes a compiled model's optimizer variables into the same ``.weights.h5``
 (Adam's two moments triple a fine-tuned model's file). kerasft's weights files hold the model
 only: ``model.weights.h5`` and ``checkpoints/best.weights.h5`` are what a user loads, and a
-checkpoint's optimizer state is kept once, in its ``ckpt-<n>.state.npz`` (kerasft/resume.py).
+checkpoint's optimizer state is kept once, in its ``ckpt-<n>.state.npz``
+(kerasft/training/checkpoints.py).
 Loading skips the optimizer too, so these files load into a compiled model as well, and files
 written by older versions (with an optimizer group) still load.
 """

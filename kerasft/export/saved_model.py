@@ -22,7 +22,7 @@ Every signature returns ``probabilities`` (float32 ``[batch, num_classes]``), ``
 
 The version is written under a temporary name (TF Serving ignores folders whose names are not
 integers), checked in a fresh Python process the way TF Serving loads it (session-based loader,
-warmup replay, every signature, then the object loader: :mod:`kerasft.export_check`), compared
+warmup replay, every signature, then the object loader: :mod:`kerasft.export.check`), compared
 with the in-memory model, and only then renamed into place; an existing version is never
 overwritten. Weights are stored once: the SavedModel tracks a small ``tf.Module`` holding the
 model's underlying ``tf.Variable`` objects, not the Keras model object.
@@ -44,7 +44,8 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import ExportError, expected
-from kerasft.export_check import TOLERANCE  # one tolerance: loader vs loader, export vs model
+from kerasft.export.check import TOLERANCE  # one tolerance: loader vs loader, export vs model
+from kerasft.io import atomic_path, publish_dir
 
 SIGNATURE_OUTPUTS = ("probabilities", "class_ids", "labels")
 
@@ -63,7 +64,7 @@ class OutputSpec:
 
     Single-label: ``class_ids`` int64 ``[batch]`` (argmax), ``labels`` string ``[batch]``.
     Multi-label: a class is predicted when its probability is ``> threshold`` (the comparison
-    :func:`kerasft.metrics.classification_report` uses); ``class_ids`` is multi-hot int64
+    :func:`kerasft.evaluation.metrics.classification_report` uses); ``class_ids`` is multi-hot int64
     ``[batch, num_classes]`` and ``labels`` the predicted labels joined by `separator` (the
     training CSV's own format; an empty string when none passes).
     """
@@ -182,10 +183,10 @@ def _pngs(images: np.ndarray) -> np.ndarray:
 def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndarray],
                             timeout: float = 300.0,
                             where: str | os.PathLike | None = None) -> CheckResult:
-    """Runs :mod:`kerasft.export_check` on `path` in a new Python process: the session-based
+    """Runs :mod:`kerasft.export.check` on `path` in a new Python process: the session-based
     loader (TF Serving's), the warmup replay, `requests` on every signature, and the object
     loader; returns the session's answers. A failure raises ExportError with its one line."""
-    from kerasft.export_check import CHECKS, pack, unpack
+    from kerasft.export.check import CHECKS, pack, unpack
 
     with tempfile.TemporaryDirectory(prefix="kerasft-verify-") as tmp:
         requests_path = os.path.join(tmp, "requests.npz")
@@ -193,7 +194,7 @@ def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndar
         np.savez(requests_path, **pack(requests))
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         proc = subprocess.run(
-            [sys.executable, "-m", "kerasft.export_check", str(path), requests_path,
+            [sys.executable, "-m", "kerasft.export.check", str(path), requests_path,
              outputs_path],
             capture_output=True, text=True, timeout=timeout, env=env,
         )
@@ -279,11 +280,9 @@ def write_warmup(export_dir: str | os.PathLike, model_name: str, backbone: Any,
                                                model_name=model_name)
         records += [r.SerializeToString() for r in serving.read_warmup_requests(target)]
     assert target is not None
-    partial = target.with_name(f".{target.name}.partial")
-    with tf.io.TFRecordWriter(str(partial)) as writer:  # one file holding every request
-        for record in records:
+    with atomic_path(target) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
+        for record in records:  # one file holding every request
             writer.write(record)
-    os.replace(partial, target)
     return len(records)
 
 
@@ -312,7 +311,7 @@ def export_saved_model(
     ``assets.extra/tf_serving_warmup_requests`` is written (:func:`write_warmup`); with `verify`
     (and samples), a fresh process loads the export with TF Serving's session-based loader,
     replays the warmup file, answers the samples on every signature, and agrees with the object
-    loader (:mod:`kerasft.export_check`), and the answers must match `model` within
+    loader (:mod:`kerasft.export.check`), and the answers must match `model` within
     :data:`TOLERANCE`. `after_write(folder, check)` then adds more files (e.g. a model card
     quoting the checked answers) before the version is renamed into place. Any failure leaves
     no version folder.
@@ -376,7 +375,7 @@ def export_saved_model(
         if final.exists():
             raise ExportError(expected("a version that does not exist yet", "export.version",
                                        version))
-        os.rename(tmp, final)
+        publish_dir(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

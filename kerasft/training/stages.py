@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kerasft.backbones import Backbone, set_batch_statistics, unfreeze_units
 from kerasft.config import ConfigError, StageConfig, parse_trainable, resolve_batch_norm
 from kerasft.errors import expected
+from kerasft.models.backbones import Backbone, set_batch_statistics, unfreeze_units
 
 
 def _is_batch_norm(layer: Any) -> bool:

@@ -12,7 +12,7 @@ It loads the SavedModel the way TensorFlow Serving does and then the way Python 
 4. the TF2 object loader (``tf.saved_model.load``) on the same requests: the same graph under
    two loaders, so every output must agree (floats within ``TOLERANCE``, the rest exactly).
 
-Usage: ``python -m kerasft.export_check EXPORT_DIR REQUESTS.npz OUTPUTS.npz``, where the request
+Usage: ``python -m kerasft.export.check EXPORT_DIR REQUESTS.npz OUTPUTS.npz``, where the request
 arrays are keyed ``<signature>/<input>``; the session's answers are written keyed
 ``<signature>/<output>`` (string arrays packed as bytes + offsets, :func:`pack`, so no pickle is
 needed). On failure it prints one line (which signature, record, variable or op) on stderr and

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from kerasft.io import atomic_path, atomic_write
 
 
 def classification_report(
@@ -101,10 +102,7 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False))
 
 
 def plot_confusion_matrix(report: dict[str, Any], path: str | os.PathLike) -> bool:
@@ -133,7 +131,8 @@ def plot_confusion_matrix(report: dict[str, Any], path: str | os.PathLike) -> bo
                 color="white" if value > limit else "black")
     ax.set_title(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return True
 
@@ -169,6 +168,7 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
         ax.set_title(metric)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return True

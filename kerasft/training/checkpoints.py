@@ -4,7 +4,8 @@ Keras's ``BackupAndRestore`` restores only within one ``compile`` (keras#19179, 
 kerasft recompiles at every stage, so kerasft keeps its own state. After every epoch, and at the
 end of every stage, ``<run>/checkpoints/`` receives in this order:
 
-1. ``ckpt-<n>.weights.h5``: the whole model's weights, not its optimizer's (kerasft/weights.py);
+1. ``ckpt-<n>.weights.h5``: the whole model's weights, not its optimizer's
+(kerasft/models/weights.py);
 2. ``ckpt-<n>.state.npz``: the stage optimizer's variables (iteration count, so the learning-rate
    schedule position, moments, gradient accumulators) with their paths, restored by path (a
    missing, unexpected or reshaped variable is a one-line error), and the random-seed states of
@@ -13,11 +14,12 @@ end of every stage, ``<run>/checkpoints/`` receives in this order:
    early-stopping counters, the finished stages, the committed length of ``history.csv`` and the
    names of the files above.
 
-Every file is written under a temporary name (``.tmp-*``), flushed and fsynced, renamed with
-``os.replace`` and its folder fsynced. ``state.json`` only names complete files, and files it no
-longer names are deleted after the commit, so a ``kill -9`` at any moment leaves the previous or
-the new commit. ``best.weights.h5`` is a hard link (a copy where links are not supported) to the
-committed checkpoint of the best epoch, replaced atomically after the commit that found it.
+Every file is written through :mod:`kerasft.io` (a temporary name ``.tmp-*``, flushed and
+fsynced, renamed with ``os.replace``, its folder fsynced). ``state.json`` only names complete
+files, and files it no longer names are deleted after the commit, so a ``kill -9`` at any moment
+leaves the previous or the new commit. ``best.weights.h5`` is a hard link (a copy where links
+are not supported) to the committed checkpoint of the best epoch, replaced atomically after the
+commit that found it.
 
 :meth:`Checkpointer.resume` checks the run before touching it: the run's ``config.yaml`` must equal
 the resolved config (``output_dir`` and ``training.verbose`` aside; a one-line error names the
@@ -43,14 +45,14 @@ import yaml
 
 from kerasft.config import WEIGHTS_ALIASES, Config, save_config, upgrade_saved_config
 from kerasft.errors import KerasftError, expected
-from kerasft.weights import load_model_weights, save_model_weights
+from kerasft.io import TMP_PREFIX, atomic_path, atomic_write
+from kerasft.models.weights import load_model_weights, save_model_weights
 
 Log = Callable[[str], None]
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BEST_FILE = "best.weights.h5"
-TMP_PREFIX = ".tmp-"
 # Format 2 numbers epochs from 1, as Keras's progress bar and history.csv do; format 1 (0-based)
 # run folders are refused for resuming (their history.csv would mix both numberings).
 FORMAT = 2
@@ -76,48 +78,6 @@ def pause_point(point: str, epoch: int) -> None:
     if marker:
         Path(marker).write_text(f"{point}@{epoch} pid {os.getpid()}\n", encoding="utf-8")
     time.sleep(3600)
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic files.
-
-
-def _fsync_path(path: Path) -> None:
-    """fsyncs a file or a folder (folders: best effort; not every platform allows it)."""
-    if path.is_dir():
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-        return
-    with open(path, "r+b") as f:
-        os.fsync(f.fileno())
-
-
-def publish(tmp: Path, final: Path) -> None:
-    """Makes the complete file `tmp` durable and renames it to `final` atomically."""
-    _fsync_path(tmp)
-    os.replace(tmp, final)
-    _fsync_path(final.parent)
-
-
-def write_text_atomic(path: Path, text: str, before_rename: Callable[[], None] | None = None
-                      ) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    if before_rename is not None:
-        before_rename()
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +298,7 @@ class Checkpointer:
         """A new run: writes the initial state (nothing trained yet)."""
         ckpt = cls(run_dir, RunState(data=data_fingerprint(data)), log)
         ckpt.dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(ckpt.dir / STATE_FILE, ckpt._state_json(ckpt.state))
+        atomic_write(ckpt.dir / STATE_FILE, ckpt._state_json(ckpt.state))
         return ckpt
 
     @classmethod
@@ -416,11 +376,9 @@ class Checkpointer:
 
     def _write_weights(self, model: Any, n: int, epoch: int | None = None) -> str:
         name = f"ckpt-{n:06d}.weights.h5"
-        tmp = self.dir / f"{TMP_PREFIX}{name}"
-        save_model_weights(model, tmp)  # the optimizer goes to the .state.npz only
-        if epoch is not None:
-            pause_point("weights", epoch)
-        publish(tmp, self.dir / name)
+        hook = (lambda: pause_point("weights", epoch)) if epoch is not None else None
+        with atomic_path(self.dir / name, before_rename=hook) as tmp:
+            save_model_weights(model, tmp)  # the optimizer goes to the .state.npz only
         return name
 
     def _write_arrays(self, model: Any, optimizer: Any, n: int) -> str:
@@ -434,10 +392,8 @@ class Checkpointer:
                 arrays[f"opt_{i}"] = np.asarray(v.numpy())
             arrays["opt_paths"] = np.array([str(v.path) for v in optimizer.variables])
         name = f"ckpt-{n:06d}.state.npz"
-        tmp = self.dir / f"{TMP_PREFIX}{name}"
-        with open(tmp, "wb") as f:
+        with atomic_path(self.dir / name) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        publish(tmp, self.dir / name)
         return name
 
     def _commit(self, hook: tuple[str, int], **changes: Any) -> None:
@@ -445,8 +401,8 @@ class Checkpointer:
         new = replace(self.state, commit=self.state.commit + 1,
                       history_bytes=history.stat().st_size if history.is_file() else 0,
                       **changes)
-        write_text_atomic(self.dir / STATE_FILE, self._state_json(new),
-                          before_rename=lambda: pause_point(*hook))
+        atomic_write(self.dir / STATE_FILE, self._state_json(new),
+                     before_rename=lambda: pause_point(*hook))
         improved = new.best_source != self.state.best_source
         self.state = new
         if improved:
@@ -458,13 +414,12 @@ class Checkpointer:
         source = self.state.best_source
         if not source or not (self.dir / source).is_file():
             return
-        best, tmp = self.dir / BEST_FILE, self.dir / f"{TMP_PREFIX}{BEST_FILE}"
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(self.dir / source, tmp)
-        except OSError:
-            shutil.copyfile(self.dir / source, tmp)
-        publish(tmp, best)
+        with atomic_path(self.dir / BEST_FILE) as tmp:
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(self.dir / source, tmp)
+            except OSError:
+                shutil.copyfile(self.dir / source, tmp)
 
     def _cleanup(self) -> None:
         keep = self.state.referenced()
