@@ -291,7 +291,7 @@ def test_failing_op_check_leaves_no_version(image_export, monkeypatch):
         raise ExportError(f"check_serving_ops {export_dir}: expected only ops TF Serving can "
                           "run. Received: ops=['MyCustomOp']")
 
-    monkeypatch.setattr(serving, "check_serving_ops", bad)
+    monkeypatch.setattr("kerasft.export.saved_model.check_serving_ops", bad)
     with pytest.raises(ExportError, match=r"Received: ops=\['MyCustomOp'\]"):
         ft.export(dir=base, verify=False)
     assert list((base / "tiny").iterdir()) == []
