@@ -14,7 +14,7 @@ at batch 1 and 32, p50 / p95 over ``--iterations`` calls after warmup calls:
 - Keras ``model(preprocess(x), training=False)`` (eager) and ``model.predict_on_batch``;
 - the SavedModel's ``serving_default`` (raw float32 pixels, resize + preprocessing in the graph)
   and ``serving_bytes`` (JPEG bytes, decoded in the graph), loaded with ``tf.saved_model.load``;
-- the same two signatures through ``kerasft.serving.predict_rest`` against the loopback stub
+- the same two signatures through ``kerasft.serving.rest.predict_rest`` against the loopback stub
   (``tests/tf_serving_stub.py``): client JSON encoding, HTTP on 127.0.0.1, the stub's JSON
   parsing (Python; TF Serving parses in C++) and the answer. "REST overhead" = REST p50 minus the
   in-process SavedModel p50 of the same signature.
@@ -114,7 +114,8 @@ def bench_image(args: argparse.Namespace) -> list[str]:
 
     from kerasft.api import build_finetuner
     from kerasft.export.saved_model import export_saved_model
-    from kerasft.serving import image_array_instances, image_bytes_instances, predict_rest
+    from kerasft.serving.requests import image_array_instances, image_bytes_instances
+    from kerasft.serving.rest import predict_rest
     from tests.tf_serving_stub import MAX_BODY_BYTES, TFServingStub
 
     if args.backbone == "tiny_cnn":
@@ -193,7 +194,7 @@ def bench_text(args: argparse.Namespace) -> list[str]:
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (the export's tokenizer ops)
 
-    from kerasft.serving import predict_rest
+    from kerasft.serving.rest import predict_rest
     from tests.tf_serving_stub import TFServingStub
 
     export = Path(args.export).resolve()

@@ -356,7 +356,7 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
     if not inputs:
         raise click.UsageError("give --text, --image or --input")
     if server is not None:
-        from kerasft.serving_client import format_rows, predict_on_server
+        from kerasft.serving.client import format_rows, predict_on_server
 
         rows = predict_on_server(server, model_name, inputs, kind, version=model_version,
                                  label=version_label, use_grpc=use_grpc, timeout=timeout,
@@ -401,8 +401,8 @@ def serve_config(models_config: str, name: str, base_path: str, local_base_path:
                  policy: str, num_versions: int | None, versions: str | None,
                  labels: tuple[str, ...], no_check: bool) -> None:
     """Add or update model NAME in TF Serving's MODELS_CONFIG (created if missing)."""
-    from kerasft.serving import update_models_config
-    from kerasft.serving_client import describe_models_config, parse_labels, parse_versions
+    from kerasft.serving.client import describe_models_config, parse_labels, parse_versions
+    from kerasft.serving.models_config import update_models_config
 
     try:
         version_list = parse_versions(versions)
@@ -423,7 +423,7 @@ def serve_config(models_config: str, name: str, base_path: str, local_base_path:
     for line in describe_models_config(path):
         click.echo(f"  {line}")
     if label_map:
-        from kerasft.serving import LABELS_FLAG
+        from kerasft.serving.models_config import LABELS_FLAG
 
         click.echo(f"labels: start tensorflow_model_server with {LABELS_FLAG} (it checks labels "
                    "before it loads any version)")

@@ -31,3 +31,9 @@ def expected(what: str, key: str, value: Any, where: str | None = None) -> str:
     received = repr(value) if isinstance(value, str) else value
     prefix = f"{where}: " if where else ""
     return f"{prefix}expected {what}. Received: {key}={received}"
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapses whitespace (newlines included) and cuts long texts, for one-line messages."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

@@ -22,9 +22,14 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from kerasft import serving
 from kerasft.cli import main
 from kerasft.errors import KerasftError
+from kerasft.serving.models_config import (
+    ServedModel,
+    read_models_config,
+    update_models_config,
+    write_models_config,
+)
 from tests.tf_serving_stub import StubStartError, TFServingStub
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,9 +93,9 @@ def test_relative_base_path_is_refused(saved_models: Path, tmp_path: Path) -> No
                                        "s3://bucket/clf"])
 def test_absolute_paths_and_uris_are_written(saved_models: Path, tmp_path: Path,
                                              base_path: str) -> None:
-    path = serving.update_models_config(tmp_path / "models.config", "clf", base_path,
-                                        local_base_path=str(saved_models / "clf"))
-    assert serving.read_models_config(path)[0].base_path == base_path
+    path = update_models_config(tmp_path / "models.config", "clf", base_path,
+                                local_base_path=str(saved_models / "clf"))
+    assert read_models_config(path)[0].base_path == base_path
 
 
 def test_moving_a_label_to_an_unserved_version_is_refused(saved_models: Path,
@@ -112,7 +117,7 @@ def test_moving_a_label_to_an_unserved_version_is_refused(saved_models: Path,
     assert "\n" not in line
     assert config.read_text() == before  # nothing written
     # The stand-in refuses that config at the reload too, even with the flag.
-    moved = serving.write_models_config(tmp_path / "moved.config", [serving.ServedModel(
+    moved = write_models_config(tmp_path / "moved.config", [ServedModel(
         "clf", str(saved_models / "clf"), policy="specific", versions=(2, 3),
         labels={"stable": 2, "canary": 3})])
     with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
@@ -123,21 +128,21 @@ def test_moving_a_label_to_an_unserved_version_is_refused(saved_models: Path,
 def test_label_move_check_in_the_python_api(saved_models: Path, tmp_path: Path) -> None:
     path = tmp_path / "models.config"
     base = str(saved_models / "clf")
-    serving.update_models_config(path, "clf", base, labels={"stable": 3})  # latest: serves 3
+    update_models_config(path, "clf", base, labels={"stable": 3})  # latest: serves 3
     with pytest.raises(KerasftError, match="served \\[3\\]"):
-        serving.update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
-                                     labels={"stable": 2})
+        update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
+                             labels={"stable": 2})
     # a new label, or one that moves to a version already served, is written
-    serving.update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
-                                 labels={"stable": 3, "canary": 2})
-    serving.update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
-                                 labels={"stable": 2, "canary": 3})
-    assert serving.read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
+    update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
+                         labels={"stable": 3, "canary": 2})
+    update_models_config(path, "clf", base, policy="specific", versions=[2, 3],
+                         labels={"stable": 2, "canary": 3})
+    assert read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
     # write_models_config over the same file applies the same rule
     with pytest.raises(KerasftError, match="label 'canary' to move only"):
-        serving.write_models_config(path, [serving.ServedModel(
+        write_models_config(path, [ServedModel(
             "clf", base, policy="specific", versions=(1, 2), labels={"canary": 1})])
-    assert serving.read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
+    assert read_models_config(path)[0].labels == {"stable": 2, "canary": 3}
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,7 +220,7 @@ def test_readme_canary_recipe_runs_on_the_stand_in(saved_models: Path) -> None:
 
 def test_readme_first_config_needs_the_flag(saved_models: Path, tmp_path: Path) -> None:
     # Why the docker command carries the flag: TF Serving checks labels before it loads anything.
-    config = serving.write_models_config(tmp_path / "models.config", [serving.ServedModel(
+    config = write_models_config(tmp_path / "models.config", [ServedModel(
         "clf", str(saved_models / "clf"), policy="specific", versions=(1, 2),
         labels={"stable": 1, "canary": 2})])
     with pytest.raises(StubStartError, match="which is not currently available for inference"):

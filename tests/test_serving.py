@@ -1,4 +1,6 @@
-"""Tests of kerasft.serving against hand-built SavedModels in a TF Serving layout.
+"""Tests of kerasft.serving (models.config, requests, REST and gRPC clients) and of the export
+modules it relies on (kerasft.export.signatures, .warmup, .op_check) against hand-built SavedModels
+in a TF Serving layout.
 
 The models follow the kerasft export contract without kerasft's training code: a text model
 (``serving_default`` on ``text`` strings: case folding with a tensorflow-text op, a string hash,
@@ -27,8 +29,24 @@ import tensorflow_text as tf_text  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
-from kerasft import serving  # noqa: E402
 from kerasft.errors import ExportError, KerasftError  # noqa: E402
+from kerasft.export.op_check import (  # noqa: E402
+    PYTHON_OPS,
+    check_serving_ops,
+    list_graph_ops,
+    serving_op_allowlist,
+)
+from kerasft.export.signatures import read_signatures  # noqa: E402
+from kerasft.export.warmup import read_warmup_requests, write_warmup_requests  # noqa: E402
+from kerasft.serving.grpc import predict_grpc  # noqa: E402
+from kerasft.serving.models_config import (  # noqa: E402
+    ServedModel,
+    read_models_config,
+    update_models_config,
+    write_models_config,
+)
+from kerasft.serving.requests import image_array_instances, image_bytes_instances, text_instances  # noqa: E402
+from kerasft.serving.rest import get_model_status_rest, predict_rest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tf_serving_stub import GrpcPredictStub, TFServingStub  # noqa: E402
@@ -146,17 +164,17 @@ def images() -> np.ndarray:
 @pytest.fixture(scope="module")
 def rest(exports: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> TFServingStub:
     # Versions and labels reach the stand-in only through a models.config, as with TF Serving.
-    config = serving.write_models_config(
+    config = write_models_config(
         tmp_path_factory.mktemp("config") / "models.config",
         [
-            serving.ServedModel(
+            ServedModel(
                 "text_clf",
                 str(exports["base"] / "text_clf"),
                 policy="specific",
                 versions=(1, 2),
                 labels={"stable": 1, "canary": 2},
             ),
-            serving.ServedModel("image_clf", str(exports["base"] / "image_clf")),
+            ServedModel("image_clf", str(exports["base"] / "image_clf")),
         ],
     )
     with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
@@ -191,22 +209,22 @@ def _closed_port() -> int:
 
 
 def test_read_signatures_follow_the_contract(exports: dict[str, Path]) -> None:
-    text = serving.read_signatures(exports["text_v1"])
+    text = read_signatures(exports["text_v1"])
     assert set(text) == {"serving_default"}
     assert text["serving_default"]["inputs"] == {"text": {"dtype": "string", "shape": [-1]}}
     assert set(text["serving_default"]["outputs"]) == {"probabilities", "class_ids", "labels"}
-    image = serving.read_signatures(exports["image"])
+    image = read_signatures(exports["image"])
     assert image["serving_default"]["inputs"]["image"]["shape"] == [-1, SIZE, SIZE, 3]
     assert image["serving_bytes"]["inputs"] == {"image_bytes": {"dtype": "string", "shape": [-1]}}
 
 
 def test_warmup_requests_round_trip(exports: dict[str, Path]) -> None:
     texts = np.array(["warm up", "ça chauffe"])
-    path = serving.write_warmup_requests(
+    path = write_warmup_requests(
         exports["text_v1"], "serving_default", {"text": texts}, num_records=3
     )
     assert path == exports["text_v1"] / "assets.extra" / "tf_serving_warmup_requests"
-    logs = serving.read_warmup_requests(exports["text_v1"])
+    logs = read_warmup_requests(exports["text_v1"])
     assert len(logs) == 3
     for log in logs:
         assert log.WhichOneof("log_type") == "predict_log"
@@ -227,10 +245,10 @@ def test_warmup_requests_round_trip(exports: dict[str, Path]) -> None:
 
 def test_warmup_requests_for_image_bytes(exports: dict[str, Path], images: np.ndarray) -> None:
     data = np.array([_png(images[0])], dtype=object)
-    serving.write_warmup_requests(
+    write_warmup_requests(
         exports["image"], "serving_bytes", {"image_bytes": data}, model_name="image_clf"
     )
-    (log,) = serving.read_warmup_requests(
+    (log,) = read_warmup_requests(
         exports["image"] / "assets.extra" / "tf_serving_warmup_requests"
     )
     request = log.predict_log.request
@@ -253,7 +271,7 @@ def test_warmup_requests_reject_bad_inputs(
     exports: dict[str, Path], signature: str, inputs: dict, num_records: int, match: str
 ) -> None:
     with pytest.raises(ExportError) as err:
-        serving.write_warmup_requests(
+        write_warmup_requests(
             exports["text_v2"], signature, inputs, num_records=num_records
         )
     assert match in _one_line(err)
@@ -262,7 +280,7 @@ def test_warmup_requests_reject_bad_inputs(
 
 def test_warmup_requests_need_a_saved_model(tmp_path: Path) -> None:
     with pytest.raises(ExportError) as err:
-        serving.write_warmup_requests(tmp_path, "serving_default", {"text": np.array(["a"])})
+        write_warmup_requests(tmp_path, "serving_default", {"text": np.array(["a"])})
     assert "saved_model.pb" in _one_line(err)
 
 
@@ -279,10 +297,10 @@ def _parse_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
 
 def test_models_config_round_trips(exports: dict[str, Path], tmp_path: Path) -> None:
     base = exports["base"]
-    path = serving.write_models_config(
+    path = write_models_config(
         tmp_path / "models.config",
         [
-            serving.ServedModel(
+            ServedModel(
                 name="text_clf",
                 base_path=str(base / "text_clf"),
                 policy="specific",
@@ -307,7 +325,7 @@ def test_models_config_round_trips(exports: dict[str, Path], tmp_path: Path) -> 
     assert not image.version_labels
     assert (path.stat().st_mode & 0o777) == 0o644  # readable by a server running as another user
     assert [p.name for p in tmp_path.iterdir()] == ["models.config"]  # no temp file left
-    assert serving.read_models_config(path)[0] == serving.ServedModel(
+    assert read_models_config(path)[0] == ServedModel(
         name="text_clf",
         base_path=str(base / "text_clf"),
         policy="specific",
@@ -319,15 +337,15 @@ def test_models_config_round_trips(exports: dict[str, Path], tmp_path: Path) -> 
 def test_update_models_config_keeps_other_models(exports: dict[str, Path], tmp_path: Path) -> None:
     base = exports["base"]
     path = tmp_path / "models.config"
-    serving.update_models_config(path, "image_clf", str(base / "image_clf"), policy="all")
-    serving.update_models_config(
+    update_models_config(path, "image_clf", str(base / "image_clf"), policy="all")
+    update_models_config(
         path, "text_clf", str(base / "text_clf"), num_versions=2, labels={"stable": 1}
     )
     # a hand-edited field of another model survives updates
     config = _parse_config(path)
     config.model_config_list.config[0].logging_config.sampling_config.sampling_rate = 0.5
     path.write_text(text_format.MessageToString(config))
-    serving.update_models_config(
+    update_models_config(
         path,
         "text_clf",
         str(base / "text_clf"),
@@ -346,7 +364,7 @@ def test_update_models_config_keeps_other_models(exports: dict[str, Path], tmp_p
 
 
 def test_models_config_with_server_side_base_path(exports: dict[str, Path], tmp_path: Path) -> None:
-    path = serving.update_models_config(
+    path = update_models_config(
         tmp_path / "models.config",
         "text_clf",
         "/models/text_clf",
@@ -380,15 +398,15 @@ def test_models_config_rejects_bad_entries(
     args = {"name": "text_clf", "base_path": str(exports["base"] / "text_clf"), **kwargs}
     path = tmp_path / "models.config"
     with pytest.raises(KerasftError) as err:
-        serving.update_models_config(path, **args)
+        update_models_config(path, **args)
     assert match in _one_line(err)
     assert not path.exists()
 
 
 def test_models_config_rejects_duplicates(exports: dict[str, Path], tmp_path: Path) -> None:
-    model = serving.ServedModel("text_clf", str(exports["base"] / "text_clf"))
+    model = ServedModel("text_clf", str(exports["base"] / "text_clf"))
     with pytest.raises(KerasftError) as err:
-        serving.write_models_config(tmp_path / "models.config", [model, model])
+        write_models_config(tmp_path / "models.config", [model, model])
     assert "duplicates=['text_clf']" in _one_line(err)
 
 
@@ -398,16 +416,16 @@ def test_models_config_rejects_duplicates(exports: dict[str, Path], tmp_path: Pa
 
 
 def test_op_check_passes_for_clean_models(exports: dict[str, Path]) -> None:
-    text_ops = serving.check_serving_ops(exports["text_v1"])
+    text_ops = check_serving_ops(exports["text_v1"])
     assert {"CaseFoldUTF8", "StringToHashBucketFast", "MatMul", "Softmax"} <= text_ops
     assert not any(op.startswith("__inference") for op in text_ops)
-    image_ops = serving.check_serving_ops(exports["image"])
+    image_ops = check_serving_ops(exports["image"])
     assert "DecodeImage" in image_ops or "DecodePng" in image_ops
-    assert text_ops == serving.list_graph_ops(exports["text_v1"])
+    assert text_ops == list_graph_ops(exports["text_v1"])
 
 
 def test_op_allowlist() -> None:
-    allowed = serving.serving_op_allowlist()
+    allowed = serving_op_allowlist()
     assert {
         "MatMul",
         "StatefulPartitionedCall",
@@ -416,14 +434,14 @@ def test_op_allowlist() -> None:
         "FastWordpieceTokenizeWithOffsets",
         "TFText>RoundRobinTrim",
     } <= allowed
-    assert not allowed & serving.PYTHON_OPS
+    assert not allowed & PYTHON_OPS
     assert "Foo1" not in allowed  # a test op TensorFlow registers, not a serving op
 
 
 def test_op_check_rejects_python_ops(exports: dict[str, Path]) -> None:
-    assert "EagerPyFunc" in serving.list_graph_ops(exports["pyfunc"])
+    assert "EagerPyFunc" in list_graph_ops(exports["pyfunc"])
     with pytest.raises(ExportError) as err:
-        serving.check_serving_ops(exports["pyfunc"], extra_allowed_ops=["EagerPyFunc"])
+        check_serving_ops(exports["pyfunc"], extra_allowed_ops=["EagerPyFunc"])
     message = _one_line(err)
     assert "ops=['EagerPyFunc']" in message
     assert "TF Serving's standard build links core TensorFlow ops and TensorFlow Text" in message
@@ -432,7 +450,7 @@ def test_op_check_rejects_python_ops(exports: dict[str, Path]) -> None:
 
 def test_op_check_needs_a_saved_model(tmp_path: Path) -> None:
     with pytest.raises(ExportError) as err:
-        serving.check_serving_ops(tmp_path)
+        check_serving_ops(tmp_path)
     assert _one_line(err).startswith("check_serving_ops: expected a SavedModel folder")
 
 
@@ -451,9 +469,9 @@ def test_op_check_rejects_unknown_ops(exports: dict[str, Path], tmp_path: Path) 
     assert renamed
     (copy / "saved_model.pb").write_bytes(proto.SerializeToString())
     with pytest.raises(ExportError) as err:
-        serving.check_serving_ops(copy)
+        check_serving_ops(copy)
     assert "ops=['MyCustomHashOp']" in _one_line(err)
-    assert serving.check_serving_ops(copy, extra_allowed_ops={"MyCustomHashOp"})
+    assert check_serving_ops(copy, extra_allowed_ops={"MyCustomHashOp"})
 
 
 # ------------------------------------------------------------------------------------------
@@ -473,18 +491,18 @@ def _assert_rows_equal(rows: list[dict], ref: dict[str, np.ndarray]) -> None:
 def test_rest_row_format_text_equals_direct_call(
     rest: TFServingStub, exports: dict[str, Path]
 ) -> None:
-    answer = serving.predict_rest(rest.url, "text_clf", serving.text_instances(TEXTS))
+    answer = predict_rest(rest.url, "text_clf", text_instances(TEXTS))
     assert set(answer) == {"predictions"}
     ref = _direct(exports["text_v2"], "serving_default", text=TEXTS)  # v2: highest version
     _assert_rows_equal(answer["predictions"], ref)
     assert answer["predictions"][0]["labels"] in TEXT_LABELS
     # the object form of a row is the same request for TF Serving
-    as_objects = serving.predict_rest(rest.url, "text_clf", [{"text": t} for t in TEXTS])
+    as_objects = predict_rest(rest.url, "text_clf", [{"text": t} for t in TEXTS])
     assert as_objects == answer
 
 
 def test_rest_columnar_format_text(rest: TFServingStub, exports: dict[str, Path]) -> None:
-    answer = serving.predict_rest(rest.url, "text_clf", inputs={"text": np.array(TEXTS)})
+    answer = predict_rest(rest.url, "text_clf", inputs={"text": np.array(TEXTS)})
     assert set(answer) == {"outputs"}
     outputs = answer["outputs"]
     ref = _direct(exports["text_v2"], "serving_default", text=TEXTS)
@@ -493,7 +511,7 @@ def test_rest_columnar_format_text(rest: TFServingStub, exports: dict[str, Path]
     )
     assert outputs["class_ids"] == ref["class_ids"].tolist()
     assert outputs["labels"] == [x.decode() for x in ref["labels"]]
-    bare = serving.predict_rest(rest.url, "text_clf", inputs=TEXTS)  # single input: bare value
+    bare = predict_rest(rest.url, "text_clf", inputs=TEXTS)  # single input: bare value
     assert bare == answer
 
 
@@ -501,15 +519,15 @@ def test_rest_image_bytes_and_arrays(
     rest: TFServingStub, exports: dict[str, Path], images: np.ndarray, tmp_path: Path
 ) -> None:
     (tmp_path / "0.png").write_bytes(_png(images[0]))
-    instances = serving.image_bytes_instances(
+    instances = image_bytes_instances(
         [tmp_path / "0.png"] + [_png(image) for image in images[1:]]
     )
     assert set(instances[0]) == {"b64"}
-    by_bytes = serving.predict_rest(
+    by_bytes = predict_rest(
         rest.url, "image_clf", instances, signature_name="serving_bytes"
     )
-    by_array = serving.predict_rest(
-        rest.url, "image_clf", serving.image_array_instances(images.astype(np.float32))
+    by_array = predict_rest(
+        rest.url, "image_clf", image_array_instances(images.astype(np.float32))
     )
     ref = _direct(exports["image"], "serving_default", image=images.astype(np.float32))
     _assert_rows_equal(by_array["predictions"], ref)
@@ -524,21 +542,21 @@ def test_rest_image_bytes_and_arrays(
 
 
 def test_rest_versions_and_labels(rest: TFServingStub, exports: dict[str, Path]) -> None:
-    latest = serving.predict_rest(rest.url, "text_clf", TEXTS)
-    v1 = serving.predict_rest(rest.url, "text_clf", TEXTS, version=1)
-    v2 = serving.predict_rest(rest.url, "text_clf", TEXTS, version=2)
-    stable = serving.predict_rest(rest.url, "text_clf", TEXTS, label="stable")
-    canary = serving.predict_rest(rest.url, "text_clf", TEXTS, label="canary")
+    latest = predict_rest(rest.url, "text_clf", TEXTS)
+    v1 = predict_rest(rest.url, "text_clf", TEXTS, version=1)
+    v2 = predict_rest(rest.url, "text_clf", TEXTS, version=2)
+    stable = predict_rest(rest.url, "text_clf", TEXTS, label="stable")
+    canary = predict_rest(rest.url, "text_clf", TEXTS, label="canary")
     assert latest == v2 == canary
     assert stable == v1
     assert v1 != v2
     _assert_rows_equal(
         v1["predictions"], _direct(exports["text_v1"], "serving_default", text=TEXTS)
     )
-    status = serving.get_model_status_rest(rest.url, "text_clf")
+    status = get_model_status_rest(rest.url, "text_clf")
     assert [s["version"] for s in status["model_version_status"]] == ["2", "1"]  # newest first
     # get_model_status_impl.cc does not look at a label: every version is listed
-    assert serving.get_model_status_rest(rest.url, "text_clf", label="stable") == status
+    assert get_model_status_rest(rest.url, "text_clf", label="stable") == status
     assert {s["state"] for s in status["model_version_status"]} == {"AVAILABLE"}
 
 
@@ -560,14 +578,14 @@ def test_rest_errors_are_one_line(
 ) -> None:
     before = rest.requests
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, model, ["x"], backoff=0.01, **kwargs)
+        predict_rest(rest.url, model, ["x"], backoff=0.01, **kwargs)
     assert match in _one_line(err)
     assert rest.requests == before + 1  # 4xx: not retried
 
 
 def test_rest_bad_tensor_is_a_400(rest: TFServingStub) -> None:
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, "image_clf", [[1.0, 2.0]])
+        predict_rest(rest.url, "image_clf", [[1.0, 2.0]])
     assert "HTTP 400" in _one_line(err)
 
 
@@ -583,12 +601,12 @@ def test_rest_retry_policy_follows_tf_serving_status_codes(
     rest.fail_next(2 if retried else 1, status=status)
     before = rest.requests
     if retried:
-        answer = serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+        answer = predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
         assert len(answer["predictions"]) == 1
         assert rest.requests == before + 3
         return
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
+        predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.01)
     message = _one_line(err)
     assert f"HTTP {status}" in message and "Injected failure" in message
     assert rest.requests == before + 1
@@ -601,7 +619,7 @@ def test_rest_retries_run_out(rest: TFServingStub) -> None:
     before = rest.requests
     start = time.monotonic()
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.05)
+        predict_rest(rest.url, "text_clf", TEXTS[:1], retries=2, backoff=0.05)
     assert time.monotonic() - start >= 0.05 + 0.1  # backoff * 2**attempt between attempts
     assert "HTTP 429 after 3 attempts" in _one_line(err)
     assert rest.requests == before + 3
@@ -656,7 +674,7 @@ def test_rest_timeout_is_one_line(rest: TFServingStub) -> None:
     try:
         start = time.monotonic()
         with pytest.raises(KerasftError) as err:
-            serving.predict_rest(rest.url, "text_clf", TEXTS[:1], timeout=0.2, retries=2)
+            predict_rest(rest.url, "text_clf", TEXTS[:1], timeout=0.2, retries=2)
         assert time.monotonic() - start < 0.9  # timeouts are not retried
     finally:
         rest.delay_s = 0.0
@@ -667,7 +685,7 @@ def test_rest_closed_port_fails_fast() -> None:
     url = f"http://127.0.0.1:{_closed_port()}"
     start = time.monotonic()
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest(url, "text_clf", ["x"], timeout=1.0, retries=0)
+        predict_rest(url, "text_clf", ["x"], timeout=1.0, retries=0)
     assert time.monotonic() - start < 2
     message = _one_line(err)
     assert "reachable TF Serving REST server" in message and "refused" in message.lower()
@@ -687,17 +705,17 @@ def test_rest_closed_port_fails_fast() -> None:
 )
 def test_rest_argument_checks(kwargs: dict, match: str) -> None:
     with pytest.raises(KerasftError) as err:
-        serving.predict_rest("127.0.0.1:1", "text_clf", **kwargs)
+        predict_rest("127.0.0.1:1", "text_clf", **kwargs)
     assert match in _one_line(err)
 
 
 def test_request_builders() -> None:
-    assert serving.text_instances(("a", "b")) == ["a", "b"]
-    assert serving.image_bytes_instances([b"\x89PNG"]) == [{"b64": "iVBORw=="}]
+    assert text_instances(("a", "b")) == ["a", "b"]
+    assert image_bytes_instances([b"\x89PNG"]) == [{"b64": "iVBORw=="}]
     with pytest.raises(KerasftError):
-        serving.text_instances([b"bytes"])
+        text_instances([b"bytes"])
     with pytest.raises(KerasftError):
-        serving.image_array_instances(np.zeros((2, 8, 8)))
+        image_array_instances(np.zeros((2, 8, 8)))
 
 
 # ------------------------------------------------------------------------------------------
@@ -708,11 +726,11 @@ def test_request_builders() -> None:
 def test_grpc_predict(rest: TFServingStub, exports: dict[str, Path], images: np.ndarray) -> None:
     pytest.importorskip("grpc")
     with GrpcPredictStub(core=rest.core) as stub:
-        out = serving.predict_grpc(stub.address, "text_clf", {"text": TEXTS}, label="stable")
+        out = predict_grpc(stub.address, "text_clf", {"text": TEXTS}, label="stable")
         ref = _direct(exports["text_v1"], "serving_default", text=TEXTS)
         np.testing.assert_array_equal(out["probabilities"], ref["probabilities"])
         np.testing.assert_array_equal(out["labels"], ref["labels"])
-        out = serving.predict_grpc(
+        out = predict_grpc(
             stub.address,
             "image_clf",
             {"image_bytes": [_png(images[0])]},
@@ -720,7 +738,7 @@ def test_grpc_predict(rest: TFServingStub, exports: dict[str, Path], images: np.
         )
         assert out["class_ids"].shape == (1,)
         with pytest.raises(KerasftError) as err:
-            serving.predict_grpc(stub.address, "nope", {"text": ["x"]})
+            predict_grpc(stub.address, "nope", {"text": ["x"]})
         assert "NOT_FOUND" in _one_line(err)
 
 
@@ -728,7 +746,7 @@ def test_grpc_closed_port_fails_fast() -> None:
     pytest.importorskip("grpc")
     start = time.monotonic()
     with pytest.raises(KerasftError) as err:
-        serving.predict_grpc(
+        predict_grpc(
             f"127.0.0.1:{_closed_port()}", "text_clf", {"text": ["x"]}, timeout=1.0
         )
     assert time.monotonic() - start < 3

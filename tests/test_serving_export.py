@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kerasft import serving
 from kerasft.cli import main
 from kerasft.errors import ExportError
+from kerasft.export.warmup import read_warmup_requests
+from kerasft.serving.models_config import ServedModel, read_models_config, write_models_config
 from tests.bert_fixtures import write_tiny_bert_preset
 from tests.tf_serving_stub import GrpcPredictStub, TFServingStub
 
@@ -189,7 +190,7 @@ def test_image_warmup_file_parses_and_replays(image_export):
     import tensorflow as tf
 
     path = image_export["path"]
-    logs = serving.read_warmup_requests(path)
+    logs = read_warmup_requests(path)
     requests = [log.predict_log.request for log in logs]
     seen = sorted((r.model_spec.signature_name, list(r.inputs),
                    r.inputs[next(iter(r.inputs))].tensor_shape.dim[0].size) for r in requests)
@@ -264,7 +265,7 @@ def test_text_export_answers_row_and_columnar_json(text_export):
 @pytest.mark.slow
 def test_text_warmup_and_card(text_export):
     path = text_export["path"]
-    requests = [log.predict_log.request for log in serving.read_warmup_requests(path)]
+    requests = [log.predict_log.request for log in read_warmup_requests(path)]
     assert [(r.model_spec.signature_name, r.inputs["text"].tensor_shape.dim[0].size)
             for r in requests] == [("serving_default", 1), ("serving_default", 4)]
     sample = requests[1].inputs["text"].string_val
@@ -291,7 +292,7 @@ def test_failing_op_check_leaves_no_version(image_export, monkeypatch):
         raise ExportError(f"check_serving_ops {export_dir}: expected only ops TF Serving can "
                           "run. Received: ops=['MyCustomOp']")
 
-    monkeypatch.setattr(serving, "check_serving_ops", bad)
+    monkeypatch.setattr("kerasft.export.saved_model.check_serving_ops", bad)
     with pytest.raises(ExportError, match=r"Received: ops=\['MyCustomOp'\]"):
         ft.export(dir=base, verify=False)
     assert list((base / "tiny").iterdir()) == []
@@ -363,7 +364,7 @@ def test_serve_config_cli_round_trips(tmp_path):
     result = runner.invoke(main, ["serve-config", config, "--name", "tiny", "--base-path",
                                   "/models/tiny", "--label", "stable=2", *common])
     assert result.exit_code == 0, result.output
-    models = {m.name: m for m in serving.read_models_config(config)}
+    models = {m.name: m for m in read_models_config(config)}
     assert models["tiny"].policy == "latest" and dict(models["tiny"].labels) == {"stable": 2}
     assert models["other"].num_versions == 2
     before = Path(config).read_text()
@@ -394,7 +395,7 @@ def test_predict_cli_against_the_stub(image_export, text_export, tmp_path):
         files[-1].write_bytes(tf.io.encode_png(image).numpy())
     expected = [IMAGE_LABELS[i] for i in ft.predict(x).argmax(-1)]
     runner = CliRunner()
-    config = serving.write_models_config(tmp_path / "models.config", [serving.ServedModel(
+    config = write_models_config(tmp_path / "models.config", [ServedModel(
         "tiny", str(image_export["base"] / "tiny"), labels={"stable": 1})])
     with TFServingStub(config, allow_version_labels_for_unavailable_models=True) as stub:
         image_args = ["--image", str(files[0]), "--image", str(files[1])]

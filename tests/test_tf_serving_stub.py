@@ -24,7 +24,7 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from kerasft import serving
+from kerasft.serving.models_config import ServedModel, write_models_config
 from tests.session_loader import SessionModel
 from tests.tf_serving_stub import StubStartError, TFServingStub, format_decimal
 
@@ -723,7 +723,7 @@ def test_what_only_the_object_loader_accepts_fails_here(tmp_path: Path) -> None:
 
 def test_written_models_config_parses_as_tf_serving_reads_it(models: dict[str, Path],
                                                             tmp_path: Path) -> None:
-    path = serving.write_models_config(tmp_path / "models.config", [serving.ServedModel(
+    path = write_models_config(tmp_path / "models.config", [ServedModel(
         NAME, str(models["base"]), policy="specific", versions=(123, 124),
         labels={"stable": 123})])
     config = model_server_config_pb2.ModelServerConfig()

@@ -1,4 +1,5 @@
-"""SavedModels in TF Serving's layout (signatures, warmup, checks), TFLite and model cards.
+"""SavedModels in TF Serving's layout (signatures, warmup records, the op check, the fresh-process
+check), TFLite and model cards.
 
 May import: every floor below (config, data, models, training, evaluation).
 """

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasft.errors import ExportError, expected
+from kerasft.export.signatures import read_signatures
 from kerasft.io import DEFAULT_MODE, atomic_write
 
 CARD_FILENAME = "README.md"
@@ -286,9 +287,9 @@ def _example_requests(name: str, task: str, labels: list[str],
 def render_model_card(info: ModelCardInfo,
                       signatures: dict[str, dict[str, Any]] | None = None,
                       check: Any = None) -> str:
-    """The card as Markdown; `signatures` as returned by :func:`kerasft.serving.read_signatures`,
-    `check` the export check's :class:`kerasft.export.saved_model.CheckResult` (None: not
-    checked)."""
+    """The card as Markdown; `signatures` as returned by
+    :func:`kerasft.export.signatures.read_signatures`, `check` the export check's
+    :class:`kerasft.export.saved_model.CheckResult` (None: not checked)."""
     kind = "multi-label" if info.multi_label else "single-label"
     lines = [f"# {info.name}: model card", "",
              f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} classes), "
@@ -385,8 +386,6 @@ def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo,
                      check: Any = None) -> Path:
     """Writes ``<export_dir>/assets.extra/README.md`` (signatures read from its
     ``saved_model.pb``) through a temporary file; returns its path."""
-    from kerasft.serving import read_signatures
-
     export_dir = Path(export_dir)
     if not (export_dir / "saved_model.pb").is_file():
         raise ExportError(expected("a SavedModel folder with saved_model.pb", "export_dir",

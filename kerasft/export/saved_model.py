@@ -4,7 +4,7 @@
 ``assets.extra/`` (the resolved ``config.yaml``, ``labels.txt``, ``metrics.json``, the warmup
 requests ``tf_serving_warmup_requests`` and, from :meth:`FineTuner.export`, the model card
 ``README.md``). Before the rename, every op of the graph is checked against what TF Serving's
-standard build links (:func:`kerasft.serving.check_serving_ops`). The
+standard build links (:func:`kerasft.export.op_check.check_serving_ops`). The
 ``serving_default`` signature takes raw inputs and does the preprocessing inside the graph:
 
 - text models: ``text``, a 1-D ``tf.string`` batch (tokenised by KerasHub's tokenizer in-graph;
@@ -45,7 +45,9 @@ import numpy as np
 
 from kerasft.errors import ExportError, expected
 from kerasft.export.check import TOLERANCE  # one tolerance: loader vs loader, export vs model
-from kerasft.io import atomic_path, publish_dir
+from kerasft.export.op_check import check_serving_ops
+from kerasft.export.warmup import as_bytes, png_pixels, pngs, write_warmup
+from kerasft.io import publish_dir
 
 SIGNATURE_OUTPUTS = ("probabilities", "class_ids", "labels")
 
@@ -158,26 +160,10 @@ def sample_requests(backbone: Any, sample_inputs: np.ndarray) -> dict[str, np.nd
     """The check's requests, keyed ``<signature>/<input>``: the raw samples on
     ``serving_default`` and, for images, the same images PNG-encoded on ``serving_bytes``."""
     if backbone.task == "text":
-        return {"serving_default/text": _as_bytes(sample_inputs)}
+        return {"serving_default/text": as_bytes(sample_inputs)}
     images = np.asarray(sample_inputs, dtype=np.float32)
-    return {"serving_default/image": images, "serving_bytes/image_bytes": _pngs(images)}
+    return {"serving_default/image": images, "serving_bytes/image_bytes": pngs(images)}
 
-
-def _as_bytes(texts: Any) -> np.ndarray:
-    return np.array([t if isinstance(t, bytes) else str(t).encode("utf-8") for t in texts],
-                    dtype=object)
-
-
-def _png_pixels(images: np.ndarray) -> np.ndarray:
-    """The pixels a PNG of `images` decodes to (rounded, clipped to 0..255)."""
-    return np.clip(np.round(np.asarray(images, np.float32)), 0, 255)
-
-
-def _pngs(images: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-
-    return np.array([tf.io.encode_png(im.astype(np.uint8)).numpy()
-                     for im in _png_pixels(images)], dtype=object)
 
 
 def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndarray],
@@ -242,49 +228,6 @@ def reference_probabilities(model: Any, backbone: Any, raw_inputs: np.ndarray) -
     return np.asarray(model(x, training=False), dtype=np.float32)
 
 
-def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
-                    max_batch: int = 4) -> list[tuple[str, dict[str, np.ndarray]]]:
-    """Representative requests ``(signature, inputs)``: per signature, a batch of one and a batch
-    of up to `max_batch` sample inputs (a neutral text or a grey image when there are none)."""
-    import tensorflow as tf
-
-    have = sample_inputs is not None and len(sample_inputs) > 0
-    if backbone.task == "text":
-        batch = _as_bytes(sample_inputs[:max_batch] if have else ["a short example text"])
-        batches = [batch[:1]] + ([batch] if len(batch) > 1 else [])
-        return [("serving_default", {"text": b}) for b in batches]
-    if have:  # at the model's input size: a few photos at full size would weigh megabytes
-        images = tf.image.resize(np.asarray(sample_inputs[:max_batch], dtype=np.float32),
-                                 backbone.image_size).numpy()
-    else:
-        images = np.full((1, *backbone.image_size, 3), 127.0, dtype=np.float32)
-    pngs = _pngs(images)
-    sizes = [1] + ([len(images)] if len(images) > 1 else [])
-    return ([("serving_default", {"image": images[:n]}) for n in sizes]
-            + [("serving_bytes", {"image_bytes": pngs[:n]}) for n in sizes])
-
-
-def write_warmup(export_dir: str | os.PathLike, model_name: str, backbone: Any,
-                 sample_inputs: np.ndarray | None) -> int:
-    """Writes ``assets.extra/tf_serving_warmup_requests`` with :func:`warmup_requests` (each
-    built and checked against the signatures by :func:`kerasft.serving.write_warmup_requests`);
-    returns the number of records."""
-    import tensorflow as tf
-
-    from kerasft import serving
-
-    records = []
-    target = None
-    for signature, inputs in warmup_requests(backbone, sample_inputs):
-        target = serving.write_warmup_requests(export_dir, signature, inputs,
-                                               model_name=model_name)
-        records += [r.SerializeToString() for r in serving.read_warmup_requests(target)]
-    assert target is not None
-    with atomic_path(target) as tmp, tf.io.TFRecordWriter(str(tmp)) as writer:
-        for record in records:  # one file holding every request
-            writer.write(record)
-    return len(records)
-
 
 def export_saved_model(
     model: Any,
@@ -307,8 +250,9 @@ def export_saved_model(
     `sample_inputs` are raw serving inputs (strings or images) for the warmup requests and the
     check; `extra_files` go to ``assets.extra/``; `outputs` says how probabilities become
     ``class_ids``/``labels`` (single-label by default). With `check_ops`, an op TF Serving cannot
-    run fails the export (:func:`kerasft.serving.check_serving_ops`); with `warmup`,
-    ``assets.extra/tf_serving_warmup_requests`` is written (:func:`write_warmup`); with `verify`
+    run fails the export (:func:`kerasft.export.op_check.check_serving_ops`); with `warmup`,
+    ``assets.extra/tf_serving_warmup_requests`` is written
+    (:func:`kerasft.export.warmup.write_warmup`); with `verify`
     (and samples), a fresh process loads the export with TF Serving's session-based loader,
     replays the warmup file, answers the samples on every signature, and agrees with the object
     loader (:mod:`kerasft.export.check`), and the answers must match `model` within
@@ -348,9 +292,7 @@ def export_saved_model(
                                                    {"encoding": "utf-8"})) as f:
                 f.write(content)
         if check_ops:
-            from kerasft import serving
-
-            ops = serving.check_serving_ops(tmp)
+            ops = check_serving_ops(tmp)
             log(f"op check: {len(ops)} op types, all run by TF Serving's standard build")
         if warmup:
             count = write_warmup(tmp, name, backbone, sample_inputs)
@@ -363,7 +305,7 @@ def export_saved_model(
                                                                     sample_inputs)}
             if "serving_bytes/image_bytes" in requests:  # what the PNGs decode to
                 reference["serving_bytes"] = reference_probabilities(
-                    model, backbone, _png_pixels(sample_inputs))
+                    model, backbone, png_pixels(sample_inputs))
             result.max_diff = compare_with_model(final, result, reference)
             result.checks.append(f"answers match the in-memory Keras model (max |difference| "
                                  f"{result.max_diff:.1e} on {len(sample_inputs)} examples)")

@@ -1,5 +1,7 @@
-"""What ``kerasft predict --server`` and ``kerasft serve-config`` do, on top of
-:mod:`kerasft.serving` (kept apart from the Click code so that it can be used and tested alone).
+"""What ``kerasft predict --server`` and ``kerasft serve-config`` do, on top of the clients
+(:mod:`kerasft.serving.rest`, :mod:`kerasft.serving.grpc`) and
+:mod:`kerasft.serving.models_config` (kept apart from the Click code so that it can be used and
+tested alone).
 
 No TensorFlow import at module level: a REST prediction needs only the standard library.
 """
@@ -15,8 +17,11 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import KerasftError, expected
+from kerasft.serving.grpc import predict_grpc
+from kerasft.serving.models_config import read_models_config
+from kerasft.serving.requests import image_bytes_instances, text_instances
+from kerasft.serving.rest import predict_rest
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 _LABEL_ARG = re.compile(r"^\s*([^=\s]+)\s*=\s*([0-9]+)\s*$")
 
 
@@ -43,15 +48,6 @@ def parse_labels(values: Iterable[str]) -> dict[str, int]:
             raise KerasftError(expected("each label once", "--label", value))
         labels[name] = version
     return labels
-
-
-def input_kind(inputs: Sequence[str], images_given: bool) -> str:
-    """``"image"`` when the inputs are image files (by option or by suffix), else ``"text"``."""
-    if images_given:
-        return "image"
-    if inputs and Path(inputs[0]).suffix.lower() in IMAGE_SUFFIXES:
-        return "image"
-    return "text"
 
 
 def _rows_from_rest(answer: dict[str, Any], count: int, where: str) -> list[dict[str, Any]]:
@@ -96,8 +92,6 @@ def predict_on_server(
     """Asks TF Serving for texts (``serving_default``) or image files (``serving_bytes``, as
     base64 over REST, raw bytes over gRPC); returns one ``{"probabilities", "labels"}`` per input.
     """
-    from kerasft import serving
-
     where = f"predict --server {server} --model {model}"
     if not inputs:
         raise KerasftError(expected("at least one input", "inputs", [], where))
@@ -116,12 +110,12 @@ def predict_on_server(
             request = {"image_bytes": values}
         else:
             request = {"text": np.array([s.encode("utf-8") for s in inputs], dtype=object)}
-        outputs = serving.predict_grpc(server, model, request, signature_name=signature,
+        outputs = predict_grpc(server, model, request, signature_name=signature,
                                        version=version, label=label, timeout=timeout)
         return _rows_from_grpc(outputs, len(inputs), where)
-    instances = (serving.image_bytes_instances(inputs) if kind == "image"
-                 else serving.text_instances(inputs))
-    answer = serving.predict_rest(server, model, instances, signature_name=signature,
+    instances = (image_bytes_instances(inputs) if kind == "image"
+                 else text_instances(inputs))
+    answer = predict_rest(server, model, instances, signature_name=signature,
                                   version=version, label=label, timeout=timeout, retries=retries)
     return _rows_from_rest(answer, len(inputs), where)
 
@@ -143,8 +137,6 @@ def format_rows(inputs: Sequence[str], rows: Sequence[dict[str, Any]], top: int 
 
 def describe_models_config(path: str | os.PathLike) -> list[str]:
     """One line per model of a ``models.config``."""
-    from kerasft.serving import read_models_config
-
     lines = []
     for m in read_models_config(path):
         policy = {"latest": f"latest {m.num_versions}",
