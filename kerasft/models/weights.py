@@ -45,17 +45,17 @@ def _saving_lib() -> Any:
 
 def save_model_weights(model: Any, path: str | os.PathLike) -> None:
     """Writes the model's weights (not its optimizer's) to a ``.weights.h5`` file."""
-    lib = _saving_lib()
-    if lib is None:
-        model.save_weights(path)
-        return
-    lib.save_weights_only(model, str(path), objects_to_skip=_optimizer(model))
+    _weights_only(model, path, "save")
 
 
 def load_model_weights(model: Any, path: str | os.PathLike) -> None:
     """Loads a ``.weights.h5`` file into the model, leaving its optimizer as it is."""
+    _weights_only(model, path, "load")
+
+
+def _weights_only(model: Any, path: str | os.PathLike, verb: str) -> None:
     lib = _saving_lib()
-    if lib is None:
-        model.load_weights(path)
+    if lib is None:  # a Keras without objects_to_skip: the whole model's file
+        getattr(model, f"{verb}_weights")(path)
         return
-    lib.load_weights_only(model, str(path), objects_to_skip=_optimizer(model))
+    getattr(lib, f"{verb}_weights_only")(model, str(path), objects_to_skip=_optimizer(model))

@@ -126,8 +126,8 @@ def _http_json(
                     where,
                 )
             ) from None
-        except urllib.error.URLError as err:
-            reason = err.reason
+        except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as err:
+            reason = err.reason if isinstance(err, urllib.error.URLError) else err
             if isinstance(reason, TimeoutError):
                 raise KerasftError(
                     expected(
@@ -140,24 +140,13 @@ def _http_json(
             if not last:
                 time.sleep(backoff * 2**attempt)
                 continue
+            what = (one_line(reason) if isinstance(err, urllib.error.URLError)
+                    else f"{type(err).__name__}: {one_line(err)}")
             raise KerasftError(
                 expected(
                     "a reachable TF Serving REST server",
                     "error",
-                    f"{one_line(reason)} (after {attempts} attempt{'s' if attempts > 1 else ''})",
-                    where,
-                )
-            ) from None
-        except (ConnectionError, http.client.HTTPException) as err:
-            if not last:
-                time.sleep(backoff * 2**attempt)
-                continue
-            raise KerasftError(
-                expected(
-                    "a reachable TF Serving REST server",
-                    "error",
-                    f"{type(err).__name__}: {one_line(err)} (after {attempts} attempt"
-                    f"{'s' if attempts > 1 else ''})",
+                    f"{what} (after {attempts} attempt{'s' if attempts > 1 else ''})",
                     where,
                 )
             ) from None
