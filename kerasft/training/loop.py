@@ -1,282 +1,35 @@
 """Step 6 of a run: ``model.fit`` under a ``tf.distribute`` strategy, one stage after another.
 
-The strategy is chosen once (``training.strategy``); the model is built and every stage compiled
-inside its scope; ``data.batch_size`` is the global batch, split over the replicas. Each stage
-sets ``trainable``, recompiles with a fresh optimizer and continues the epoch counter
+The strategy is chosen once (kerasft/training/strategy.py); the model is built and every stage
+compiled inside its scope; ``data.batch_size`` is the global batch, split over the replicas. Each
+stage sets ``trainable``, recompiles with a fresh optimizer and continues the epoch counter
 (``initial_epoch``), so the progress bar, ``history.csv`` and TensorBoard form one curve.
 
-Callbacks (all writing into the run folder): progress bar, EarlyStopping with best-weight restore
-(per stage, when ``early_stopping.patience`` > 0), best-weights checkpoint across stages (written
-to a temporary file and renamed), a NaN guard that names the stage/epoch/step, a CSV log with the
-stage of every epoch, and TensorBoard. With ``training.checkpoint_every_epoch`` (the default) the
-best-weights checkpoint is part of the per-epoch checkpoints of kerasft/training/checkpoints.py,
-from which an
-interrupted run resumes at its stage and epoch.
+Callbacks (all writing into the run folder; kerasft/training/callbacks.py): progress bar,
+EarlyStopping with best-weight restore (per stage, when ``early_stopping.patience`` > 0),
+best-weights checkpoint across stages (written to a temporary file and renamed), a NaN guard that
+names the stage/epoch/step, a CSV log with the stage of every epoch, and TensorBoard. With
+``training.checkpoint_every_epoch`` (the default) the best-weights checkpoint is part of the
+per-epoch checkpoints of kerasft/training/checkpoints.py, from which an interrupted run resumes at
+its stage and epoch.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kerasft.config import Config, ConfigError, StageConfig
-from kerasft.errors import KerasftError, expected
-from kerasft.io import atomic_path
-from kerasft.models.weights import load_model_weights, save_model_weights
+from kerasft.config import Config, StageConfig
+from kerasft.errors import KerasftError
+from kerasft.models.weights import load_model_weights
+from kerasft.training.callbacks import callback_classes
+from kerasft.training.strategy import StrategyInfo
 
 Log = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------------------------
-# Strategy.
-
-
-@dataclass
-class StrategyInfo:
-    strategy: Any
-    kind: str
-    replicas: int
-    workers: int = 1
-
-    def describe(self, global_batch: int) -> str:
-        per_replica = global_batch // max(self.replicas, 1)
-        return (f"strategy: {self.kind} ({type(self.strategy).__name__}), workers: {self.workers}, "
-                f"replicas: {self.replicas}, global batch: {global_batch}, "
-                f"per-replica batch: {per_replica}")
-
-
-def _tf_config_workers(env: Mapping[str, str]) -> int:
-    raw = env.get("TF_CONFIG")
-    if not raw:
-        return 0
-    try:
-        cluster = json.loads(raw).get("cluster", {})
-    except (json.JSONDecodeError, AttributeError):
-        raise ConfigError(expected("TF_CONFIG as JSON with a cluster and a task", "TF_CONFIG",
-                                   raw[:80])) from None
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-
-
-def resolve_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> StrategyInfo:
-    """Picks the tf.distribute strategy named by ``training.strategy`` (``auto`` detects) and
-    checks ``data.batch_size`` against its replicas (kerasft.distributed.check_global_batch)."""
-    from kerasft.distributed import check_global_batch
-
-    info = _create_strategy(cfg, env)
-    check_global_batch(cfg.data.batch_size, info.replicas, info.kind)
-    return info
-
-
-def _create_strategy(cfg: Config, env: Mapping[str, str] | None = None) -> StrategyInfo:
-    import tensorflow as tf
-
-    from kerasft.config import check_strategy_options
-    from kerasft.distributed import select_strategy_kind, tpu_address
-
-    env = os.environ if env is None else env
-    kind = select_strategy_kind(cfg, env, lambda: len(tf.config.list_logical_devices("GPU")))
-    check_strategy_options(cfg, kind)
-    if kind == "default":
-        strategy = tf.distribute.get_strategy()
-        return StrategyInfo(strategy, "default", strategy.num_replicas_in_sync)
-    if kind == "mirrored":
-        devices = cfg.training.devices
-        cross_device_ops = None
-        if devices and all("cpu" in d.lower() for d in devices):
-            # Several MirroredStrategy objects in one process on CPU devices can collide on
-            # collective instance keys ("Shape mismatch in the collective instance"); reducing
-            # to one device avoids collectives. GPUs keep the default (NCCL all-reduce).
-            cross_device_ops = tf.distribute.ReductionToOneDevice()
-        strategy = tf.distribute.MirroredStrategy(devices=devices,
-                                                  cross_device_ops=cross_device_ops)
-        return StrategyInfo(strategy, "mirrored", strategy.num_replicas_in_sync)
-    if kind == "multi_worker":
-        from kerasft.distribute_compat import make_multi_worker_strategy, parse_tf_config
-
-        tf_config = parse_tf_config(env.get("TF_CONFIG", ""))
-        workers = sum(len(tf_config["cluster"].get(job, [])) for job in ("chief", "worker"))
-        try:
-            strategy = make_multi_worker_strategy()
-        except RuntimeError as e:  # "Collective ops must be configured at program startup"
-            raise KerasftError(expected("the multi_worker strategy to be created before any other "
-                                        "TensorFlow op (build the FineTuner first)", "error",
-                                        str(e).splitlines()[0])) from e
-        return StrategyInfo(strategy, "multi_worker", strategy.num_replicas_in_sync, workers)
-    # TPU.
-    from kerasft.distributed import check_tpu_reachable
-
-    check_tpu_reachable(tpu_address(cfg, env))  # connect_to_cluster waits forever otherwise
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu_address(cfg, env))
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as e:
-        raise KerasftError(
-            expected("a reachable TPU (training.tpu: name, grpc:// address or 'local')",
-                     "training.tpu", cfg.training.tpu) + f" ({str(e).splitlines()[0]})"
-        ) from e
-    strategy = tf.distribute.TPUStrategy(resolver)
-    return StrategyInfo(strategy, "tpu", strategy.num_replicas_in_sync)
-
-
-# ---------------------------------------------------------------------------------------------
-# Callbacks.
-
-
-class _Lazy:
-    """Builds the callback classes on first use, so importing this module needs no Keras."""
-
-    classes: dict[str, type] = {}
-
-
-def _callbacks() -> dict[str, type]:
-    if _Lazy.classes:
-        return _Lazy.classes
-    import keras
-    import numpy as np
-
-    Callback = keras.callbacks.Callback
-
-    class StageCSVLogger(Callback):
-        """Appends one row per epoch: stage, epoch, learning rate, then every logged metric."""
-
-        def __init__(self, path: Path, stage: str) -> None:
-            super().__init__()
-            self.path = Path(path)
-            self.stage = stage
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.first_step = _iterations(self.model.optimizer)
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = dict(logs or {})
-            row = {"stage": self.stage, "epoch": epoch + 1}  # 1-based, as Keras's progress bar
-            after = logs.pop("learning_rate", None)  # the rate *after* the epoch's last step
-            lr = _epoch_lr(self.model.optimizer, getattr(self, "first_step", None))
-            if lr is None:
-                lr = after if after is not None else _current_lr(self.model.optimizer)
-            row["learning_rate"] = lr
-            row.update({k: float(v) for k, v in sorted(logs.items())})
-            exists = self.path.exists() and self.path.stat().st_size > 0
-            fields = list(row)
-            if exists:
-                with open(self.path, newline="", encoding="utf-8") as f:
-                    header = next(csv.reader(f), None)
-                if header:
-                    fields = header + [k for k in row if k not in header]
-            with open(self.path, "a", newline="", encoding="utf-8") as f:
-                writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-                if not exists:
-                    writer.writeheader()
-                writer.writerow(row)
-                f.flush()
-                os.fsync(f.fileno())
-
-    class BestWeights(Callback):
-        """Saves weights when `monitor` improves, across all stages (temporary file + rename)."""
-
-        def __init__(self, path: Path, monitor: str, state: dict, target: Any = None) -> None:
-            super().__init__()
-            self.path = Path(path)
-            self.monitor = monitor
-            self.state = state  # shared across stages: {"best": float, "epoch": int}
-            self.target = target  # the whole classifier, when fit runs on the head alone
-            self.mode_max = any(k in monitor for k in ("acc", "auc", "f1", "precision",
-                                                         "recall"))
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            value = (logs or {}).get(self.monitor)
-            if value is None or not math.isfinite(float(value)):
-                return
-            value = float(value)
-            best = self.state.get("best")
-            better = best is None or (value > best if self.mode_max else value < best)
-            if better:
-                self.state.update(best=value, epoch=epoch)
-                with atomic_path(self.path) as tmp:
-                    save_model_weights(self.target or self.model, tmp)
-
-    class NaNGuard(Callback):
-        """Stops training at the first NaN/Inf loss and records where it happened."""
-
-        def __init__(self, stage: str, state: dict) -> None:
-            super().__init__()
-            self.stage = stage
-            self.state = state
-            self.epoch = 0
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.epoch = epoch
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            loss = (logs or {}).get("loss")
-            if loss is not None and not np.isfinite(float(loss)):
-                self.state["nan"] = {"stage": self.stage, "epoch": self.epoch + 1,
-                                     "step": batch + 1, "loss": float(loss)}
-                self.model.stop_training = True
-
-    class EpochTensorBoard(keras.callbacks.TensorBoard):
-        """TensorBoard with epoch-level logs. Keras 3.15's callback calls ``tf.summary.scalar``
-        for every batch's logs even with ``update_freq="epoch"``: nothing is written (no writer
-        is active), but the calls cost about 1.5 ms per step (bench/overhead.py, tiny CNN)."""
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
-
-    _Lazy.classes = {"StageCSVLogger": StageCSVLogger, "BestWeights": BestWeights,
-                     "NaNGuard": NaNGuard, "EpochTensorBoard": EpochTensorBoard}
-    return _Lazy.classes
-
-
-def _iterations(optimizer: Any) -> int | None:
-    try:
-        return int(optimizer.iterations.numpy())
-    except (AttributeError, TypeError, ValueError):
-        return None
-
-
-def _epoch_lr(optimizer: Any, first_step: int | None) -> float | None:
-    """The mean learning rate of the epoch's steps (``first_step`` up to the optimizer's
-    iteration count now): what the epoch trained with, where Keras logs the rate after its last
-    step (0.0 at the end of a one-epoch cosine stage). None when it cannot be computed."""
-    import keras
-    import numpy as np
-
-    last = _iterations(optimizer)
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    schedule = getattr(inner, "_learning_rate", None)
-    if first_step is None or last is None:
-        return None
-    if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return _current_lr(inner)  # a constant rate
-    if last <= first_step:
-        return None
-    steps = np.arange(first_step, last, dtype="float32")
-    try:
-        values = keras.ops.convert_to_numpy(schedule(keras.ops.convert_to_tensor(steps)))
-    except Exception:  # a schedule that only takes a scalar step
-        values = np.array([float(keras.ops.convert_to_numpy(schedule(step))) for step in steps])
-    values = np.broadcast_to(np.asarray(values, dtype="float64"), steps.shape)
-    return float(values.mean())
-
-
-def _current_lr(optimizer: Any) -> float:
-    try:
-        lr = optimizer.learning_rate
-        return float(lr.numpy() if hasattr(lr, "numpy") else lr)
-    except (AttributeError, TypeError, ValueError):
-        return float("nan")
-
-
-# ---------------------------------------------------------------------------------------------
-# Running the stages.
 
 
 @dataclass
@@ -321,7 +74,7 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         optimizer=optimizer,
         loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
-        # padded with weight-0 rows (kerasft.distributed.pad_to_full_batches).
+        # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
         weighted_metrics=make_metrics(cfg.head.activation, cfg.head.threshold),
         jit_compile=cfg.training.jit_compile,
         steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
@@ -370,7 +123,7 @@ def run_stages(
 
     from kerasft.training.stages import apply_trainable, count_params
 
-    classes = _callbacks()
+    classes = callback_classes()
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     best_path = run_dir / "checkpoints" / "best.weights.h5"
@@ -379,10 +132,10 @@ def run_stages(
     nan_state: dict[str, Any] = {}
     monitor = cfg.training.monitor if val_ds is not None else "loss"
     # Multi-worker: average batch-norm statistics over replicas before validation and before
-    # anything saves or keeps weights (Keras 3 keeps one copy per replica; see distribute_compat).
+    # anything saves or keeps weights (Keras 3 keeps one copy per replica; see multi_worker.py).
     bn_sync = None
     if strategy_info.kind == "multi_worker":
-        from kerasft.distribute_compat import batch_norm_sync_callback
+        from kerasft.training.multi_worker import batch_norm_sync_callback
 
         bn_sync = batch_norm_sync_callback()
     epoch = 0
