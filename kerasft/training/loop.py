@@ -119,15 +119,12 @@ def run_stages(
     Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
     continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
     """
-    import keras
-
     from kerasft.training.stages import apply_trainable, count_params
 
     classes = callback_classes()
     run_dir = Path(run_dir)
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     best_path = run_dir / "checkpoints" / "best.weights.h5"
-    history_csv = run_dir / "history.csv"
     best_state: dict[str, Any] = {}
     nan_state: dict[str, Any] = {}
     monitor = cfg.training.monitor if val_ds is not None else "loss"
@@ -138,19 +135,9 @@ def run_stages(
         from kerasft.training.multi_worker import batch_norm_sync_callback
 
         bn_sync = batch_norm_sync_callback()
-    epoch = 0
-    results = []
-    features_stale = False  # a stage trained the backbone since the features were computed
     ckpt = checkpoint
-    if ckpt is not None:  # per-epoch checkpoints; continue where the run state says
-        epoch = ckpt.state.epoch
-        results = [StageResult(**r) for r in ckpt.state.stages_done]
-        if ckpt.state.best is not None:
-            best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
-        if ckpt.resumed:
-            log(ckpt.describe([s.name for s in cfg.stages]))
-            with strategy_info.strategy.scope():
-                ckpt.restore_model(model)
+    epoch, results = _start(ckpt, model, cfg, strategy_info, best_state, log)
+    features_stale = False  # a stage trained the backbone since the features were computed
     for i, stage in enumerate(cfg.stages):
         if ckpt is not None and i < ckpt.state.stage:
             continue  # finished before the interruption
@@ -172,43 +159,22 @@ def run_stages(
             f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
             f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
             f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")
-        callbacks = [
+        es_callback = _early_stopping(stage, val_ds is not None, ckpt, model, fit_model)
+        callbacks = [c for c in (
+            bn_sync,
             classes["NaNGuard"](stage.name, nan_state),
-            classes["StageCSVLogger"](history_csv, stage.name),
-        ]
-        if bn_sync is not None:
-            callbacks.insert(0, bn_sync)
-        if ckpt is None and (val_ds is not None or monitor == "loss"):
-            callbacks.append(classes["BestWeights"](best_path, monitor, best_state,
-                                                    target=model))
-        es = stage.early_stopping
-        es_callback = None
-        if es.patience > 0:
-            es_monitor = es.monitor if val_ds is not None else es.monitor.removeprefix("val_")
-            es_kwargs: dict[str, Any] = {
-                "monitor": es_monitor, "patience": es.patience, "min_delta": es.min_delta,
-                "restore_best_weights": True, "verbose": 1}
-            if ckpt is None:
-                es_callback = keras.callbacks.EarlyStopping(**es_kwargs)
-            else:
-                from kerasft.training.checkpoints import callbacks as resume_callbacks
-
-                es_callback = resume_callbacks()["ResumableEarlyStopping"](
-                    resume_state=ckpt.state.early_stopping,
-                    best_weights=ckpt.early_stopping_weights(model, fit_model), **es_kwargs)
-            callbacks.append(es_callback)
-        if cfg.training.tensorboard:
-            callbacks.append(classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard")))
+            classes["StageCSVLogger"](run_dir / "history.csv", stage.name),
+            # Without per-epoch checkpoints (which keep the best epoch themselves); before
+            # EarlyStopping, which may restore an older epoch's weights at the epoch's end.
+            classes["BestWeights"](best_path, monitor, best_state, target=model)
+            if ckpt is None else None,
+            es_callback,
+            classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard"))
+            if cfg.training.tensorboard else None,
+        ) if c is not None]
         if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
-            from kerasft.training.checkpoints import callbacks as resume_callbacks
-            from kerasft.training.checkpoints import pause_requested
-
-            resume_classes = resume_callbacks()
-            callbacks.append(resume_classes["EpochCheckpoint"](
-                ckpt, model, stage=i, stage_first_epoch=first, monitor=monitor,
-                nan_state=nan_state, early_stopping=es_callback))
-            if pause_requested():
-                callbacks.append(resume_classes["Pause"]())
+            callbacks += _checkpoint_callbacks(ckpt, model, i, first, monitor, nan_state,
+                                               es_callback)
         history = None
         if remaining > 0:
             if use_cache:
@@ -236,22 +202,8 @@ def run_stages(
             # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
             load_model_weights(model, ckpt.dir / ckpt.state.early_stopping["weights"])
         if nan_state:
-            where = nan_state["nan"]
-            raise KerasftError(
-                f"training diverged: expected a finite loss. Received: loss={where['loss']} at "
-                f"stage '{where['stage']}', epoch {where['epoch']}, step {where['step']}. "
-                "Try a lower learning rate for this stage"
-                + (" or training.mixed_precision: none" if cfg.training.mixed_precision != "none"
-                   else "")
-                + (f"; the best weights so far are in {best_path}" if best_path.exists() else "")
-            )
-        if ckpt is not None:
-            ran = ckpt.state.epoch - first
-            last_logs = dict(ckpt.state.last_logs)
-        else:
-            assert history is not None
-            ran = len(history.epoch)
-            last_logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+            raise _diverged(nan_state["nan"], cfg, best_path)
+        ran, last_logs = _stage_outcome(ckpt, history, first)
         result = StageResult(
             name=stage.name, epochs_run=ran, first_epoch=first + 1, last_epoch=first + ran,
             trainable_params=trainable, unfrozen_layers=len(unfrozen["unfrozen_layers"]),
@@ -274,6 +226,84 @@ def run_stages(
         log(f"checkpoints: {ckpt.write_seconds:.1f} s writing per-epoch checkpoints "
             f"(commit {ckpt.state.commit})")
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of run_stages: resume bookkeeping, early stopping, divergence.
+
+
+def _start(ckpt: Any, model: Any, cfg: Config, strategy_info: StrategyInfo,
+           best_state: dict[str, Any], log: Log) -> tuple[int, list[StageResult]]:
+    """The epoch to continue at and the stages already done: ``(0, [])`` without per-epoch
+    checkpoints; otherwise what the run state says (a resumed run gets its committed weights
+    and its best-so-far value in `best_state`)."""
+    if ckpt is None:
+        return 0, []
+    if ckpt.state.best is not None:
+        best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
+    if ckpt.resumed:
+        log(ckpt.describe([s.name for s in cfg.stages]))
+        with strategy_info.strategy.scope():
+            ckpt.restore_model(model)
+    return ckpt.state.epoch, [StageResult(**r) for r in ckpt.state.stages_done]
+
+
+def _stage_outcome(ckpt: Any, history: Any, first: int) -> tuple[int, dict[str, float]]:
+    """(epochs the stage ran, its last logs): from the run state with per-epoch checkpoints
+    (which also counts the epochs run before an interruption), else from ``fit``'s history."""
+    if ckpt is not None:
+        return ckpt.state.epoch - first, dict(ckpt.state.last_logs)
+    assert history is not None
+    return len(history.epoch), {k: float(v[-1]) for k, v in history.history.items() if v}
+
+
+def _early_stopping(stage: StageConfig, validates: bool, ckpt: Any, model: Any,
+                    fit_model: Any) -> Any:
+    """The stage's EarlyStopping callback (None without ``early_stopping.patience``); with
+    per-epoch checkpoints one whose counters and best weights continue from the run state."""
+    es = stage.early_stopping
+    if es.patience <= 0:
+        return None
+    kwargs: dict[str, Any] = {
+        "monitor": es.monitor if validates else es.monitor.removeprefix("val_"),
+        "patience": es.patience, "min_delta": es.min_delta, "restore_best_weights": True,
+        "verbose": 1}
+    if ckpt is None:
+        import keras
+
+        return keras.callbacks.EarlyStopping(**kwargs)
+    from kerasft.training.checkpoints import callbacks as resume_callbacks
+
+    return resume_callbacks()["ResumableEarlyStopping"](
+        resume_state=ckpt.state.early_stopping,
+        best_weights=ckpt.early_stopping_weights(model, fit_model), **kwargs)
+
+
+def _checkpoint_callbacks(ckpt: Any, model: Any, stage: int, first: int, monitor: str,
+                          nan_state: dict[str, Any], es_callback: Any) -> list[Any]:
+    """The per-epoch checkpoint callback and, when it is set, the ``epoch`` test hook."""
+    from kerasft.training.checkpoints import callbacks as resume_callbacks
+    from kerasft.training.checkpoints import pause_requested
+
+    classes = resume_callbacks()
+    callbacks = [classes["EpochCheckpoint"](
+        ckpt, model, stage=stage, stage_first_epoch=first, monitor=monitor,
+        nan_state=nan_state, early_stopping=es_callback)]
+    if pause_requested():
+        callbacks.append(classes["Pause"]())
+    return callbacks
+
+
+def _diverged(where: dict[str, Any], cfg: Config, best_path: Path) -> KerasftError:
+    """The one-line error for a NaN/Inf loss (`where`: what NaNGuard recorded)."""
+    return KerasftError(
+        f"training diverged: expected a finite loss. Received: loss={where['loss']} at "
+        f"stage '{where['stage']}', epoch {where['epoch']}, step {where['step']}. "
+        "Try a lower learning rate for this stage"
+        + (" or training.mixed_precision: none" if cfg.training.mixed_precision != "none"
+           else "")
+        + (f"; the best weights so far are in {best_path}" if best_path.exists() else "")
+    )
 
 
 def _feature_batches(features: dict[str, Any], cfg: Config, start_epoch: int) -> Any:
