@@ -48,8 +48,8 @@ def worker(args: argparse.Namespace) -> None:
 
     from kerasft.api import build_finetuner
     from kerasft.data import from_arrays
-    from kerasft.distributed import drops_remainder, steps_per_epoch
-    from kerasft.trainer import compile_stage
+    from kerasft.training.distribution import drops_remainder, steps_per_epoch
+    from kerasft.training.loop import compile_stage
     from kerasft.training.stages import apply_trainable
     from tests.tiny_backbone import register_tiny_cnn
 
@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> None:
 
     callbacks: list[Any] = [Timer()]
     if info.kind == "multi_worker":
-        from kerasft.distribute_compat import batch_norm_sync_callback
+        from kerasft.training.multi_worker import batch_norm_sync_callback
 
         callbacks.insert(0, batch_norm_sync_callback())
     history = ft.model.fit(train, epochs=args.epochs, callbacks=callbacks, verbose=0)

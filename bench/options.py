@@ -98,7 +98,7 @@ def head_job(training: dict, features: np.ndarray, labels: np.ndarray, batch: in
 
         from kerasft.config import load_config
         from kerasft.models.heads import build_head_model
-        from kerasft.trainer import compile_stage
+        from kerasft.training.loop import compile_stage
 
         keras.mixed_precision.set_global_policy("float32")
         cfg = load_config({"training": training, "stages": [{"name": "head"}]})

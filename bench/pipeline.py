@@ -123,7 +123,7 @@ def jobs_for(ft: Any, epochs: int) -> tuple[dict[str, Job], dict[str, float]]:
     """The kerasft and in-memory jobs of one row (the data is read once, up front)."""
     import tensorflow as tf
 
-    from kerasft.trainer import compile_stage
+    from kerasft.training.loop import compile_stage
     from kerasft.training.stages import apply_trainable
 
     start = time.perf_counter()

@@ -82,8 +82,8 @@ class FineTuner:
         import tensorflow as tf
 
         from kerasft.models.backbones import get_entry
-        from kerasft.trainer import resolve_strategy
         from kerasft.training.precision import resolve as resolve_precision
+        from kerasft.training.strategy import resolve_strategy
 
         if self.strategy_info is not None:
             return
@@ -212,7 +212,7 @@ class FineTuner:
     def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None,
                   start_epoch: int | None = None) -> Any:
         from kerasft.data import make_pipeline
-        from kerasft.distributed import distribute_pipeline, drops_remainder
+        from kerasft.training.distribution import distribute_pipeline, drops_remainder
 
         text = self.backbone.task == "text"
         return distribute_pipeline(make_pipeline(
@@ -239,9 +239,11 @@ class FineTuner:
 
     def _new_run_dir(self, output_dir: str | os.PathLike | None,
                      run_id: str | None = None) -> Path:
-        """Creates the run folder; returns where this process writes (see kerasft.distributed:
-        a temporary folder on non-chief workers, removed by :meth:`_close_run_dir`)."""
-        from kerasft.distributed import open_run_folder, placement, resolve_run_id
+        """Creates the run folder; returns where this process writes (see
+        kerasft/training/run_folder.py: a temporary folder on non-chief workers, removed by
+        :meth:`_close_run_dir`)."""
+        from kerasft.training.run_folder import open_run_folder, resolve_run_id
+        from kerasft.training.strategy import placement
 
         where = placement(self.strategy_info.kind, os.environ)
         self._run_folder = open_run_folder(
@@ -277,8 +279,9 @@ class FineTuner:
             if not self.config.training.checkpoint_every_epoch:
                 return None
             return Checkpointer.start(self.run_dir, data, self.log)
-        from kerasft.distributed import placement, resume_run_folder
         from kerasft.training.checkpoints import copy_committed_run
+        from kerasft.training.run_folder import resume_run_folder
+        from kerasft.training.strategy import placement
 
         def locate() -> Path:
             return (find_latest_run(output_dir or self.config.output_dir, self.config.name)
@@ -356,9 +359,9 @@ class FineTuner:
         the run's recorded policy. Nothing is written before the data, the
         backbone and every stage's ``trainable`` were checked.
         """
-        from kerasft.distributed import distribution_notes, drops_remainder
-        from kerasft.distributed import steps_per_epoch as count_steps
-        from kerasft.trainer import run_stages
+        from kerasft.training.distribution import distribution_notes, drops_remainder
+        from kerasft.training.distribution import steps_per_epoch as count_steps
+        from kerasft.training.loop import run_stages
 
         recorded = self._recorded_precision(output_dir, resume)
         if recorded is not None and self.precision is not None \
@@ -458,8 +461,8 @@ class FineTuner:
         ``plan["lines"]`` is the printable summary. Multi-worker: fit in a fresh process (the
         strategy must be created before the data is loaded).
         """
-        from kerasft.distributed import make_plan, plan_lines
         from kerasft.models.backbones import get_entry
+        from kerasft.plan import make_plan, plan_lines
 
         get_entry(self.config.backbone.name)  # an unknown backbone fails here, not at fit
         data = self._data_from(x, y, validation_data, test_data)
@@ -683,7 +686,7 @@ class FineTuner:
         """
         import tensorflow as tf
 
-        from kerasft.distributed import distribute_pipeline
+        from kerasft.training.distribution import distribute_pipeline
 
         model = self.model
         batch_size = batch_size or self.config.data.batch_size
@@ -741,12 +744,13 @@ class FineTuner:
         """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``.
 
         Multi-worker: every worker runs the export (saving may run collective ops); only the
-        chief's is kept, the others go to a temporary folder (kerasft.distributed.export_target).
+        chief's is kept, the others go to a temporary folder (kerasft.export.target.export_target).
         """
-        from kerasft.distributed import export_target, placement
         from kerasft.evaluation.metrics import format_report
         from kerasft.export.model_card import model_card_hook
         from kerasft.export.saved_model import OutputSpec, export_saved_model
+        from kerasft.export.target import export_target
+        from kerasft.training.strategy import placement
 
         model, backbone = self._serving_model()
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}

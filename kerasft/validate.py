@@ -85,7 +85,7 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
     lines += _check_stages(cfg)
     lines += _check_data(cfg)
     from kerasft.config import check_strategy_options
-    from kerasft.distributed import check_global_batch, placement, select_strategy_kind
+    from kerasft.training.strategy import check_global_batch, placement, select_strategy_kind
 
     kind = select_strategy_kind(cfg, os.environ)  # GPUs are not counted: nothing initialised
     check_strategy_options(cfg, kind)

@@ -1,14 +1,15 @@
-"""One worker of the 2-process MultiWorkerMirroredStrategy test (tests/test_distribute_compat.py).
+"""One worker of the 2-process MultiWorkerMirroredStrategy test (tests/test_multi_worker_compat.py).
 
 Usage: ``TF_CONFIG=... python tests/mwms_worker.py OUT_DIR {compat,plain} [STEPS_PER_EXECUTION]``.
 
 Trains a tiny Dense + BatchNormalization model for a few steps with ``fit`` (with validation),
-runs ``evaluate`` and ``predict``, and saves ``OUT_DIR/saved/model.keras`` from every worker
-through :func:`kerasft.distribute_compat.worker_temp_dir` (only the chief's copy stays). Writes
+runs ``evaluate`` and ``predict``, and saves the model from every worker (saving may run
+collective ops): the chief to ``OUT_DIR/saved/model.keras``, the others to a temporary folder that
+is removed afterwards, as in TensorFlow's multi-worker Keras guide. Writes
 ``OUT_DIR/weights_<index>.npy`` (all weights, flattened, in ``model.weights`` order) and
 ``OUT_DIR/result_<index>.json`` (history, evaluation, prediction shape, chief flag).
 
-``compat`` uses :func:`kerasft.distribute_compat.make_multi_worker_strategy` and the batch-norm
+``compat`` uses :func:`kerasft.training.multi_worker.make_multi_worker_strategy` and the batch-norm
 sync callback; ``plain`` uses ``tf.distribute.MultiWorkerMirroredStrategy`` as is (expected to
 fail on Keras versions with keras-team/keras#20585).
 """
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -30,16 +33,16 @@ tf.config.threading.set_inter_op_parallelism_threads(2)
 
 import keras  # noqa: E402
 
-from kerasft import distribute_compat  # noqa: E402
+from kerasft.training import multi_worker  # noqa: E402
 
 
 def main(out_dir: str, mode: str, steps_per_execution: int = 1) -> None:
     keras.config.disable_traceback_filtering()
-    tf_config = distribute_compat.parse_tf_config(os.environ["TF_CONFIG"])
+    tf_config = multi_worker.parse_tf_config(os.environ["TF_CONFIG"])
     index = tf_config["task"]["index"]
     if mode == "compat":
-        strategy = distribute_compat.make_multi_worker_strategy()
-        callbacks = [distribute_compat.batch_norm_sync_callback()]
+        strategy = multi_worker.make_multi_worker_strategy()
+        callbacks = [multi_worker.batch_norm_sync_callback()]
     else:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         callbacks = []
@@ -77,8 +80,14 @@ def main(out_dir: str, mode: str, steps_per_execution: int = 1) -> None:
     evaluation = model.evaluate(val, verbose=0, callbacks=callbacks)
     prediction = model.predict(val, verbose=0)
 
-    with distribute_compat.worker_temp_dir(os.path.join(out_dir, "saved"), tf_config) as folder:
+    chief = multi_worker.is_chief(tf_config)
+    folder = os.path.join(out_dir, "saved") if chief else tempfile.mkdtemp()
+    os.makedirs(folder, exist_ok=True)
+    try:
         model.save(os.path.join(folder, "model.keras"))
+    finally:
+        if not chief:
+            shutil.rmtree(folder, ignore_errors=True)
 
     weights = np.concatenate([np.ravel(w) for w in model.get_weights()])
     np.save(os.path.join(out_dir, f"weights_{index}.npy"), weights)
@@ -86,7 +95,7 @@ def main(out_dir: str, mode: str, steps_per_execution: int = 1) -> None:
         "history": {k: [float(v) for v in vs] for k, vs in history.history.items()},
         "evaluate": [float(v) for v in evaluation],
         "predict_shape": list(prediction.shape),
-        "chief": distribute_compat.is_chief(tf_config),
+        "chief": chief,
         "weight_paths": [w.path for w in model.weights],
     }
     with open(os.path.join(out_dir, f"result_{index}.json"), "w") as f:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pytest
 
 from kerasft.config import load_config
-from kerasft.trainer import resolve_strategy
+from kerasft.training.strategy import resolve_strategy
 from tests.bert_fixtures import write_tiny_bert_preset
 from tests.test_text import text_config
 
@@ -61,15 +60,6 @@ def test_auto_strategy_selection(monkeypatch):
     assert info.kind == "default" and info.replicas == 1
     two = load_config({"training": {"strategy": "auto", "devices": ["/cpu:0", "/cpu:1"]}})
     assert resolve_strategy(two, env={}).kind == "mirrored"
-
-
-def test_auto_with_tf_config_of_several_workers_means_multi_worker(monkeypatch):
-    from kerasft.trainer import _tf_config_workers
-
-    env = {"TF_CONFIG": json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
-                                    "task": {"type": "worker", "index": 0}})}
-    assert _tf_config_workers(env) == 2
-    assert _tf_config_workers({}) == 0
 
 
 def test_strategy_description_names_replicas_and_batches():

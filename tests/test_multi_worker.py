@@ -1,5 +1,6 @@
-"""Multi-worker and TPU runs (kerasft.distributed): strategy choice, sharding and padding, run
-folder naming, ``kerasft train --dry-run``, and a real 2-worker ``kerasft train`` on loopback."""
+"""Multi-worker and TPU runs (kerasft/training/strategy.py, distribution.py, run_folder.py):
+strategy choice, sharding and padding, run folder naming, ``kerasft train --dry-run``, and a real
+2-worker ``kerasft train`` on loopback."""
 
 from __future__ import annotations
 
@@ -18,19 +19,17 @@ import yaml
 from click.testing import CliRunner
 
 from kerasft.config import STEPS_PER_EXECUTION_BUG, load_config
-from kerasft.distributed import (
+from kerasft.errors import ConfigError, KerasftError
+from kerasft.training.distribution import distribute_pipeline, pad_to_full_batches, steps_per_epoch
+from kerasft.training.run_folder import open_run_folder, resolve_run_id
+from kerasft.training.strategy import (
     Placement,
-    distribute_pipeline,
-    open_run_folder,
-    pad_to_full_batches,
+    StrategyInfo,
     placement,
-    resolve_run_id,
+    resolve_strategy,
     select_strategy_kind,
-    steps_per_epoch,
     tpu_address,
 )
-from kerasft.errors import ConfigError, KerasftError
-from kerasft.trainer import StrategyInfo, resolve_strategy
 from tests.cluster import REPO, run_cluster
 from tests.data_fixtures import write_png
 
@@ -113,7 +112,7 @@ def test_tpu_address_precedence():
 def test_unreachable_tpu_address_fails_fast():
     import socket
 
-    from kerasft.distributed import check_tpu_reachable
+    from kerasft.training.strategy import check_tpu_reachable
 
     check_tpu_reachable(None)
     check_tpu_reachable("local")
@@ -187,7 +186,7 @@ def test_padded_evaluation_is_exact():
     """Keras divides the loss by the padded batch length; the weights compensate exactly."""
     import keras
 
-    from kerasft.trainer import compile_stage
+    from kerasft.training.loop import compile_stage
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax")])
@@ -268,7 +267,7 @@ def test_tpu_text_pipeline_keeps_fixed_length(tmp_path):
 def test_compile_stage_scales_learning_rate_linearly():
     import keras
 
-    from kerasft.trainer import compile_stage
+    from kerasft.training.loop import compile_stage
 
     cfg = load_config({"training": {"lr_scaling": "linear"},
                        "stages": [{"name": "head", "learning_rate": 0.002}]})
@@ -438,7 +437,7 @@ def test_validate_detects_multi_worker_under_auto(tmp_path, monkeypatch):
 
 
 def test_global_batch_needs_one_example_per_replica():
-    from kerasft.distributed import check_global_batch
+    from kerasft.training.strategy import check_global_batch
 
     check_global_batch(8, 8, "tpu")
     check_global_batch(9, 2, "multi_worker")  # uneven: a warning at train time, not an error
@@ -476,7 +475,7 @@ def _committed_run(tmp_path: Path) -> Path:
 def test_non_chief_resumes_from_a_private_copy(tmp_path, monkeypatch):
     """A non-chief worker copies the committed checkpoint into its temporary folder, resumes
     that, and every worker fails with one line when another worker read another state."""
-    import kerasft.distributed as distributed
+    from kerasft.training import run_folder
     from kerasft.training.checkpoints import copy_committed_run
 
     run = _committed_run(tmp_path)
@@ -491,8 +490,8 @@ def test_non_chief_resumes_from_a_private_copy(tmp_path, monkeypatch):
             return chief_row(mine), [chief_row(mine), mine]
         return agree
 
-    monkeypatch.setattr(distributed, "_agree", agree_with(lambda mine: list(mine)))
-    folder, result = distributed.resume_run_folder(
+    monkeypatch.setattr(run_folder, "agree", agree_with(lambda mine: list(mine)))
+    folder, result = run_folder.resume_run_folder(
         lambda: run, lambda d: seen.append(d) or "ckpt", worker1,
         copy=lambda r, t: copy_committed_run(r, t, ("labels.txt",)))
     assert result == "ckpt" and folder.run_dir == run and folder.temporary
@@ -505,18 +504,18 @@ def test_non_chief_resumes_from_a_private_copy(tmp_path, monkeypatch):
     folder.close()
     assert not copy.exists()
     # The chief resumed another state (e.g. a worker read a stale copy of the folder).
-    monkeypatch.setattr(distributed, "_agree",
+    monkeypatch.setattr(run_folder, "agree",
                         agree_with(lambda mine: [mine[0], mine[1], mine[2] + 1, 0.0]))
     with pytest.raises(KerasftError) as info:
-        distributed.resume_run_folder(lambda: run, lambda d: "ckpt", worker1,
-                                      copy=copy_committed_run)
+        run_folder.resume_run_folder(lambda: run, lambda d: "ckpt", worker1,
+                                     copy=copy_committed_run)
     assert "same run folder at the same commit" in str(info.value)
     assert list((tmp_path / "tmp").iterdir()) == []  # the private copy is gone
     # A worker that cannot read the run folder: its own error says why, with the hint.
-    monkeypatch.setattr(distributed, "_agree", agree_with(lambda mine: [0.0, *mine[1:]]))
+    monkeypatch.setattr(run_folder, "agree", agree_with(lambda mine: [0.0, *mine[1:]]))
     with pytest.raises(KerasftError) as info:
-        distributed.resume_run_folder(lambda: tmp_path / "nowhere", lambda d: "ckpt", worker1,
-                                      copy=copy_committed_run)
+        run_folder.resume_run_folder(lambda: tmp_path / "nowhere", lambda d: "ckpt", worker1,
+                                     copy=copy_committed_run)
     message = str(info.value)
     assert "\n" not in message and "Received: resume=" in message
     assert "every worker reads the chief's run folder" in message

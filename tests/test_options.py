@@ -120,7 +120,7 @@ def test_jit_compile_matches_the_plain_train_step(image_arrays, tmp_path):
 
 
 def test_execution_steps_divide_the_epoch():
-    from kerasft.trainer import execution_steps
+    from kerasft.training.loop import execution_steps
 
     assert [execution_steps(k, 6) for k in (1, 2, 3, 4, 5, 6, 64)] == [1, 2, 3, 3, 3, 6, 6]
     assert execution_steps(8, 7) == 7 and execution_steps(4, 7) == 1

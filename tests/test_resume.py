@@ -430,16 +430,16 @@ def test_head_stage_after_fine_tuning_trains_on_the_fine_tuned_features(tmp_path
     `all` stage, not the ones computed before fine-tuning."""
     import keras
 
-    import kerasft.trainer as trainer
+    from kerasft.training import loop
 
     seen = []
-    original = trainer._feature_batches
+    original = loop._feature_batches
 
     def record(features, cfg, start_epoch):
         seen.append(np.array(features["x"]))
         return original(features, cfg, start_epoch)
 
-    monkeypatch.setattr(trainer, "_feature_batches", record)
+    monkeypatch.setattr(loop, "_feature_batches", record)
     ft = _finetuner(_head_all_head(tmp_path))
     ft.fit(evaluate=False)
     assert len(seen) == 2

@@ -405,7 +405,7 @@ def test_config_stage_validation_combinations():
 def _decay_only(ft, stage_dict, steps=3):
     """Compiles ft.model for the stage as fit does, then applies `steps` zero gradients: only
     weight decay can move a variable. Returns {path: (before, after)} of trainable variables."""
-    from kerasft.trainer import compile_stage
+    from kerasft.training.loop import compile_stage
 
     stage = load_config({"stages": [stage_dict]}).stages[0]
     apply_trainable(ft.backbone, stage)

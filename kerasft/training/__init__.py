@@ -1,4 +1,6 @@
-"""Stages (freeze/unfreeze), optimizers, mixed precision, checkpoints and the fit loop.
+"""Training: the strategy (choice, creation, multi-worker workarounds), batches and sharding under
+it, the run folder, stages (freeze/unfreeze, optimizers), mixed precision, callbacks,
+checkpoints and the fit loop.
 
 May import: kerasft.config, kerasft.errors, kerasft.io, kerasft.data, kerasft.models.
 """

@@ -5,7 +5,7 @@ kerasft recompiles at every stage, so kerasft keeps its own state. After every e
 end of every stage, ``<run>/checkpoints/`` receives in this order:
 
 1. ``ckpt-<n>.weights.h5``: the whole model's weights, not its optimizer's
-(kerasft/models/weights.py);
+   (kerasft/models/weights.py);
 2. ``ckpt-<n>.state.npz``: the stage optimizer's variables (iteration count, so the learning-rate
    schedule position, moments, gradient accumulators) with their paths, restored by path (a
    missing, unexpected or reshaped variable is a one-line error), and the random-seed states of
@@ -26,6 +26,12 @@ the resolved config (``output_dir`` and ``training.verbose`` aside; a one-line e
 differences, unless ``force``), and the labels and split sizes must be the same. It then truncates
 ``history.csv`` to the committed length, and training continues at the committed stage and epoch
 with the optimizer state, best-so-far value and early-stopping counters of the commit.
+
+Why this module is long: the commit protocol above is one argument (what is written in which
+order, what ``state.json`` names, what is deleted after a commit, what a resume checks and
+restores), and its writer, its reader and the callbacks that commit at every epoch share the
+state's format (file names, 1-based epochs on file): split, a crash-safety change would have to
+be checked across modules.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from kerasft.config import WEIGHTS_ALIASES, Config, save_config, upgrade_saved_c
 from kerasft.errors import KerasftError, expected
 from kerasft.io import TMP_PREFIX, atomic_path, atomic_write
 from kerasft.models.weights import load_model_weights, save_model_weights
+from kerasft.training.callbacks import higher_is_better
 
 Log = Callable[[str], None]
 
@@ -243,7 +250,7 @@ def _truncate(path: Path, size: int) -> None:
 def copy_committed_run(run_dir: Path, dest: Path, extra_files: tuple[str, ...] = ()) -> None:
     """Copies what resuming `run_dir` reads (config.yaml, history.csv, `extra_files`, state.json
     and the checkpoint files it names) into `dest`: a non-chief worker resumes from this private
-    copy and writes its own checkpoints there (kerasft.distributed.resume_run_folder)."""
+    copy and writes its own checkpoints there (kerasft.training.run_folder.resume_run_folder)."""
     run_dir, dest = Path(run_dir), Path(dest)
     state_path = run_dir / CHECKPOINTS / STATE_FILE
     if not state_path.is_file() or not (run_dir / "config.yaml").is_file():
@@ -275,8 +282,7 @@ def _seed_variables(model: Any) -> list[Any]:
 
 
 def _is_better(monitor: str, value: float, best: float | None) -> bool:
-    mode_max = any(k in monitor for k in ("acc", "auc", "f1", "precision", "recall"))
-    return best is None or (value > best if mode_max else value < best)
+    return best is None or (value > best if higher_is_better(monitor) else value < best)
 
 
 class Checkpointer:

@@ -1,4 +1,4 @@
-"""Tests for kerasft.distribute_compat: TF_CONFIG parsing, chief logic, and real 2-worker
+"""Tests for kerasft.training.multi_worker: TF_CONFIG parsing, chief logic, and real 2-worker
 MultiWorkerMirroredStrategy runs on loopback (marked slow)."""
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from kerasft.distribute_compat import (
-    is_chief,
-    is_multi_worker_tf_config,
-    parse_tf_config,
-    worker_temp_dir,
-)
 from kerasft.errors import ConfigError, KerasftError
+from kerasft.training.multi_worker import is_chief, is_multi_worker_tf_config, parse_tf_config
 from tests.cluster import run_cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,32 +122,6 @@ def test_is_chief(config, chief):
     assert is_chief(config) is chief
 
 
-def test_worker_temp_dir_chief_writes_to_base(tmp_path):
-    base = tmp_path / "ckpt"
-    with worker_temp_dir(base, tf_config("worker", 0)) as path:
-        assert path == str(base)
-        Path(path, "model.keras").write_text("x")
-    assert (base / "model.keras").exists()
-
-
-def test_worker_temp_dir_non_chief_is_removed(tmp_path):
-    base = tmp_path / "ckpt"
-    with worker_temp_dir(base, tf_config("worker", 1)) as path:
-        assert Path(path).parent == base and Path(path).is_dir()
-        assert Path(path).name == "workertemp_worker_1"
-        Path(path, "model.keras").write_text("x")
-    assert not Path(path).exists()
-    assert list(base.iterdir()) == []
-
-
-def test_worker_temp_dir_removed_on_error(tmp_path):
-    with pytest.raises(RuntimeError):
-        with worker_temp_dir(tmp_path, tf_config("worker", 0, chief=True)) as path:
-            Path(path, "partial").write_text("x")
-            raise RuntimeError("save failed")
-    assert not Path(path).exists()
-
-
 # --------------------------------------------------------------------------- strategy (subprocess)
 
 
@@ -179,7 +148,7 @@ def test_reduce_override_single_worker(tmp_path):
     script = textwrap.dedent(
         """
         import tensorflow as tf
-        from kerasft.distribute_compat import make_multi_worker_strategy
+        from kerasft.training.multi_worker import make_multi_worker_strategy
         s = make_multi_worker_strategy()
         assert isinstance(s, tf.distribute.MultiWorkerMirroredStrategy)
         out = s.reduce("MEAN", (tf.constant([1.0, 3.0]), {"a": tf.constant(2.0)}), axis=0)
@@ -251,14 +220,14 @@ def test_plain_strategy_still_broken(tmp_path):
     make_multi_worker_strategy's reduce override is still needed, and update docs."""
     rcs, texts, _ = _run_two_workers(tmp_path, "plain")
     signatures = (
-        "Attempt to convert a value (PerReplica",  # trainer.py:731, _maybe_symbolic_build
-        "Invalid reduction dimension 0 for input with 0 dimensions",  # trainer.py:841
+        "Attempt to convert a value (PerReplica",  # TensorFlowTrainer._maybe_symbolic_build
+        "Invalid reduction dimension 0 for input with 0 dimensions",  # reduce_per_replica
     )
     assert rcs != [0, 0], (
         "plain MultiWorkerMirroredStrategy now trains with this Keras: keras-team/keras#20585 "
-        "looks fixed; the kerasft.distribute_compat workaround may be unnecessary"
+        "looks fixed; the kerasft.training.multi_worker workaround may be unnecessary"
     )
     assert any(s in t for s in signatures for t in texts), (
         "plain MultiWorkerMirroredStrategy fails differently than keras-team/keras#20585: "
-        "re-check kerasft.distribute_compat\n" + _tail(texts)
+        "re-check kerasft.training.multi_worker\n" + _tail(texts)
     )

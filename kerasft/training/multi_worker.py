@@ -5,17 +5,16 @@ The bug
 Keras 3 ``Model.fit``/``evaluate`` fail under ``MultiWorkerMirroredStrategy`` (MWMS) as soon as
 there is more than one worker: https://github.com/keras-team/keras/issues/20585 (also
 tensorflow/tensorflow#72388). Both failures are calls of ``tf.distribute.Strategy.reduce`` with
-arguments outside that method's contract, in ``keras/src/backend/tensorflow/trainer.py``
-(Keras 3.15.1 line numbers):
+arguments outside that method's contract, in ``keras/src/backend/tensorflow/trainer.py``:
 
-1. ``TensorFlowTrainer._maybe_symbolic_build`` (line 731) reduces the whole first batch, a *nested*
+1. ``TensorFlowTrainer._maybe_symbolic_build`` reduces the whole first batch, a *nested*
    ``(x, y)`` structure of ``PerReplica`` values, with ``strategy.reduce("MEAN", batch,
    axis=None)``. ``Strategy.reduce`` takes one value (its source says "TODO: support `value`
    being a nest"); single-worker code paths happen to return a nest unchanged, the multi-worker
    collective path converts it to a tensor and raises ``ValueError: Attempt to convert a value
    (PerReplica:{...}) with an unsupported type``. Every ``fit``/``evaluate`` of a model built
    under ``strategy.scope()`` hits this before the first step.
-2. ``reduce_per_replica`` (line 841) reduces each logged metric, a *scalar*, with
+2. ``reduce_per_replica`` reduces each logged metric, a *scalar*, with
    ``strategy.reduce("MEAN", v, axis=0)`` whenever MWMS runs in multi-worker mode. A scalar has
    no axis 0: ``ValueError: Invalid reduction dimension 0 for input with 0 dimensions``.
 
@@ -28,7 +27,7 @@ ignored for a rank-0 value (the mean of scalars over replicas, which is what Ker
 worker). Every other call goes unchanged to ``MultiWorkerMirroredStrategy.reduce``. No Keras or
 TensorFlow code is patched, so nothing changes for other strategies or other users of MWMS, and
 the override stays correct if Keras starts calling ``reduce`` properly (then it is never taken).
-``tests/test_distribute_compat.py`` checks that plain MWMS still fails with one of the errors
+``tests/test_multi_worker_compat.py`` checks that plain MWMS still fails with one of the errors
 above, so the suite says when the workaround has become unnecessary.
 
 Not covered: ``compile(steps_per_execution=N)`` with N > 1 still fails with two or more workers
@@ -50,23 +49,21 @@ does that before every evaluation and at each epoch end (put it before ``ModelCh
 
 TF_CONFIG helpers
 -----------------
-:func:`parse_tf_config`, :func:`is_multi_worker_tf_config`, :func:`is_chief` and
-:func:`worker_temp_dir` follow https://www.tensorflow.org/tutorials/distribute/multi_worker_with_keras:
-every worker saves (saving may run collective ops), the chief to the real location, the others to
-a temporary folder that is removed afterwards.
+:func:`parse_tf_config`, :func:`is_multi_worker_tf_config` and :func:`is_chief` follow
+https://www.tensorflow.org/tutorials/distribute/multi_worker_with_keras: the chief task (else
+worker 0) is the one whose saves are kept (kerasft/training/run_folder.py and
+kerasft/export/target.py give the other workers temporary folders).
 
 Only the strategy helpers import TensorFlow (lazily); the TF_CONFIG helpers do not.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from kerasft.errors import ConfigError, expected
@@ -80,7 +77,6 @@ __all__ = [
     "is_multi_worker_tf_config",
     "make_multi_worker_strategy",
     "parse_tf_config",
-    "worker_temp_dir",
 ]
 
 ISSUE_URL = "https://github.com/keras-team/keras/issues/20585"
@@ -179,61 +175,11 @@ def is_chief(tf_config: Mapping[str, Any] | None) -> bool:
     return task_type == "worker" and index == 0 and not has_chief
 
 
-@contextlib.contextmanager
-def worker_temp_dir(base: str | os.PathLike, tf_config: Mapping[str, Any] | None) -> Iterator[str]:
-    """Yields the folder this task should write checkpoints or exports to.
-
-    The chief gets ``base``. Every other task gets ``base/workertemp_<type>_<index>``, removed
-    when the block exits (also on error): under MultiWorkerMirroredStrategy all workers must run
-    the save, since it may run collective ops, but only the chief's copy is kept, as in
-    TensorFlow's multi-worker Keras guide. Paths with a scheme (``gs://``) use ``tf.io.gfile``.
-    """
-    base = os.fspath(base)
-    if is_chief(tf_config):
-        _makedirs(base)
-        yield base
-        return
-    task = tf_config["task"]  # type: ignore[index]  # not chief, so tf_config is not None
-    temp = _join(base, f"workertemp_{task['type']}_{task.get('index', 0)}")
-    _makedirs(temp)
-    try:
-        yield temp
-    finally:
-        _rmtree(temp)
-
-
 def _is_address(value: Any) -> bool:
     if not isinstance(value, str):
         return False
     host, sep, port = value.rpartition(":")
     return bool(host) and bool(sep) and port.isdigit()
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
-def _join(base: str, name: str) -> str:
-    return f"{base.rstrip('/')}/{name}" if _is_remote(base) else os.path.join(base, name)
-
-
-def _makedirs(path: str) -> None:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        tf.io.gfile.makedirs(path)
-    else:
-        os.makedirs(path, exist_ok=True)
-
-
-def _rmtree(path: str) -> None:
-    if _is_remote(path):
-        import tensorflow as tf
-
-        if tf.io.gfile.exists(path):
-            tf.io.gfile.rmtree(path)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- strategy
@@ -281,17 +227,18 @@ def _compat_strategy_class() -> type:
     class KerasCompatMultiWorkerMirroredStrategy(tf.distribute.MultiWorkerMirroredStrategy):
         """``MultiWorkerMirroredStrategy`` whose ``reduce`` accepts what Keras 3 passes it.
 
-        See :mod:`kerasft.distribute_compat`; created by :func:`make_multi_worker_strategy`.
+        See :mod:`kerasft.training.multi_worker`; created by :func:`make_multi_worker_strategy`.
         """
 
         def reduce(self, reduce_op: Any, value: Any, axis: Any) -> Any:
             if tf.nest.is_nested(value):
-                # Keras 3.15 trainer.py:731 passes the whole (x, y) batch.
+                # keras#20585: TensorFlowTrainer._maybe_symbolic_build passes the whole
+                # (x, y) batch.
                 return tf.nest.map_structure(
                     lambda v: None if v is None else self.reduce(reduce_op, v, axis), value
                 )
             if axis is not None and local_rank(self, value) == 0:
-                # Keras 3.15 trainer.py:841 passes scalar metrics with axis=0.
+                # keras#20585: reduce_per_replica passes scalar metrics with axis=0.
                 axis = None
             return super().reduce(reduce_op, value, axis)
 
@@ -350,7 +297,7 @@ def _batch_norm_sync_callback_class() -> type:
 
     class BatchNormStatisticsSync(keras.callbacks.Callback):
         """Averages batch-normalization statistics over replicas; see
-        :func:`kerasft.distribute_compat.average_batch_norm_statistics`."""
+        :func:`kerasft.training.multi_worker.average_batch_norm_statistics`."""
 
         def __init__(self) -> None:
             super().__init__()

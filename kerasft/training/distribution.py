@@ -1,0 +1,140 @@
+"""Batches and sharding under a strategy: what multi-host strategies change in the input pipeline.
+
+``data.batch_size`` is the *global* batch. Keras hands the dataset to
+``strategy.experimental_distribute_dataset``, which splits every global batch into one piece per
+replica of every worker. kerasft sets ``AutoShardPolicy.DATA`` for every source: each worker runs
+the same seeded pipeline and keeps its pieces of each global batch. ``FILE`` sharding is not used
+because kerasft's splits are lists of example indices over in-memory texts/arrays, over one image
+file per example (``from_tensor_slices`` of paths, no reader dataset to shard) or over tfds
+records filtered by index, which per-file sharding would break. The price: each worker reads and
+preprocesses the whole split (once, with ``data.cache``). Training batches drop the remainder on
+``multi_worker`` and ``tpu`` so every worker runs the same number of full steps; evaluation keeps
+every example, padded to full global batches with weight-0 rows (:func:`distribute_pipeline`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from kerasft.config import Config
+from kerasft.errors import KerasftError, expected
+
+#: Strategies whose training batches drop the remainder (static shapes / equal step counts).
+DROP_REMAINDER_KINDS = ("tpu", "multi_worker")
+#: Strategies whose input pipelines are sharded over several hosts.
+SHARDED_KINDS = ("tpu", "multi_worker")
+SHARDING_POLICY = "DATA"
+
+_SHARDING_REASONS = {
+    "csv": "texts are read into memory, there are no files to shard",
+    "arrays": "in-memory arrays, there are no files to shard",
+    "datasets": "user tf.data datasets, filtered by example index",
+    "image_folder": "one image file per example, selected by index (no reader dataset to shard); "
+                    "each worker decodes every image once (data.cache) and keeps its part",
+    "tfds": "tfds records are selected by example index, which FILE sharding would break",
+}
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def drops_remainder(kind: str) -> bool:
+    """Whether training batches drop the last partial batch under strategy `kind`."""
+    return kind in DROP_REMAINDER_KINDS
+
+
+def steps_per_epoch(size: int, global_batch: int, drop_remainder: bool) -> int:
+    """Training steps per epoch; with `drop_remainder` at least one full global batch is needed."""
+    if drop_remainder:
+        if size < global_batch:
+            raise KerasftError(expected(
+                f"at least one full global batch (data.batch_size={global_batch}) of training "
+                "examples: tpu and multi_worker drop the last partial batch", "training examples",
+                size))
+        return size // global_batch
+    return max(1, math.ceil(size / global_batch))
+
+
+# --------------------------------------------------------------------------- sharding
+
+
+def sharding_policy(kind: str) -> str | None:
+    """The tf.data auto-shard policy kerasft sets for `kind` (None: one input pipeline)."""
+    return SHARDING_POLICY if kind in SHARDED_KINDS else None
+
+
+def sharding_reason(source: str) -> str:
+    return _SHARDING_REASONS.get(source, "splits are selected by example index")
+
+
+def distribution_notes(cfg: Config, kind: str, data: Any) -> list[str]:
+    """Log lines on how `kind` changes the input pipeline of `data` (a DataSplits)."""
+    notes = []
+    policy = sharding_policy(kind)
+    if policy:
+        source = data.report.get("source", cfg.data.source)
+        notes.append(f"data sharding: AutoShardPolicy.{policy} ({sharding_reason(source)})")
+    if drops_remainder(kind):
+        notes.append(f"{kind}: training batches drop the last partial batch "
+                     f"({data.train.size % cfg.data.batch_size} examples per epoch)")
+    if kind == "tpu" and data.task == "text" and cfg.data.bucket_by_length:
+        notes.append("tpu: data.bucket_by_length is off: text batches keep the backbone's fixed "
+                     "sequence length (static shapes)")
+    return notes
+
+
+def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
+                        training: bool) -> Any:
+    """Prepares a batched ``(x, y)`` pipeline of `size` examples for strategy `kind`.
+
+    Multi-host kinds (multi_worker, tpu) get ``AutoShardPolicy.DATA``. Their evaluation
+    pipelines (``training=False``) are padded to full global batches: with a short last batch
+    ``experimental_distribute_dataset`` hands some replicas an *empty* batch, which Conv2D +
+    BatchNormalization graphs reject ("Incompatible shapes: [4] vs. [0,16,16,3]"), and TPUs need
+    static shapes anyway. The padding repeats the batch's first example; elements become
+    ``(x, y, sample_weight)`` with weight 0 for padding and ``padded_size / size`` for real
+    examples, which keeps ``val_loss`` (Keras divides by the padded batch length) and weighted
+    metrics exact. ``predict`` ignores y and weights: keep its first `size` rows. Training
+    pipelines drop the remainder (:func:`drops_remainder`) and get a static batch dimension
+    (KerasHub's tokenizer loses it). Other kinds: unchanged.
+    """
+    if sharding_policy(kind) is None:
+        return ds
+    import tensorflow as tf
+
+    if training:  # full batches (drop_remainder): make the batch dimension static too
+        def static(*element: Any) -> Any:
+            return tf.nest.map_structure(
+                lambda t: tf.ensure_shape(t, [global_batch, *t.shape[1:]]), element)
+
+        ds = ds.map(static)
+    else:
+        ds = pad_to_full_batches(ds, size, global_batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def pad_to_full_batches(ds: Any, size: int, global_batch: int) -> Any:
+    """``(x, y)`` batches -> ``(x, y, w)`` batches of exactly `global_batch` rows (see
+    :func:`distribute_pipeline`)."""
+    import tensorflow as tf
+
+    padded = max(1, math.ceil(size / global_batch)) * global_batch
+    weight = padded / max(size, 1)
+
+    def pad(x: Any, y: Any) -> tuple[Any, Any, Any]:
+        count = tf.shape(y)[0]
+        missing = global_batch - count
+
+        def fill(t: Any) -> Any:
+            t = tf.concat([t, tf.repeat(t[:1], missing, axis=0)], axis=0)
+            return tf.ensure_shape(t, [global_batch, *t.shape[1:]])
+
+        w = tf.concat([tf.fill([count], tf.constant(weight, tf.float32)),
+                       tf.zeros([missing], tf.float32)], axis=0)
+        return (tf.nest.map_structure(fill, x), fill(y),
+                tf.ensure_shape(w, [global_batch]))
+
+    return ds.map(pad)

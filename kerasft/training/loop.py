@@ -1,0 +1,317 @@
+"""Step 6 of a run: ``model.fit`` under a ``tf.distribute`` strategy, one stage after another.
+
+The strategy is chosen once (kerasft/training/strategy.py); the model is built and every stage
+compiled inside its scope; ``data.batch_size`` is the global batch, split over the replicas. Each
+stage sets ``trainable``, recompiles with a fresh optimizer and continues the epoch counter
+(``initial_epoch``), so the progress bar, ``history.csv`` and TensorBoard form one curve.
+
+Callbacks (all writing into the run folder; kerasft/training/callbacks.py): progress bar,
+EarlyStopping with best-weight restore (per stage, when ``early_stopping.patience`` > 0),
+best-weights checkpoint across stages (written to a temporary file and renamed), a NaN guard that
+names the stage/epoch/step, a CSV log with the stage of every epoch, and TensorBoard. With
+``training.checkpoint_every_epoch`` (the default) the best-weights checkpoint is part of the
+per-epoch checkpoints of kerasft/training/checkpoints.py, from which an interrupted run resumes at
+its stage and epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kerasft.config import Config, StageConfig
+from kerasft.errors import KerasftError
+from kerasft.models.weights import load_model_weights
+from kerasft.training.callbacks import callback_classes
+from kerasft.training.strategy import StrategyInfo
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class StageResult:
+    name: str
+    epochs_run: int
+    first_epoch: int
+    last_epoch: int
+    trainable_params: int
+    unfrozen_layers: int
+    stopped_early: bool
+    final_logs: dict[str, float]
+
+
+def _verbose(setting: str) -> int | str:
+    if setting == "bar":
+        return 1
+    if setting == "epoch":
+        return 2
+    if setting == "silent":
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: int,
+                  num_classes: int, replicas: int = 1) -> None:
+    """Compiles `model` for `stage` (call inside the strategy scope)."""
+    from kerasft.training.stages import (
+        make_loss,
+        make_metrics,
+        make_optimizer,
+        weight_decay_excluded,
+    )
+
+    lr_scale = float(replicas) if cfg.training.lr_scaling == "linear" else 1.0
+    optimizer = make_optimizer(stage, steps_per_epoch, lr_scale,
+                               cfg.training.gradient_accumulation_steps)
+    if stage.weight_decay and stage.weight_decay_exclude:
+        optimizer.exclude_from_weight_decay(
+            var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
+    model.compile(
+        optimizer=optimizer,
+        loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
+        # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
+        # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
+        weighted_metrics=make_metrics(cfg.head.activation, cfg.head.threshold),
+        jit_compile=cfg.training.jit_compile,
+        steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
+    )
+
+
+def execution_steps(configured: int, steps_per_epoch: int) -> int:
+    """The largest divisor of `steps_per_epoch` that is at most `configured`.
+
+    Keras runs whole executions of ``steps_per_execution`` steps; with ``steps_per_epoch`` on a
+    repeated dataset an epoch of 6 steps at 4 per execution would run 8 steps (keras 3.15
+    ``EpochIterator``), so epochs would overrun into the next epoch's batches.
+    """
+    limit = max(1, min(int(configured), int(steps_per_epoch)))
+    return max(d for d in range(1, limit + 1) if steps_per_epoch % d == 0)
+
+
+def run_stages(
+    model: Any,
+    backbone: Any,
+    cfg: Config,
+    train_ds: Any,
+    val_ds: Any,
+    steps_per_epoch: int,
+    run_dir: Path,
+    strategy_info: StrategyInfo,
+    num_classes: int,
+    log: Log = print,
+    head: Any = None,
+    cached_features: Callable[..., dict[str, Any]] | None = None,
+    checkpoint: Any = None,
+) -> list[StageResult]:
+    """Runs every stage of `cfg` in order; returns what each stage did.
+
+    A ``head`` stage trains `head` alone on the backbone features from `cached_features` when
+    given (computed on first use and reused by every head-only epoch and stage, and computed
+    again, ``cached_features(refresh=True)``, after a stage that trained the backbone: a resumed
+    run, which computes them afresh, then trains on the same features); other stages
+    train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
+    an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
+    `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.training.checkpoints.
+    Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
+    continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
+    """
+    from kerasft.training.stages import apply_trainable, count_params
+
+    classes = callback_classes()
+    run_dir = Path(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    best_path = run_dir / "checkpoints" / "best.weights.h5"
+    best_state: dict[str, Any] = {}
+    nan_state: dict[str, Any] = {}
+    monitor = cfg.training.monitor if val_ds is not None else "loss"
+    # Multi-worker: average batch-norm statistics over replicas before validation and before
+    # anything saves or keeps weights (Keras 3 keeps one copy per replica; see multi_worker.py).
+    bn_sync = None
+    if strategy_info.kind == "multi_worker":
+        from kerasft.training.multi_worker import batch_norm_sync_callback
+
+        bn_sync = batch_norm_sync_callback()
+    ckpt = checkpoint
+    epoch, results = _start(ckpt, model, cfg, strategy_info, best_state, log)
+    features_stale = False  # a stage trained the backbone since the features were computed
+    for i, stage in enumerate(cfg.stages):
+        if ckpt is not None and i < ckpt.state.stage:
+            continue  # finished before the interruption
+        first = ckpt.state.stage_first_epoch if ckpt is not None else epoch
+        remaining = 0 if ckpt is not None and ckpt.state.stopped else first + stage.epochs - epoch
+        use_cache = stage.trainable == "head" and cached_features is not None and head is not None
+        fit_model = head if use_cache else model
+        with strategy_info.strategy.scope():
+            unfrozen = apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
+            compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
+                          strategy_info.replicas)
+            if ckpt is not None:
+                ckpt.restore_optimizer(fit_model)
+        trainable = count_params(model.trainable_weights)
+        log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}"
+            f"{' (head on cached features)' if use_cache else ''}, "
+            f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen, "
+            f"batch_norm={unfrozen['batch_norm']}, "
+            f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
+            f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
+            f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")
+        es_callback = _early_stopping(stage, val_ds is not None, ckpt, model, fit_model)
+        callbacks = [c for c in (
+            bn_sync,
+            classes["NaNGuard"](stage.name, nan_state),
+            classes["StageCSVLogger"](run_dir / "history.csv", stage.name),
+            # Without per-epoch checkpoints (which keep the best epoch themselves); before
+            # EarlyStopping, which may restore an older epoch's weights at the epoch's end.
+            classes["BestWeights"](best_path, monitor, best_state, target=model)
+            if ckpt is None else None,
+            es_callback,
+            classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard"))
+            if cfg.training.tensorboard else None,
+        ) if c is not None]
+        if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
+            callbacks += _checkpoint_callbacks(ckpt, model, i, first, monitor, nan_state,
+                                               es_callback)
+        history = None
+        if remaining > 0:
+            if use_cache:
+                features = cached_features(refresh=features_stale)
+                features_stale = False
+                fit_data: dict[str, Any] = {
+                    "x": _feature_batches(features, cfg, epoch),
+                    "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
+                    "validation_data": features.get("val"), "shuffle": False,
+                }
+            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.epoch_batches)
+                fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
+                            "validation_data": val_ds, "shuffle": False}
+            else:
+                fit_data = {"x": train_ds, "validation_data": val_ds,
+                            "shuffle": False}  # the tf.data pipeline shuffles (seeded)
+            history = fit_model.fit(
+                **fit_data,
+                epochs=first + stage.epochs,
+                initial_epoch=epoch,
+                callbacks=callbacks,
+                verbose=_verbose(cfg.training.verbose),
+            )
+        elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
+            # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
+            load_model_weights(model, ckpt.dir / ckpt.state.early_stopping["weights"])
+        if nan_state:
+            raise _diverged(nan_state["nan"], cfg, best_path)
+        ran, last_logs = _stage_outcome(ckpt, history, first)
+        result = StageResult(
+            name=stage.name, epochs_run=ran, first_epoch=first + 1, last_epoch=first + ran,
+            trainable_params=trainable, unfrozen_layers=len(unfrozen["unfrozen_layers"]),
+            stopped_early=ran < stage.epochs, final_logs=last_logs,
+        )
+        results.append(result)
+        if stage.trainable != "head":
+            features_stale = True
+        epoch = first + ran
+        if ckpt is not None:
+            ckpt.commit_stage_end(model, stage=i, result=asdict(result),
+                                  weights_changed=es_callback is not None)
+    if ckpt is not None and ckpt.state.best is not None:
+        best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
+    if cfg.training.restore_best and best_path.exists():
+        load_model_weights(model, best_path)
+        log(f"restored the best weights ({monitor}={best_state.get('best'):.4f} at epoch "
+            f"{best_state.get('epoch', 0) + 1}) from {best_path}")
+    if ckpt is not None and ckpt.write_seconds:
+        log(f"checkpoints: {ckpt.write_seconds:.1f} s writing per-epoch checkpoints "
+            f"(commit {ckpt.state.commit})")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of run_stages: resume bookkeeping, early stopping, divergence.
+
+
+def _start(ckpt: Any, model: Any, cfg: Config, strategy_info: StrategyInfo,
+           best_state: dict[str, Any], log: Log) -> tuple[int, list[StageResult]]:
+    """The epoch to continue at and the stages already done: ``(0, [])`` without per-epoch
+    checkpoints; otherwise what the run state says (a resumed run gets its committed weights
+    and its best-so-far value in `best_state`)."""
+    if ckpt is None:
+        return 0, []
+    if ckpt.state.best is not None:
+        best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
+    if ckpt.resumed:
+        log(ckpt.describe([s.name for s in cfg.stages]))
+        with strategy_info.strategy.scope():
+            ckpt.restore_model(model)
+    return ckpt.state.epoch, [StageResult(**r) for r in ckpt.state.stages_done]
+
+
+def _stage_outcome(ckpt: Any, history: Any, first: int) -> tuple[int, dict[str, float]]:
+    """(epochs the stage ran, its last logs): from the run state with per-epoch checkpoints
+    (which also counts the epochs run before an interruption), else from ``fit``'s history."""
+    if ckpt is not None:
+        return ckpt.state.epoch - first, dict(ckpt.state.last_logs)
+    assert history is not None
+    return len(history.epoch), {k: float(v[-1]) for k, v in history.history.items() if v}
+
+
+def _early_stopping(stage: StageConfig, validates: bool, ckpt: Any, model: Any,
+                    fit_model: Any) -> Any:
+    """The stage's EarlyStopping callback (None without ``early_stopping.patience``); with
+    per-epoch checkpoints one whose counters and best weights continue from the run state."""
+    es = stage.early_stopping
+    if es.patience <= 0:
+        return None
+    kwargs: dict[str, Any] = {
+        "monitor": es.monitor if validates else es.monitor.removeprefix("val_"),
+        "patience": es.patience, "min_delta": es.min_delta, "restore_best_weights": True,
+        "verbose": 1}
+    if ckpt is None:
+        import keras
+
+        return keras.callbacks.EarlyStopping(**kwargs)
+    from kerasft.training.checkpoints import callbacks as resume_callbacks
+
+    return resume_callbacks()["ResumableEarlyStopping"](
+        resume_state=ckpt.state.early_stopping,
+        best_weights=ckpt.early_stopping_weights(model, fit_model), **kwargs)
+
+
+def _checkpoint_callbacks(ckpt: Any, model: Any, stage: int, first: int, monitor: str,
+                          nan_state: dict[str, Any], es_callback: Any) -> list[Any]:
+    """The per-epoch checkpoint callback and, when it is set, the ``epoch`` test hook."""
+    from kerasft.training.checkpoints import callbacks as resume_callbacks
+    from kerasft.training.checkpoints import pause_requested
+
+    classes = resume_callbacks()
+    callbacks = [classes["EpochCheckpoint"](
+        ckpt, model, stage=stage, stage_first_epoch=first, monitor=monitor,
+        nan_state=nan_state, early_stopping=es_callback)]
+    if pause_requested():
+        callbacks.append(classes["Pause"]())
+    return callbacks
+
+
+def _diverged(where: dict[str, Any], cfg: Config, best_path: Path) -> KerasftError:
+    """The one-line error for a NaN/Inf loss (`where`: what NaNGuard recorded)."""
+    return KerasftError(
+        f"training diverged: expected a finite loss. Received: loss={where['loss']} at "
+        f"stage '{where['stage']}', epoch {where['epoch']}, step {where['step']}. "
+        "Try a lower learning rate for this stage"
+        + (" or training.mixed_precision: none" if cfg.training.mixed_precision != "none"
+           else "")
+        + (f"; the best weights so far are in {best_path}" if best_path.exists() else "")
+    )
+
+
+def _feature_batches(features: dict[str, Any], cfg: Config, start_epoch: int) -> Any:
+    """Endless, epoch-keyed batches of cached head features (see data.epoch_batches)."""
+    import tensorflow as tf
+
+    from kerasft.data import epoch_batches
+
+    ds = tf.data.Dataset.from_tensor_slices((features["x"], features["y"]))
+    return epoch_batches(ds, start_epoch=start_epoch, seed=cfg.seed, buffer=len(features["y"]),
+                         batch_size=cfg.data.batch_size)
