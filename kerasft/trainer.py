@@ -466,7 +466,7 @@ def run_stages(
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
                     "validation_data": features.get("val"), "shuffle": False,
                 }
-            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.epoch_batches)
+            elif callable(train_ds):  # epoch-keyed, endless pipeline (see epoch_batches)
                 fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
                             "validation_data": val_ds, "shuffle": False}
             else:
@@ -524,10 +524,10 @@ def run_stages(
 
 
 def _feature_batches(features: dict[str, Any], cfg: Config, start_epoch: int) -> Any:
-    """Endless, epoch-keyed batches of cached head features (see data.epoch_batches)."""
+    """Endless, epoch-keyed batches of cached head features (see data.pipeline.epoch_batches)."""
     import tensorflow as tf
 
-    from kerasft.data import epoch_batches
+    from kerasft.data.pipeline import epoch_batches
 
     ds = tf.data.Dataset.from_tensor_slices((features["x"], features["y"]))
     return epoch_batches(ds, start_epoch=start_epoch, seed=cfg.seed, buffer=len(features["y"]),
