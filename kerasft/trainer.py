@@ -361,7 +361,7 @@ def run_stages(
     again, ``cached_features(refresh=True)``, after a stage that trained the backbone: a resumed
     run, which computes them afresh, then trains on the same features); other stages
     train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
-    an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
+    an endless epoch-keyed pipeline (``data.pipeline.make_pipeline(start_epoch=...)``), read for
     `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.training.checkpoints.
     Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
     continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
