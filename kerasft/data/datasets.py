@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasft.config import DataConfig
-from kerasft.data.splits import DataSplits, Part, check_integer_names, finish, known
+from kerasft.data.splits import DataSplits, Part, check_integer_names, finish, known_names
 from kerasft.errors import DataError, expected
 
 _PROGRESS_EVERY_S = 10.0
@@ -161,7 +161,7 @@ def _collect_labels(ds: tf.data.Dataset, name: str, where: str, class_names: lis
         bad = np.flatnonzero((ids < 0) | (ids >= num))
         if len(bad):
             raise DataError(expected(
-                f"class ids 0..{num - 1} ({known(class_names)}); -1 marks an unlabelled "
+                f"class ids 0..{num - 1} ({known_names(class_names)}); -1 marks an unlabelled "
                 "example", f"{name} label of example {bad[0]}", int(ids[bad[0]]), where=where))
     return ids
 
@@ -182,7 +182,7 @@ def _check_string_labels(ds: tf.data.Dataset, name: str, where: str,
         for value in chunk:
             label = value.decode("utf-8")
             if label not in known:
-                raise DataError(expected(f"labels from class_names ({known(class_names)})",
+                raise DataError(expected(f"labels from class_names ({known_names(class_names)})",
                                          f"{name} label", label, where=where))
 
 

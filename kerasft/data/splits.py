@@ -331,7 +331,7 @@ def _check_class_names(class_names: list[str], where: str) -> None:
                                      "breaks", "label", name, where=where))
 
 
-def known(class_names: list[str]) -> str:
+def known_names(class_names: list[str]) -> str:
     """The first class names, quoted, for error messages."""
     shown = ", ".join(repr(c) for c in class_names[:20])
     return shown + (f", ... ({len(class_names)} in all)" if len(class_names) > 20 else "")
@@ -352,7 +352,7 @@ def _label_ids(part: Part, class_names: list[str], multi_label: bool) -> np.ndar
                 where = f"{where}:{part.lines[row]}"
             what = ("labels that occur in the training data" if part.name != "train"
                     else "labels from class_names")
-            raise DataError(expected(f"{what} (known: {known(class_names)})",
+            raise DataError(expected(f"{what} (known: {known_names(class_names)})",
                                      f"{part.name} label", label, where=where)) from None
 
     if multi_label:
