@@ -7,7 +7,7 @@ Variants (same config, seed, split and stages; only the padding of text batches 
 
 * ``fixed``    — ``data.bucket_by_length: false``: every batch padded to the sequence length (64);
 * ``trimmed``  — each batch cut to its longest sequence (rounded up to ``data.bucket_multiple``),
-  batches drawn at random (``kerasft.data.LENGTH_GROUP_BATCHES = 1``);
+  batches drawn at random (``kerasft.data.pipeline.LENGTH_GROUP_BATCHES = 1``);
 * ``default``  — kerasft's default: training batches drawn from windows of
   ``LENGTH_GROUP_BATCHES`` shuffled batches sorted by length, then trimmed; evaluation keeps the
   split's order and is trimmed per batch.
@@ -48,11 +48,11 @@ def padded_lengths(ft: Any) -> float:
 
 
 def variant_job(name: str, config: str, sets: list[str], output_dir: str) -> Any:
-    import kerasft.data
+    import kerasft.data.pipeline
     from kerasft.api import build_finetuner
     from kerasft.config import load_config
 
-    window = getattr(kerasft.data, "LENGTH_GROUP_BATCHES", None)
+    window = getattr(kerasft.data.pipeline, "LENGTH_GROUP_BATCHES", None)
     overrides = [*sets, f"output_dir={output_dir}", "export.enabled=false",
                  "training.verbose=silent"]
     if name == "fixed":
@@ -60,7 +60,7 @@ def variant_job(name: str, config: str, sets: list[str], output_dir: str) -> Any
 
     def job() -> dict[str, Any]:
         if window is not None:
-            kerasft.data.LENGTH_GROUP_BATCHES = 1 if name == "trimmed" else window
+            kerasft.data.pipeline.LENGTH_GROUP_BATCHES = 1 if name == "trimmed" else window
         try:
             ft = build_finetuner(load_config(config, overrides), log=silent)
             start = time.perf_counter()
@@ -70,7 +70,7 @@ def variant_job(name: str, config: str, sets: list[str], output_dir: str) -> Any
             width = padded_lengths(ft)
         finally:
             if window is not None:
-                kerasft.data.LENGTH_GROUP_BATCHES = window
+                kerasft.data.pipeline.LENGTH_GROUP_BATCHES = window
         finetune = timings[-1]  # the last stage: full fine-tuning
         return {"wall": wall, "finetune": finetune, "width": width,
                 "accuracy": summary["metrics"]["accuracy"],

@@ -47,7 +47,7 @@ def worker(args: argparse.Namespace) -> None:
     import numpy as np
 
     from kerasft.api import build_finetuner
-    from kerasft.data import from_arrays
+    from kerasft.data.arrays import from_arrays
     from kerasft.training.distribution import drops_remainder, steps_per_epoch
     from kerasft.training.loop import compile_stage
     from kerasft.training.stages import apply_trainable

@@ -29,7 +29,7 @@ def tfidf_baseline(config_path: str, overrides: list[str]) -> dict:
     from sklearn.linear_model import LogisticRegression
 
     from kerasft.config import load_config
-    from kerasft.data import load_data
+    from kerasft.data.sources import load_data
     from kerasft.evaluation.metrics import classification_report
 
     cfg = load_config(config_path, overrides)

@@ -142,7 +142,8 @@ class FineTuner:
 
     def load_data(self, report: bool = True) -> Any:
         """Loads the data named in ``config.data`` (train/validation/test splits)."""
-        from kerasft.data import load_data, log_report
+        from kerasft.data.sources import load_data
+        from kerasft.data.splits import log_report
 
         if not self.config.data.train:
             raise KerasftError(expected("a path (or tfds split) for the training data, or arrays "
@@ -155,7 +156,8 @@ class FineTuner:
     def _data_from(self, x: Any, y: Any, validation_data: Any, test_data: Any) -> Any:
         import tensorflow as tf
 
-        from kerasft.data import from_arrays, from_datasets
+        from kerasft.data.arrays import from_arrays
+        from kerasft.data.datasets import from_datasets
 
         if x is None:
             return self.data if self.data is not None else self.load_data()
@@ -190,7 +192,7 @@ class FineTuner:
 
     def _trim(self) -> Callable[[Any], Any]:
         """Per-batch step after tokenization: the padding trim, or nothing."""
-        from kerasft.models.backbones import trim_padding
+        from kerasft.data.pipeline import trim_padding
 
         multiple = self.config.data.bucket_multiple
         if not self._trims():
@@ -211,7 +213,7 @@ class FineTuner:
 
     def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None,
                   start_epoch: int | None = None) -> Any:
-        from kerasft.data import make_pipeline
+        from kerasft.data.pipeline import make_pipeline
         from kerasft.training.distribution import distribute_pipeline, drops_remainder
 
         text = self.backbone.task == "text"
@@ -310,7 +312,7 @@ class FineTuner:
     def _write_fingerprint(self, data: Any) -> None:
         import json
 
-        from kerasft.data import fingerprint
+        from kerasft.data.splits import fingerprint
 
         atomic_write(self.run_dir / DATA_FILE, json.dumps(fingerprint(data), indent=1) + "\n")
 
@@ -396,7 +398,7 @@ class FineTuner:
         for line in self._run_folder_lines:
             self.log(line)
         if report:
-            from kerasft.data import log_report
+            from kerasft.data.splits import log_report
 
             log_report(data, self.log)
         self.log(self.strategy_info.describe(batch))
@@ -516,7 +518,7 @@ class FineTuner:
         little padding, while a random batch of tweets nearly always holds one long text), then
         put back in the split's order. Rows past ``split.size`` (tpu/multi_worker padding) are cut.
         """
-        from kerasft.data import length_order, reordered
+        from kerasft.data.pipeline import length_order, reordered
 
         order = None
         if self._trims():
@@ -590,7 +592,7 @@ class FineTuner:
         """Refuses to score a split that is not the one the run saved in ``data.json``."""
         import json
 
-        from kerasft.data import fingerprint
+        from kerasft.data.splits import fingerprint
 
         if self.run_dir is None:
             return
@@ -613,7 +615,7 @@ class FineTuner:
 
     def _label_ids(self, y: Any) -> np.ndarray:
         """`y` as class ids: label names are looked up, integers are ids (as in fit)."""
-        from kerasft.data import check_integer_labels, integer_values
+        from kerasft.data.splits import check_integer_labels, integer_values
 
         y = np.asarray(y)
         if self.multi_label:

@@ -38,8 +38,8 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
               run_id: str | None = None, output_dir: str | os.PathLike | None = None,
               strategy_info: StrategyInfo | None = None,
               count_gpus: Callable[[], int] = _count_local_gpus) -> dict[str, Any]:
-    """What ``fit`` would do with `cfg` on `data` (a :class:`kerasft.data.DataSplits`), without
-    creating the strategy: no port is bound, no device is initialised, nothing is written.
+    """What ``fit`` would do with `cfg` on `data` (a :class:`kerasft.data.splits.DataSplits`),
+    without creating the strategy: no port is bound, no device is initialised, nothing is written.
 
     With `strategy_info` (an already created strategy) its real replica count is used; otherwise
     replicas are counted from the config and environment (TPU cores: unknown before connecting).

@@ -161,7 +161,7 @@ def _check_data(cfg: Config) -> list[str]:
         prepared = builder.is_prepared()
         return [f"data: tfds {cfg.data.tfds_name} "
                 + ("prepared" if prepared else "not prepared (downloaded at train time)")]
-    from kerasft.data import load_data
+    from kerasft.data.sources import load_data
 
     data = load_data(cfg.data, seed=cfg.seed, multi_label=cfg.head.activation == "sigmoid")
     sizes = ", ".join(f"{name} {getattr(data, name).size}"

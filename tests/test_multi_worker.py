@@ -224,7 +224,7 @@ def _fake_tpu(ft) -> None:
 
 def test_tpu_image_pipelines_have_static_shapes(image_arrays):
     from kerasft.api import build_finetuner
-    from kerasft.data import from_arrays
+    from kerasft.data.arrays import from_arrays
 
     x, y = image_arrays
     ft = build_finetuner({"backbone": {"name": "tiny_cnn", "weights": "none"},
@@ -244,7 +244,7 @@ def test_tpu_image_pipelines_have_static_shapes(image_arrays):
 def test_tpu_text_pipeline_keeps_fixed_length(tmp_path):
     """data.bucket_by_length trims batches to their longest text; on TPU it is off."""
     from kerasft.api import build_finetuner
-    from kerasft.data import from_arrays
+    from kerasft.data.arrays import from_arrays
     from tests.bert_fixtures import write_tiny_bert_preset
     from tests.test_text import BAD, GOOD
 

@@ -165,7 +165,7 @@ def test_gradient_accumulation_equals_one_large_batch(image_arrays, tmp_path):
 
 @pytest.mark.slow
 def test_length_grouped_batches_keep_every_example_and_its_label(tmp_path, monkeypatch):
-    import kerasft.data
+    import kerasft.data.pipeline
     from kerasft.api import build_finetuner
     from tests.test_text import write_csv
 
@@ -181,7 +181,7 @@ def test_length_grouped_batches_keep_every_example_and_its_label(tmp_path, monke
     ft = build_finetuner(cfg, log=lambda s: None)
     ft.data = ft.load_data()
     ft.build(ft.data.class_names)
-    monkeypatch.setattr(kerasft.data, "LENGTH_GROUP_BATCHES", 4)
+    monkeypatch.setattr(kerasft.data.pipeline, "LENGTH_GROUP_BATCHES", 4)
 
     def epoch(**kwargs):
         out = []
@@ -204,7 +204,7 @@ def test_length_grouped_batches_keep_every_example_and_its_label(tmp_path, monke
     assert sorted(seen) == expected  # every example once per epoch
     again = epoch(start_epoch=0)  # seeded: the same batches again
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(grouped, again, strict=True))
-    monkeypatch.setattr(kerasft.data, "LENGTH_GROUP_BATCHES", 1)
+    monkeypatch.setattr(kerasft.data.pipeline, "LENGTH_GROUP_BATCHES", 1)
     trimmed = epoch(start_epoch=0)
     width = np.mean([t.shape[1] for t, _, _ in grouped])
     assert width < np.mean([t.shape[1] for t, _, _ in trimmed])

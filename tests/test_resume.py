@@ -212,7 +212,7 @@ def test_checkpointing_can_be_switched_off(tmp_path):
 def test_epoch_order_depends_only_on_seed_and_epoch(seed):
     import tensorflow as tf
 
-    from kerasft.data import epoch_batches
+    from kerasft.data.pipeline import epoch_batches
 
     ds = tf.data.Dataset.range(10)
 

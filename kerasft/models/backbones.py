@@ -558,22 +558,6 @@ register_backbone(
 )
 
 
-def trim_padding(features: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
-    """Cuts a batch of token features to its longest sequence, rounded up to `multiple`.
-
-    Padding positions are masked everywhere in BERT and in the poolings, so the outputs are the
-    same as with full padding; a short-text batch costs a fraction of the compute. Rounding to a
-    few lengths keeps the number of traced graphs small.
-    """
-    import tensorflow as tf
-
-    full = tf.shape(features["token_ids"])[1]
-    longest = tf.reduce_max(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1))
-    target = tf.minimum((longest + multiple - 1) // multiple * multiple, full)
-    target = tf.maximum(target, 1)
-    return {name: value[:, :target] for name, value in features.items()}
-
-
 def list_backbones() -> list[dict[str, Any]]:
     """Rows for ``kerasft backbones``: name, task, default input size, parameters, source."""
     rows = []

@@ -114,7 +114,7 @@ def run_stages(
     again, ``cached_features(refresh=True)``, after a stage that trained the backbone: a resumed
     run, which computes them afresh, then trains on the same features); other stages
     train `model` end to end on `train_ds`: a dataset, or a function of the first epoch returning
-    an endless epoch-keyed pipeline (``data.make_pipeline(start_epoch=...)``), read for
+    an endless epoch-keyed pipeline (``make_pipeline(start_epoch=...)``), read for
     `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.training.checkpoints.
     Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
     continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
@@ -185,7 +185,7 @@ def run_stages(
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
                     "validation_data": features.get("val"), "shuffle": False,
                 }
-            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.epoch_batches)
+            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.pipeline.epoch_batches)
                 fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
                             "validation_data": val_ds, "shuffle": False}
             else:
@@ -307,10 +307,10 @@ def _diverged(where: dict[str, Any], cfg: Config, best_path: Path) -> KerasftErr
 
 
 def _feature_batches(features: dict[str, Any], cfg: Config, start_epoch: int) -> Any:
-    """Endless, epoch-keyed batches of cached head features (see data.epoch_batches)."""
+    """Endless, epoch-keyed batches of cached head features (see data.pipeline.epoch_batches)."""
     import tensorflow as tf
 
-    from kerasft.data import epoch_batches
+    from kerasft.data.pipeline import epoch_batches
 
     ds = tf.data.Dataset.from_tensor_slices((features["x"], features["y"]))
     return epoch_batches(ds, start_epoch=start_epoch, seed=cfg.seed, buffer=len(features["y"]),

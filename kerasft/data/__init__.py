@@ -1,0 +1,11 @@
+"""Step 2 of a run: reading, splitting and batching the user's data.
+
+- :mod:`kerasft.data.sources`: ``load_data`` (the config's ``data`` section), CSV files and image
+  folders.
+- :mod:`kerasft.data.datasets`: tfds and the user's ``tf.data`` datasets (``from_datasets``).
+- :mod:`kerasft.data.arrays`: in-memory arrays (``from_arrays``).
+- :mod:`kerasft.data.splits`: the label vocabulary, the stratified splits, the report.
+- :mod:`kerasft.data.pipeline`: a split -> the batched, preprocessed dataset ``model.fit`` reads.
+
+May import: kerasft.config, kerasft.errors, kerasft.io.
+"""

@@ -1,0 +1,315 @@
+"""Step 2 of a run, reading: the config's ``data`` section becomes train / validation / test.
+
+:func:`load_data` reads each given part (train, and validation / test when given) from
+``data.source`` and hands the parts to :func:`kerasft.data.splits.finish`, which builds the
+vocabulary, the splits and the report:
+
+* ``csv`` (text): the ``csv`` module with ``data.encoding`` and ``data.delimiter``; columns
+  ``data.text_column`` / ``data.label_column``. Rows with an empty text or label are skipped and
+  counted by reason (``data.strict: true`` makes the first one an error); duplicate texts are
+  counted and kept. Line numbers are those a text editor shows (the header is line 1).
+* ``image_folder``: one subfolder per class; ``.jpg .jpeg .png .gif .bmp`` files (any case) are
+  decoded once, in parallel, to find unreadable ones (skipped and counted); other files are
+  ignored. The split's dataset decodes lazily from the file paths.
+* ``tfds``: read by :func:`kerasft.data.datasets.read_tfds`.
+
+Python callers pass arrays (:mod:`kerasft.data.arrays`) or ``tf.data`` datasets
+(:mod:`kerasft.data.datasets`) instead.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from kerasft.config import DataConfig
+from kerasft.data.datasets import read_tfds
+from kerasft.data.splits import (
+    DEFAULT_VALIDATION_SPLIT,
+    SHOWN,
+    DataSplits,
+    Part,
+    duplicates,
+    finish,
+    skip,
+)
+from kerasft.errors import DataError, expected
+from kerasft.io import resolve_pkg_path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+_logger = logging.getLogger(__name__)
+
+
+def load_data(
+    cfg: DataConfig,
+    *,
+    seed: int,
+    multi_label: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> DataSplits:
+    """Reads ``cfg.source`` into train / validation / test splits (see the module docstring).
+
+    `log` receives progress lines for slow steps (reading a large tfds label column); it defaults
+    to this module's `logging` logger.
+    """
+    log = log or _logger.info
+    train = cfg.train or ("train" if cfg.source == "tfds" else None)  # tfds: the 'train' split
+    given = {"train": train, "validation": cfg.validation, "test": cfg.test}
+    given = {name: value for name, value in given.items() if value}
+    if "train" not in given:
+        raise DataError(expected("a path for the training data", "data.train", cfg.train))
+    report: dict[str, Any] = {"source": cfg.source}
+    class_names: list[str] | None = None
+    if cfg.source == "csv":
+        task = "text"
+        parts = {n: _read_csv(v, n, cfg, multi_label, report) for n, v in given.items()}
+    elif cfg.source == "image_folder":
+        task = "image"
+        parts = {n: _read_image_folder(v, n, report) for n, v in given.items()}
+    elif cfg.source == "tfds":
+        task, class_names, parts = read_tfds(cfg, given, multi_label, report, log)
+    elif cfg.source == "arrays":
+        raise DataError(expected("csv, image_folder or tfds (arrays come from "
+                                 "kerasft.data.arrays.from_arrays in Python)", "data.source",
+                                 cfg.source))
+    else:
+        raise DataError(expected("one of csv, image_folder, tfds", "data.source", cfg.source))
+
+    validation_split = cfg.validation_split
+    if validation_split is None and not cfg.validation:
+        validation_split = DEFAULT_VALIDATION_SPLIT
+    return finish(
+        task=task,
+        parts=parts,
+        class_names=class_names,
+        multi_label=multi_label,
+        seed=seed,
+        validation_split=None if cfg.validation else validation_split,
+        test_split=None if cfg.test else cfg.test_split,
+        max_examples=cfg.max_examples,
+        report=report,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV.
+
+
+def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
+              report: dict[str, Any]) -> Part:
+    key = f"data.{name}"
+    path = resolve_pkg_path(spec, key)
+    if not os.path.isfile(path):
+        raise DataError(expected("an existing CSV file", key, spec))
+    try:
+        codec = codecs.lookup(cfg.encoding).name
+    except LookupError:
+        raise DataError(expected("a Python codec name such as utf-8 or latin-1",
+                                 "data.encoding", cfg.encoding)) from None
+    encoding = "utf-8-sig" if codec == "utf-8" else cfg.encoding
+    delimiter = {"\\t": "\t", "tab": "\t"}.get(cfg.delimiter, cfg.delimiter)
+    if len(delimiter) != 1:
+        raise DataError(expected("a single character (or 'tab')", "data.delimiter",
+                                 cfg.delimiter))
+    csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
+
+    texts: list[str] = []
+    labels: list[Any] = []
+    lines: list[int] = []
+    skipped: dict[str, dict[str, Any]] = {}
+    rows = 0
+    reader = None
+    try:
+        with open(path, newline="", encoding=encoding) as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, None)
+            if not header:
+                raise DataError(expected("a header row and at least one data row", "rows", 0,
+                                         where=path))
+            text_at = _column(header, cfg.text_column, "data.text_column", path)
+            label_at = _column(header, cfg.label_column, "data.label_column", path)
+            last_line = reader.line_num
+            for row in reader:
+                line, last_line = last_line + 1, reader.line_num
+                if not row:  # a blank line
+                    continue
+                rows += 1
+                text = row[text_at] if text_at < len(row) else None
+                label_field = row[label_at] if label_at < len(row) else None
+                if text is None or label_field is None:
+                    reason, column = "missing fields", None
+                elif not text.strip():
+                    reason, column = "empty text", cfg.text_column
+                else:
+                    label = _parse_label(label_field, multi_label, cfg.label_separator)
+                    if label:
+                        texts.append(text)
+                        labels.append(label)
+                        lines.append(line)
+                        continue
+                    reason, column = "empty label", cfg.label_column
+                if cfg.strict:
+                    if column is None:
+                        raise DataError(expected(
+                            f"at least {max(text_at, label_at) + 1} fields (data.strict: true)",
+                            "fields", len(row), where=f"{path}:{line}"))
+                    raise DataError(expected(
+                        f"a non-empty value in column {column!r} (data.strict: true)",
+                        "value", row[text_at if column == cfg.text_column else label_at],
+                        where=f"{path}:{line}"))
+                skip(skipped, reason, line)
+    except UnicodeDecodeError as e:
+        line, column = _undecodable_line(path, encoding)
+        raise DataError(expected(
+            f"bytes that decode as {cfg.encoding} (set data.encoding, e.g. data.encoding: "
+            "latin-1)", "byte", e.object[e.start:e.start + 1], where=f"{path}:{line}:{column}",
+        )) from None
+    except csv.Error as e:
+        line = reader.line_num if reader is not None else 1
+        raise DataError(expected("valid CSV", "error", str(e), where=f"{path}:{line}")) from None
+
+    if rows == 0:
+        raise DataError(expected("a header row and at least one data row", "rows", 0,
+                                 where=path))
+    if not texts:
+        raise DataError(expected("at least one row with both a text and a label", "skipped",
+                                 {k: v["count"] for k, v in skipped.items()}, where=path))
+    report.setdefault("files", {})[name] = spec
+    report.setdefault("rows_read", {})[name] = rows
+    report.setdefault("skipped", {})[name] = skipped
+    report.setdefault("duplicates", {})[name] = duplicates(texts, labels, lines)
+
+    def build(indices: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
+        x = tf.constant([texts[i] for i in indices], dtype=tf.string)
+        return tf.data.Dataset.from_tensor_slices((x, tf.constant(y)))
+
+    return Part(name=name, where=spec, build=build, raw=labels, texts=texts, lines=lines)
+
+
+def _column(header: list[str], column: str, key: str, path: str) -> int:
+    stripped = [h.strip() for h in header]
+    if column in header:
+        return header.index(column)
+    if column.strip() in stripped:
+        return stripped.index(column.strip())
+    close = difflib.get_close_matches(column, stripped, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise DataError(expected(f"a column named {column!r} (set {key}{hint})", "columns",
+                             stripped, where=path))
+
+
+def _parse_label(value: str, multi_label: bool, separator: str) -> Any:
+    if not multi_label:
+        return value.strip()
+    parts = [p.strip() for p in value.split(separator)] if separator else [value.strip()]
+    return tuple(dict.fromkeys(p for p in parts if p))
+
+
+def _undecodable_line(path: str, encoding: str) -> tuple[int, int]:
+    """The 1-based line and column of the first byte `encoding` cannot decode."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError as e:
+                return number, e.start + 1
+    return 0, 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Image folders.
+
+
+def _decode_image(data: tf.Tensor) -> tf.Tensor:
+    """An image file -> uint8 [h, w, 3] (grayscale and RGBA become RGB; first GIF frame)."""
+    image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _read_image_folder(spec: str, name: str, report: dict[str, Any]) -> Part:
+    key = f"data.{name}"
+    root = resolve_pkg_path(spec, key)
+    if not os.path.isdir(root):
+        raise DataError(expected("an existing folder with one subfolder per class", key, spec))
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(expected("one subfolder per class (e.g. cat/1.jpg, dog/2.jpg)",
+                                 "subfolders", 0, where=root))
+    paths: list[str] = []
+    labels: list[str] = []
+    ignored: dict[str, Any] = {"count": 0, "examples": []}
+
+    def ignore(rel: str) -> None:
+        ignored["count"] += 1
+        if len(ignored["examples"]) < SHOWN:
+            ignored["examples"].append(rel)
+
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.is_file() and not entry.name.startswith("."):
+            ignore(entry.name)
+    for label in classes:
+        for folder, subfolders, files in os.walk(os.path.join(root, label)):
+            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+            for file in sorted(files):
+                if file.startswith("."):
+                    continue
+                full = os.path.join(folder, file)
+                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
+                    paths.append(full)
+                    labels.append(label)
+                else:
+                    ignore(os.path.relpath(full, root))
+    if not paths:
+        raise DataError(expected(f"image files ({' '.join(IMAGE_EXTENSIONS)}) in the class "
+                                 "subfolders", "images", 0, where=root))
+    readable = _readable(paths)
+    skipped: dict[str, dict[str, Any]] = {}
+    for i in np.flatnonzero(~readable):
+        skip(skipped, "unreadable image", os.path.relpath(paths[i], root))
+    if not readable.any():
+        raise DataError(expected("at least one readable image", "unreadable", len(paths),
+                                 where=root))
+    kept_paths = [p for p, ok in zip(paths, readable, strict=True) if ok]
+    kept_labels = [lab for lab, ok in zip(labels, readable, strict=True) if ok]
+    report.setdefault("files", {})[name] = spec
+    report.setdefault("rows_read", {})[name] = len(paths)
+    report.setdefault("skipped", {})[name] = skipped
+    report.setdefault("ignored_files", {})[name] = ignored
+    report.setdefault("empty_classes", {})[name] = sorted(set(classes) - set(kept_labels))
+
+    def build(indices: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
+        files = tf.constant([kept_paths[i] for i in indices], dtype=tf.string)
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(y)))
+        return ds.map(lambda p, label: (_decode_image(tf.io.read_file(p)), label),
+                      num_parallel_calls=tf.data.AUTOTUNE)
+
+    return Part(name=name, where=spec, build=build, raw=kept_labels)
+
+
+def _readable(paths: list[str]) -> np.ndarray:
+    """Which files decode as images: one parallel tf.data pass; failures are dropped by index."""
+    index = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, dtype=tf.string)))
+
+    def probe(i: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
+        image = _decode_image(tf.io.read_file(path))
+        with tf.control_dependencies([tf.debugging.assert_positive(tf.size(image))]):
+            return tf.identity(i)
+
+    ds = index.map(probe, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    ds = ds.ignore_errors().batch(1024)
+    ok = np.zeros(len(paths), bool)
+    for batch in ds.as_numpy_iterator():
+        ok[batch] = True
+    return ok
