@@ -185,7 +185,7 @@ def run_stages(
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
                     "validation_data": features.get("val"), "shuffle": False,
                 }
-            elif callable(train_ds):  # epoch-keyed, endless pipeline (see data.pipeline.epoch_batches)
+            elif callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
                 fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
                             "validation_data": val_ds, "shuffle": False}
             else:
