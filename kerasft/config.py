@@ -6,6 +6,11 @@ result is validated (unknown keys with a did-you-mean suggestion, types, ranges,
 and written next to every run and every export as ``config.yaml``.
 
 This module imports neither TensorFlow nor Keras, so ``kerasft validate`` and ``--help`` stay fast.
+
+Why this module is long: it is the whole config contract, one dataclass per YAML section with
+its defaults, and the validation of each key beside the loader that names the key in its
+errors; split up, one key's default, type and checks would live in three files. It imports only
+kerasft.errors and kerasft.io.
 """
 
 from __future__ import annotations
