@@ -694,6 +694,7 @@ class FineTuner:
         """
         import tensorflow as tf
 
+        from kerasft.data.pipeline import resize_images
         from kerasft.training.distribution import distribute_pipeline
 
         model = self.model
@@ -704,7 +705,7 @@ class FineTuner:
             ds = tf.data.Dataset.from_tensor_slices(rows)
             ds = ds.batch(batch_size).map(self._preprocess())
         else:
-            rows = tf.image.resize(tf.cast(rows, tf.float32), self.backbone.image_size)
+            rows = resize_images(rows, self.backbone.image_size)
             ds = tf.data.Dataset.from_tensor_slices(rows).batch(batch_size)
             ds = ds.map(self.backbone.preprocess)
         count = len(rows)
@@ -742,10 +743,10 @@ class FineTuner:
             return None
         if self.backbone.task == "text":
             return np.array(xs)
-        import tensorflow as tf
+        from kerasft.data.pipeline import resize_images
 
         shape = xs[0].shape[:2]
-        return np.stack([tf.image.resize(tf.cast(x, tf.float32), shape).numpy() for x in xs])
+        return np.stack([resize_images(x, shape).numpy() for x in xs])
 
     def export(self, dir: str | os.PathLike | None = None, version: int | str | None = None,
                verify: bool | None = None) -> Path:

@@ -9,7 +9,7 @@ image augmentation of ``data.augmentation``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,12 @@ TOKENIZE_CHUNK = 256
 LENGTH_GROUP_BATCHES = 16  # training text batches are sorted by length within this many
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 _EPOCH_GRAPH_SEED = 87654321  # see epoch_batches
+
+
+def resize_images(images: Any, size: Sequence[int]) -> tf.Tensor:
+    """kerasft's one image resize (bilinear, float32 out): training pipelines, exports, TFLite and
+    predictions all go through it, so a served image is resized as the training images were."""
+    return tf.image.resize(tf.cast(images, tf.float32), (int(size[0]), int(size[1])))
 
 
 def make_pipeline(
@@ -88,9 +94,7 @@ def make_pipeline(
             same_size = tuple(x_spec.shape[-3:-1]) == (height, width)
 
             def resize(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                x = tf.cast(x, tf.float32)
-                if not same_size:
-                    x = tf.image.resize(x, (height, width))
+                x = resize_images(x, (height, width)) if not same_size else tf.cast(x, tf.float32)
                 return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8), y
 
             # uint8 arrays already at the model's size: no per-example map at all.

@@ -80,6 +80,8 @@ class OutputSpec:
 def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
     import tensorflow as tf
 
+    from kerasft.data.pipeline import resize_images
+
     class ServingModule(tf.Module):
         """What the SavedModel tracks: the variables, the tokenizer, the label vocabulary."""
 
@@ -120,7 +122,7 @@ def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
         height, width = backbone.image_size
 
         def from_pixels(images: Any) -> Any:
-            images = tf.image.resize(tf.cast(images, tf.float32), (height, width))
+            images = resize_images(images, (height, width))
             return module.outputs(model(backbone.preprocess(images), training=False))
 
         @tf.function(input_signature=[
@@ -133,7 +135,7 @@ def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
             def decode(data: Any) -> Any:
                 image = tf.io.decode_image(data, channels=3, expand_animations=False)
                 image.set_shape([None, None, 3])
-                return tf.image.resize(tf.cast(image, tf.float32), (height, width))
+                return resize_images(image, (height, width))
 
             images = tf.map_fn(decode, image_bytes,
                                fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
@@ -220,10 +222,12 @@ def reference_probabilities(model: Any, backbone: Any, raw_inputs: np.ndarray) -
     """What the in-memory Keras model predicts for raw serving inputs."""
     import tensorflow as tf
 
+    from kerasft.data.pipeline import resize_images
+
     if backbone.task == "text":
         x = backbone.preprocess(tf.constant(raw_inputs))
     else:
-        images = tf.image.resize(tf.cast(raw_inputs, tf.float32), backbone.image_size)
+        images = resize_images(raw_inputs, backbone.image_size)
         x = backbone.preprocess(images)
     return np.asarray(model(x, training=False), dtype=np.float32)
 

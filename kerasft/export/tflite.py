@@ -71,6 +71,8 @@ def serving_function(model: Any, backbone: Any,
     features -> probabilities (text); ``{"probabilities": float32 [batch, num_classes]}``."""
     import tensorflow as tf
 
+    from kerasft.data.pipeline import resize_images
+
     if backbone.task == "text":
         length = int(backbone.sequence_length)
         specs = [tf.TensorSpec([None, length], tf.int32, name=k) for k in TEXT_INPUTS]
@@ -89,7 +91,7 @@ def serving_function(model: Any, backbone: Any,
                                                     name="image")])
         def serve(image: Any) -> dict[str, Any]:
             if (height, width) != size:
-                image = tf.image.resize(image, size)
+                image = resize_images(image, size)
             x = backbone.preprocess(image)
             return {"probabilities": tf.cast(model(x, training=False), tf.float32)}
 
@@ -177,12 +179,12 @@ def _batches(split: Any, backbone: Any, input_size: tuple[int, int] | None,
              batch_size: int = 32, limit: int | None = None) -> Iterator[tuple[Any, np.ndarray]]:
     """``(raw inputs, labels)`` batches of a data split, streamed: texts as a list of str,
     images as float32 resized to the TFLite input size."""
-    import tensorflow as tf
+    from kerasft.data.pipeline import resize_images
 
     ds = split.dataset if limit is None else split.dataset.take(limit)
     if backbone.task != "text":
         size = tuple(input_size or backbone.image_size)
-        ds = ds.map(lambda x, y: (tf.image.resize(tf.cast(x, tf.float32), size), y))
+        ds = ds.map(lambda x, y: (resize_images(x, size), y))
     for x, y in ds.batch(batch_size):
         if backbone.task == "text":
             yield [t.decode("utf-8") for t in x.numpy()], y.numpy()

@@ -194,7 +194,7 @@ def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
                     max_batch: int = 4) -> list[tuple[str, dict[str, np.ndarray]]]:
     """Representative requests ``(signature, inputs)``: per signature, a batch of one and a batch
     of up to `max_batch` sample inputs (a neutral text or a grey image when there are none)."""
-    import tensorflow as tf
+    from kerasft.data.pipeline import resize_images
 
     have = sample_inputs is not None and len(sample_inputs) > 0
     if backbone.task == "text":
@@ -202,8 +202,8 @@ def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
         batches = [batch[:1]] + ([batch] if len(batch) > 1 else [])
         return [("serving_default", {"text": b}) for b in batches]
     if have:  # at the model's input size: a few photos at full size would weigh megabytes
-        images = tf.image.resize(np.asarray(sample_inputs[:max_batch], dtype=np.float32),
-                                 backbone.image_size).numpy()
+        images = resize_images(np.asarray(sample_inputs[:max_batch], dtype=np.float32),
+                               backbone.image_size).numpy()
     else:
         images = np.full((1, *backbone.image_size, 3), 127.0, dtype=np.float32)
     encoded = pngs(images)
