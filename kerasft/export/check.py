@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 TOLERANCE = 1e-5
+# Spelled out, not imported from kerasft.export.warmup: the check shares no code with the export.
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 CHECKS = (
     "session loader (tf.compat.v1.saved_model.loader.load, as TF Serving and saved_model_cli)",
