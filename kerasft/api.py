@@ -52,7 +52,7 @@ class FineTuner:
         config: the resolved :class:`kerasft.config.Config`.
         model: the Keras model (built on first access; loads the config's data to learn the
             labels when :meth:`build` was not called).
-        backbone: the :class:`kerasft.models.backbones.Backbone` with its data config.
+        backbone: the :class:`kerasft.models.backbone.Backbone` with its data config.
         class_names: the label vocabulary (index = class id).
         run_dir: the run folder of the last :meth:`fit`.
     """
@@ -81,7 +81,7 @@ class FineTuner:
         import keras
         import tensorflow as tf
 
-        from kerasft.models.backbones import get_entry
+        from kerasft.models.registry import get_entry
         from kerasft.trainer import resolve_strategy
         from kerasft.training.precision import resolve as resolve_precision
 
@@ -122,8 +122,8 @@ class FineTuner:
         """Backbone, head and classifier for `backbone_cfg` and this run's head and classes."""
         import keras
 
-        from kerasft.models.backbones import build_backbone
         from kerasft.models.heads import build_head_model
+        from kerasft.models.registry import build_backbone
 
         backbone = build_backbone(backbone_cfg, self.config.head.pooling)
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
@@ -190,7 +190,7 @@ class FineTuner:
 
     def _trim(self) -> Callable[[Any], Any]:
         """Per-batch step after tokenization: the padding trim, or nothing."""
-        from kerasft.models.backbones import trim_padding
+        from kerasft.models.keras_hub import trim_padding
 
         multiple = self.config.data.bucket_multiple
         if not self._trims():
@@ -459,7 +459,7 @@ class FineTuner:
         strategy must be created before the data is loaded).
         """
         from kerasft.distributed import make_plan, plan_lines
-        from kerasft.models.backbones import get_entry
+        from kerasft.models.registry import get_entry
 
         get_entry(self.config.backbone.name)  # an unknown backbone fails here, not at fit
         data = self._data_from(x, y, validation_data, test_data)

@@ -509,7 +509,7 @@ def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size:
     `multiple`. The batch order is shuffled statelessly, seeded by `seed` and the window's
     tokens: the same window always gives the same batches, so seeded and resumed runs repeat.
     """
-    from kerasft.models.backbones import trim_padding
+    from kerasft.models.keras_hub import trim_padding
 
     lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
     order = tf.argsort(lengths, stable=True)
