@@ -126,7 +126,7 @@ def run_hand_written(name: str, data: tuple[np.ndarray, ...], args: Any,
 
     import keras
 
-    from kerasft.models.backbones import KERAS_APPLICATIONS
+    from kerasft.models.keras_applications import KERAS_APPLICATIONS
 
     module_name, fn_name, _, _ = KERAS_APPLICATIONS[name]
     module = importlib.import_module(f"keras.applications.{module_name}")
@@ -174,7 +174,7 @@ def main() -> None:
     quiet_tensorflow()
     import keras
 
-    from kerasft.models.backbones import get_entry
+    from kerasft.models.registry import get_entry
 
     print(f"machine: {machine()}; load average at start {load_average()}", flush=True)
     results: dict[tuple[str, str], list[dict[str, float]]] = {}

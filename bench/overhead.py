@@ -287,12 +287,9 @@ def resnet_rows(args: argparse.Namespace, output_dir: str, which: set[str]) -> l
 def register_bench_cnn() -> None:
     """A 2-conv CNN (32x32 input) in kerasft's backbone registry: steps of a few milliseconds,
     where any per-step cost of the wrapper shows."""
-    from kerasft.models.backbones import (
-        Backbone,
-        BackboneEntry,
-        call_in_inference_mode,
-        register_backbone,
-    )
+    from kerasft.models.backbone import Backbone, BackboneEntry
+    from kerasft.models.layers import call_in_inference_mode
+    from kerasft.models.registry import register_backbone
 
     def build(cfg: Any, pooling: str) -> Backbone:
         import keras

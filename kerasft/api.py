@@ -58,7 +58,7 @@ class FineTuner:
         config: the resolved :class:`kerasft.config.Config`.
         model: the Keras model (built on first access; loads the config's data to learn the
             labels when :meth:`build` was not called).
-        backbone: the :class:`kerasft.models.backbones.Backbone` with its data config.
+        backbone: the :class:`kerasft.models.backbone.Backbone` with its data config.
         class_names: the label vocabulary (index = class id).
         run_dir: the run folder of the last :meth:`fit`.
     """
@@ -87,7 +87,7 @@ class FineTuner:
         import keras
         import tensorflow as tf
 
-        from kerasft.models.backbones import get_entry
+        from kerasft.models.registry import get_entry
         from kerasft.training.precision import resolve as resolve_precision
         from kerasft.training.strategy import resolve_strategy
 
@@ -128,8 +128,8 @@ class FineTuner:
         """Backbone, head and classifier for `backbone_cfg` and this run's head and classes."""
         import keras
 
-        from kerasft.models.backbones import build_backbone
         from kerasft.models.heads import build_head_model
+        from kerasft.models.registry import build_backbone
 
         backbone = build_backbone(backbone_cfg, self.config.head.pooling)
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
@@ -469,7 +469,7 @@ class FineTuner:
         ``plan["lines"]`` is the printable summary. Multi-worker: fit in a fresh process (the
         strategy must be created before the data is loaded).
         """
-        from kerasft.models.backbones import get_entry
+        from kerasft.models.registry import get_entry
         from kerasft.plan import make_plan, plan_lines
 
         get_entry(self.config.backbone.name)  # an unknown backbone fails here, not at fit

@@ -464,7 +464,7 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 @_handle_errors
 def backbones(layers_of: str | None, preset: str | None) -> None:
     """List the registered backbones (or the layers of one)."""
-    from kerasft.models.backbones import get_entry, list_backbones
+    from kerasft.models.registry import get_entry, list_backbones
 
     if layers_of:
         from kerasft.validate import describe_layers

@@ -38,7 +38,7 @@ def _max_sequence_length(source: dict[str, Any]) -> int | None:
 
 def check_data_source(cfg: Config) -> None:
     """``data.source`` gives the backbone's kind of data (csv: text, image_folder: images)."""
-    from kerasft.models.backbones import get_entry
+    from kerasft.models.registry import get_entry
 
     task = get_entry(cfg.backbone.name).task
     wrong = {"text": ("image_folder",), "image": ("csv",)}.get(task, ())
@@ -52,7 +52,8 @@ def check_data_source(cfg: Config) -> None:
 def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                     overrides: Sequence[str] = ()) -> list[str]:
     """Raises a one-line error at the first problem; returns what was checked."""
-    from kerasft.models.backbones import describe_preset, get_entry
+    from kerasft.models.keras_hub import describe_preset
+    from kerasft.models.registry import get_entry
 
     cfg = load_config(config, overrides)
     lines = [f"config: {len(cfg.stages)} stages, keys and types OK"]
@@ -71,17 +72,17 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
         lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
     else:
         if cfg.backbone.input_shape is not None and entry.min_size:
-            from kerasft.models.backbones import _image_size
+            from kerasft.models.keras_applications import image_size
 
-            _image_size(cfg.backbone, cfg.backbone.name, entry.default_size or entry.min_size,
-                        entry.min_size)
+            image_size(cfg.backbone, cfg.backbone.name, entry.default_size or entry.min_size,
+                       entry.min_size)
         lines.append(f"backbone: {entry.name} ({entry.description})"
                      + (" with ImageNet weights (downloaded at train time)"
                         if cfg.backbone.weights == PRETRAINED else ""))
     if cfg.backbone.weights not in BACKBONE_WEIGHTS:
-        from kerasft.models.backbones import _check_weights_file
+        from kerasft.models.backbone import check_weights_file
 
-        _check_weights_file(cfg.backbone.weights)
+        check_weights_file(cfg.backbone.weights)
     lines += _check_stages(cfg)
     lines += _check_data(cfg)
     from kerasft.config import check_strategy_options
@@ -130,7 +131,7 @@ def check_export_target(cfg: Config) -> None:
 
 
 def _build_network(cfg: BackboneConfig) -> Any:
-    from kerasft.models.backbones import build_backbone
+    from kerasft.models.registry import build_backbone
 
     offline = BackboneConfig(**{**cfg.__dict__, "weights": "none"})
     return build_backbone(offline)

@@ -7,7 +7,7 @@ import pytest
 
 from kerasft.config import BackboneConfig, ConfigError
 from kerasft.errors import KerasftError
-from kerasft.models.backbones import build_backbone, get_entry, list_backbones
+from kerasft.models.registry import build_backbone, get_entry, list_backbones
 
 
 def test_unknown_name_lists_valid_ones():

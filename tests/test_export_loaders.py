@@ -239,7 +239,7 @@ FAMILIES = ["convnexttiny", "densenet121", "efficientnetb0", "efficientnetv2b0",
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_keras_applications_family_serves_under_the_session_loader(name, tmp_path):
     from kerasft.api import build_finetuner
-    from kerasft.models.backbones import KERAS_APPLICATIONS
+    from kerasft.models.keras_applications import KERAS_APPLICATIONS
 
     size = KERAS_APPLICATIONS[name][3]
     ft = build_finetuner({

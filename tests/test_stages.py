@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kerasft.config import ConfigError, StageConfig, load_config
-from kerasft.models.backbones import unfreeze_units
+from kerasft.models.layers import unfreeze_units
 from kerasft.training.stages import apply_trainable, make_optimizer, make_schedule
 
 
@@ -100,7 +100,7 @@ def test_stage_that_unfreezes_nothing_is_an_error_naming_it(image_arrays):
 
 def test_bert_top_n_skips_unused_pooled_dense(tmp_path):
     from kerasft.config import BackboneConfig
-    from kerasft.models.backbones import build_backbone
+    from kerasft.models.registry import build_backbone
     from tests.bert_fixtures import write_tiny_hf_bert_dir
 
     hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True)

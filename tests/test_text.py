@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kerasft.config import BackboneConfig, ConfigError
-from kerasft.models.backbones import describe_preset
+from kerasft.models.keras_hub import describe_preset
 from tests.bert_fixtures import write_tiny_bert_preset, write_tiny_hf_bert_dir
 from tests.session_loader import saved_model_cli_run
 
@@ -71,7 +71,7 @@ def test_preset_kinds_are_detected(tmp_path):
 
 
 def test_hf_dir_loads_with_mean_pooling_and_sequence_limit(tmp_path):
-    from kerasft.models.backbones import build_backbone
+    from kerasft.models.registry import build_backbone
 
     hf = write_tiny_hf_bert_dir(tmp_path / "hf", sentence_transformers=True,
                                 max_position_embeddings=32)
@@ -88,7 +88,7 @@ def test_hf_dir_loads_with_mean_pooling_and_sequence_limit(tmp_path):
 def test_mean_pooling_ignores_padding(tmp_path):
     import keras
 
-    from kerasft.models.backbones import build_backbone
+    from kerasft.models.registry import build_backbone
 
     preset = write_tiny_bert_preset(tmp_path / "kh")
     backbone = build_backbone(BackboneConfig(name="bert", preset=preset, sequence_length=8),

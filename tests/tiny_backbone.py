@@ -9,12 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from kerasft.config import BackboneConfig
-from kerasft.models.backbones import (
-    Backbone,
-    BackboneEntry,
-    call_in_inference_mode,
-    register_backbone,
-)
+from kerasft.models.backbone import Backbone, BackboneEntry
+from kerasft.models.layers import call_in_inference_mode
+from kerasft.models.registry import register_backbone
 
 
 def _build_tiny_cnn(cfg: BackboneConfig, pooling: str) -> Backbone:

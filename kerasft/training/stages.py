@@ -35,7 +35,8 @@ from typing import Any
 
 from kerasft.config import ConfigError, StageConfig, parse_trainable, resolve_batch_norm
 from kerasft.errors import expected
-from kerasft.models.backbones import Backbone, set_batch_statistics, unfreeze_units
+from kerasft.models.backbone import Backbone, set_batch_statistics
+from kerasft.models.layers import unfreeze_units
 
 
 def _is_batch_norm(layer: Any) -> bool:
