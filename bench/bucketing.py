@@ -53,8 +53,9 @@ def variant_job(name: str, config: str, sets: list[str], output_dir: str) -> Any
     from kerasft.config import load_config
 
     window = getattr(kerasft.data.pipeline, "LENGTH_GROUP_BATCHES", None)
-    overrides = [*sets, f"output_dir={output_dir}", "export.enabled=false",
-                 "training.verbose=silent"]
+    # float32 unless --set says otherwise: the variants differ in padding only
+    overrides = ["training.mixed_precision=none", *sets, f"output_dir={output_dir}",
+                 "export.enabled=false", "training.verbose=silent"]
     if name == "fixed":
         overrides.append("data.bucket_by_length=false")
 

@@ -76,8 +76,9 @@ def tuner_job(backbone: dict, stage: dict, batch: int, training: dict, x: Any, y
             "head": {"dropout": 0.1},
             "data": {"batch_size": batch, "bucket_by_length": False},
             "stages": [stage],
+            # float32 unless the option says otherwise: auto would pick bfloat16 for BERT here
             "training": {"strategy": "default", "verbose": "silent", "tensorboard": False,
-                         "cache_features": "off", **training},
+                         "cache_features": "off", "mixed_precision": "none", **training},
             "export": {"enabled": False},
         }
         ft = build_finetuner(cfg, log=silent)
@@ -101,7 +102,8 @@ def head_job(training: dict, features: np.ndarray, labels: np.ndarray, batch: in
         from kerasft.training.loop import compile_stage
 
         keras.mixed_precision.set_global_policy("float32")
-        cfg = load_config({"training": training, "stages": [{"name": "head"}]})
+        cfg = load_config({"training": {"mixed_precision": "none", **training},
+                           "stages": [{"name": "head"}]})
         head = build_head_model(features.shape[1], 3, cfg.head)
         steps = -(-len(features) // batch)
         compile_stage(head, cfg.stages[0], cfg, steps, 3)

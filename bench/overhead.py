@@ -141,7 +141,9 @@ def kerasft_tuner(backbone: dict, stage: dict, batch: int, output_dir: str, *,
         "data": {"batch_size": batch, "bucket_by_length": defaults},
         "stages": [stage],
         "training": {"strategy": "default", "verbose": "silent",
-                     "cache_features": "auto" if defaults else "off"},
+                     "cache_features": "auto" if defaults else "off",
+                     # like-for-like: float32 as the hand-written side; defaults: as shipped
+                     "mixed_precision": "auto" if defaults else "none"},
         "export": {"enabled": False},
     }
     ft = build_finetuner(cfg, log=silent)

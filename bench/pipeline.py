@@ -102,7 +102,7 @@ def base_config(output_dir: str, backbone: dict, data: dict, stage: dict, batch:
                  **data},
         "stages": [stage],
         "training": {"strategy": "default", "verbose": "silent", "cache_features": "off",
-                     "tensorboard": False},
+                     "tensorboard": False, "mixed_precision": "none"},  # as the in-memory side
         "export": {"enabled": False},
     }
 
