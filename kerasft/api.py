@@ -342,12 +342,7 @@ class FineTuner:
         return recorded_precision(run)
 
     def fit(
-        self,
-        x: Any = None,
-        y: Any = None,
-        *,
-        validation_data: Any = None,
-        test_data: Any = None,
+        self, x: Any = None, y: Any = None, *, validation_data: Any = None, test_data: Any = None,
         output_dir: str | os.PathLike | None = None,
         evaluate: bool = True,
         run_id: str | None = None,
@@ -452,12 +447,7 @@ class FineTuner:
         return self._close_run_dir(summary)
 
     def plan(
-        self,
-        x: Any = None,
-        y: Any = None,
-        *,
-        validation_data: Any = None,
-        test_data: Any = None,
+        self, x: Any = None, y: Any = None, *, validation_data: Any = None, test_data: Any = None,
         output_dir: str | os.PathLike | None = None,
         run_id: str | None = None,
     ) -> dict[str, Any]:

@@ -185,9 +185,7 @@ def predict_rest(
     signature_name: str = "serving_default",
     version: int | None = None,
     label: str | None = None,
-    timeout: float = 10.0,
-    retries: int = 2,
-    backoff: float = 0.5,
+    timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,  # the retry policy
 ) -> dict[str, Any]:
     """Calls TF Serving's REST predict API and returns the decoded JSON answer.
 
@@ -255,9 +253,7 @@ def get_model_status_rest(
     *,
     version: int | None = None,
     label: str | None = None,
-    timeout: float = 10.0,
-    retries: int = 2,
-    backoff: float = 0.5,
+    timeout: float = 10.0, retries: int = 2, backoff: float = 0.5,  # the retry policy
 ) -> dict[str, Any]:
     """``GET {server_url}/v1/models/{model}[/versions/V | /labels/L]``: the versions' states.
 
