@@ -79,7 +79,7 @@ def _tensorflow_text_ops() -> set[str]:
     return ops
 
 
-@functools.lru_cache(maxsize=1)
+@functools.cache
 def serving_op_allowlist() -> frozenset[str]:
     """The op types TF Serving's standard build can run.
 

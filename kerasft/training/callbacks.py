@@ -12,6 +12,7 @@ metric is better, for ``BestWeights`` and for the checkpoints' best-so-far value
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from pathlib import Path
@@ -23,8 +24,6 @@ from kerasft.models.weights import save_model_weights
 #: Substrings of a metric's name that mean larger is better (``val_accuracy``, ``auc``, ...).
 HIGHER_IS_BETTER = ("acc", "auc", "f1", "precision", "recall")
 
-_CLASSES: dict[str, type] = {}
-
 
 def higher_is_better(monitor: str) -> bool:
     """Whether a larger value of the logged metric `monitor` (``val_accuracy``, ``auc``, ...) is
@@ -32,11 +31,10 @@ def higher_is_better(monitor: str) -> bool:
     return any(k in monitor for k in HIGHER_IS_BETTER)
 
 
+@functools.cache
 def callback_classes() -> dict[str, type]:
     """``StageCSVLogger``, ``BestWeights``, ``NaNGuard`` and ``EpochTensorBoard`` (see the module
     docstring)."""
-    if _CLASSES:
-        return _CLASSES
     import keras
     import numpy as np
 
@@ -140,9 +138,8 @@ def callback_classes() -> dict[str, type]:
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
 
-    _CLASSES.update(StageCSVLogger=StageCSVLogger, BestWeights=BestWeights, NaNGuard=NaNGuard,
+    return dict(StageCSVLogger=StageCSVLogger, BestWeights=BestWeights, NaNGuard=NaNGuard,
                     EpochTensorBoard=EpochTensorBoard)
-    return _CLASSES
 
 
 def _iterations(optimizer: Any) -> int | None:

@@ -36,6 +36,7 @@ be checked across modules.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -572,13 +573,9 @@ class Checkpointer:
 # Keras callbacks (built on first use, so importing this module needs no Keras).
 
 
-_CLASSES: dict[str, type] = {}
-
-
+@functools.cache
 def callbacks() -> dict[str, type]:
     """``EpochCheckpoint``, ``ResumableEarlyStopping`` and ``Pause`` callback classes."""
-    if _CLASSES:
-        return _CLASSES
     import keras
 
     class EpochCheckpoint(keras.callbacks.Callback):
@@ -638,9 +635,8 @@ def callbacks() -> dict[str, type]:
             if batch == 0:
                 pause_point("epoch", self.epoch)
 
-    _CLASSES.update(EpochCheckpoint=EpochCheckpoint,
+    return dict(EpochCheckpoint=EpochCheckpoint,
                     ResumableEarlyStopping=ResumableEarlyStopping, Pause=Pause)
-    return _CLASSES
 
 
 def pause_requested() -> bool:
