@@ -578,7 +578,8 @@ class FineTuner:
                                              f"({report['examples']} examples)"))
         if self.run_dir is not None:
             write_json(report, self.run_dir / f"metrics{suffix}.json")
-            atomic_write(self.run_dir / f"metrics{suffix}.txt", format_report(report) + "\n")
+            atomic_write(self.run_dir / f"metrics{suffix}.txt", format_report(report) + "\n",
+                         durable=False)
             image = self.run_dir / f"confusion_matrix{suffix}.png"
             if plot_confusion_matrix(report, image):
                 self.log(f"confusion matrix: {image}")

@@ -3,10 +3,15 @@
 Every file kerasft writes for a person or a program to read (config.yaml, metrics, checkpoints,
 models.config, warmup records, model cards, TFLite files) goes through :func:`atomic_path` or
 :func:`atomic_write`: written under a temporary name in the same folder (``.tmp-<pid>-<name>``,
-so the name keeps its suffix, which Keras's ``save_weights`` checks), flushed and fsynced,
-renamed over the target with ``os.replace`` and the folder fsynced. A reader (TF Serving polling
-``models.config``, a resumed run reading ``state.json``) sees the old file or the new one, never
-a part; a failure removes the temporary file and leaves the target as it was.
+so the name keeps its suffix, which Keras's ``save_weights`` checks) and renamed over the target
+with ``os.replace``. A reader (TF Serving polling ``models.config``, a resumed run reading
+``state.json``) sees the old file or the new one, never a part; a failure removes the temporary
+file and leaves the target as it was. Files that a crash recovery or a server relies on
+(checkpoints, ``state.json``, best weights, the run's config.yaml, labels.txt and data.json
+that resuming checks, ``models.config``, warmup records, TFLite models) are also ``durable``: the
+file and its folder are fsynced around the rename, so a power loss cannot leave an empty file
+under the final name. Reports (metrics, plots, the model card) skip the
+fsyncs (``durable=False``): a rename is enough for them, and each fsync costs milliseconds.
 
 May import: the standard library and :mod:`kerasft.errors` only.
 """
@@ -59,7 +64,7 @@ def temporary_name(path: str | os.PathLike) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, mode: int | None = None,
+def atomic_path(path: str | os.PathLike, *, mode: int | None = None, durable: bool = True,
                 before_rename: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yields a temporary path to write `path`'s whole content to; publishes it on success.
 
@@ -76,21 +81,23 @@ def atomic_path(path: str | os.PathLike, *, mode: int | None = None,
     try:
         yield tmp
         os.chmod(tmp, mode)
-        fsync_path(tmp)
+        if durable:
+            fsync_path(tmp)
         if before_rename is not None:
             before_rename()
         os.replace(tmp, path)
-        fsync_path(path.parent)
+        if durable:
+            fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, *, mode: int | None = None,
-                 before_rename: Callable[[], None] | None = None) -> Path:
+                 durable: bool = True, before_rename: Callable[[], None] | None = None) -> Path:
     """Writes `data` (text as UTF-8) to `path` atomically; returns `path`."""
     path = Path(path)
-    with atomic_path(path, mode=mode, before_rename=before_rename) as tmp:
+    with atomic_path(path, mode=mode, durable=durable, before_rename=before_rename) as tmp:
         with open(tmp, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
     return path

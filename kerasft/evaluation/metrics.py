@@ -102,7 +102,7 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Writes JSON atomically (temporary file, then rename)."""
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=False))
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=False), durable=False)
 
 
 def plot_confusion_matrix(report: dict[str, Any], path: str | os.PathLike) -> bool:
@@ -131,7 +131,7 @@ def plot_confusion_matrix(report: dict[str, Any], path: str | os.PathLike) -> bo
                 color="white" if value > limit else "black")
     ax.set_title(f"accuracy {report['accuracy']:.3f}, macro-F1 {report['macro_f1']:.3f}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return True
@@ -168,7 +168,7 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
         ax.set_title(metric)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable=False) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return True

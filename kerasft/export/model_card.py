@@ -394,7 +394,7 @@ def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo,
     extras = export_dir / EXTRAS_DIRNAME
     extras.mkdir(exist_ok=True)
     target = extras / CARD_FILENAME
-    return atomic_write(target, text, mode=DEFAULT_MODE)
+    return atomic_write(target, text, mode=DEFAULT_MODE, durable=False)
 
 
 def model_card_hook(ft: Any) -> Callable[[Path], None]:

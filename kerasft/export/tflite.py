@@ -446,10 +446,10 @@ def export_tflite(
         raise ExportError(expected("a writable folder", "out_dir", str(out))
                           + f" ({e.strerror})") from None
     atomic_write(out / filename, flatbuffer)
-    atomic_write(out / LABELS_FILENAME, "\n".join(ft.class_names) + "\n")
+    atomic_write(out / LABELS_FILENAME, "\n".join(ft.class_names) + "\n", durable=False)
     if backbone.task == "text":
         for name, text in _tokenizer_files(backbone).items():
-            atomic_write(out / name, text)
+            atomic_write(out / name, text, durable=False)
     report_path = out / REPORT_FILENAME
     report: dict[str, Any] = {}
     if report_path.is_file():
@@ -458,7 +458,7 @@ def export_tflite(
         except ValueError:
             report = {}
     report[quantize] = entry
-    atomic_write(report_path, json.dumps(report, indent=2) + "\n")
+    atomic_write(report_path, json.dumps(report, indent=2) + "\n", durable=False)
     log(format_entry(entry))
     log(f"tflite: {out / filename} (report: {report_path})")
     entry["path"] = str(out / filename)
