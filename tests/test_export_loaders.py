@@ -5,6 +5,7 @@ export check, multi-label label sets, and exports of mixed-precision models."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -233,10 +234,18 @@ def test_mixed_bfloat16_text_model_exports(tmp_path):
 FAMILIES = ["convnexttiny", "densenet121", "efficientnetb0", "efficientnetv2b0",
             "inceptionresnetv2", "inceptionv3", "mobilenet", "mobilenetv2", "mobilenetv3small",
             "nasnetmobile", "resnet50", "resnet50v2", "vgg16", "xception"]
+# 10-21 s each on 2 CPU cores (88 s together): run with KERASFT_ALL_FAMILIES=1, so that the
+# default suite stays within its 15-minute budget; the other eight always run.
+HEAVY_FAMILIES = {"densenet121", "efficientnetb0", "efficientnetv2b0", "inceptionresnetv2",
+                  "inceptionv3", "nasnetmobile"}
+ALL_FAMILIES = os.environ.get("KERASFT_ALL_FAMILIES") == "1"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.skipif(n in HEAVY_FAMILIES and not ALL_FAMILIES,
+                                             reason="heavy family: KERASFT_ALL_FAMILIES=1"))
+    for n in FAMILIES])
 def test_every_keras_applications_family_serves_under_the_session_loader(name, tmp_path):
     from kerasft.api import build_finetuner
     from kerasft.models.keras_applications import KERAS_APPLICATIONS
