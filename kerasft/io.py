@@ -50,13 +50,6 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-def publish(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
-    """Makes the complete file `tmp` durable and renames it over `final` atomically."""
-    fsync_path(tmp)
-    os.replace(tmp, final)
-    fsync_path(Path(final).parent)
-
-
 def temporary_name(path: str | os.PathLike) -> Path:
     """The temporary sibling :func:`atomic_path` writes `path` under."""
     path = Path(path)
