@@ -85,6 +85,7 @@ class DataConfig:
     label_separator: str = "|"
     encoding: str = "utf-8"
     delimiter: str = ","
+    skip_rows: int = 0  # rows after the header that are not data (csv)
     strict: bool = False
     tfds_name: str | None = None
     tfds_data_dir: str | None = None
@@ -461,6 +462,8 @@ def validate(cfg: Config) -> Config:
     _check_positive(d.batch_size, "data.batch_size")
     _check_positive(d.max_examples, "data.max_examples", allow_none=True)
     _check_positive(d.shuffle_buffer, "data.shuffle_buffer")
+    if d.skip_rows < 0:
+        raise ConfigError(expected("0 or more rows", "data.skip_rows", d.skip_rows))
     _check_fraction(d.validation_split, "data.validation_split")
     _check_fraction(d.test_split, "data.test_split")
     if d.validation and d.validation_split is not None:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from kerasft.config import DataConfig  # noqa: E402
+from kerasft.config import DataConfig, load_config  # noqa: E402
 from kerasft.data.arrays import from_arrays  # noqa: E402
 from kerasft.data.datasets import from_datasets  # noqa: E402
 from kerasft.data.pipeline import build_augmentation, make_pipeline  # noqa: E402
@@ -109,6 +109,21 @@ def test_utf8_bom_and_semicolon_delimiter(tmp_path: Path) -> None:
     splits = load_data(_csv_cfg(path, delimiter=";", validation_split=0.5), seed=1)
     assert splits.class_names == ["x", "y"]
     assert splits.train.size == 2 and splits.validation.size == 2
+
+
+def test_skip_rows_after_the_header_and_line_numbers(tmp_path: Path) -> None:
+    # Orange's .tab layout (configs/reuters_r8.yaml): header, a type row, a flags row, then data.
+    path = fx.write_csv(tmp_path / "r8.tab", "Category\tText\nd\tstring\nclass\t\n"
+                        "earn\tprofit up\nacq\tbuys firm\nearn\tloss\nacq\t\n")
+    splits = load_data(_csv_cfg(path, delimiter="tab", skip_rows=2, text_column="Text",
+                                label_column="Category", validation_split=0.5), seed=0)
+    assert splits.class_names == ["acq", "earn"]  # no class 'd' or 'class' from the extra rows
+    assert sorted(_texts(splits.train) + _texts(splits.validation)) == [
+        "buys firm", "loss", "profit up"]
+    # the skipped empty text is reported at the line an editor shows
+    assert splits.report["skipped"]["train"]["empty text"] == {"count": 1, "examples": [7]}
+    with pytest.raises(ConfigError, match=r"expected 0 or more rows. Received: data.skip_rows=-1"):
+        load_config({"data": {"train": path, "skip_rows": -1}})
 
 
 def test_strict_mode_names_file_and_line(tmp_path: Path) -> None:

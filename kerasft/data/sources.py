@@ -137,6 +137,8 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
                                          where=path))
             text_at = _column(header, cfg.text_column, "data.text_column", path)
             label_at = _column(header, cfg.label_column, "data.label_column", path)
+            for _ in range(cfg.skip_rows):  # e.g. the type and flag rows of Orange's .tab files
+                next(reader, None)
             last_line = reader.line_num
             for row in reader:
                 line, last_line = last_line + 1, reader.line_num
