@@ -64,6 +64,9 @@ class FineTuner:
     """
 
     def __init__(self, config: Config, log: Log = print) -> None:
+        from kerasft.models.keras_hub_images import resolve_auto_image
+
+        resolve_auto_image(config.backbone)  # backbone.name: auto with a KerasHub image preset
         self.config = config
         self.log = _RunLog(log)
         self.backbone: Any = None

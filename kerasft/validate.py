@@ -53,10 +53,16 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                     overrides: Sequence[str] = ()) -> list[str]:
     """Raises a one-line error at the first problem; returns what was checked."""
     from kerasft.models.keras_hub import describe_preset
+    from kerasft.models.keras_hub_images import (
+        HUB_IMAGE_FAMILIES,
+        describe_image_preset,
+        resolve_auto_image,
+    )
     from kerasft.models.registry import get_entry
 
     cfg = load_config(config, overrides)
     lines = [f"config: {len(cfg.stages)} stages, keys and types OK"]
+    resolve_auto_image(cfg.backbone)  # backbone.name: auto with a KerasHub image preset
     entry = get_entry(cfg.backbone.name)
     check_data_source(cfg)
     if entry.task == "text":
@@ -70,6 +76,13 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
                                        cfg.backbone.sequence_length))
         note = " (downloaded at train time)" if source["kind"] == "kerashub_name" else ""
         lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
+    elif entry.name in HUB_IMAGE_FAMILIES:
+        if not cfg.backbone.preset:
+            raise ConfigError(expected(f"a preset for {entry.name}", "backbone.preset", None))
+        source = describe_image_preset(cfg.backbone.preset, HUB_IMAGE_FAMILIES[entry.name],
+                                       cfg.backbone.weights)
+        note = " (downloaded at train time)" if source["kind"] == "kerashub_name" else ""
+        lines.append(f"backbone: {entry.name} from {source['kind']} {source['path']}{note}")
     else:
         if cfg.backbone.input_shape is not None and entry.min_size:
             from kerasft.models.keras_applications import image_size

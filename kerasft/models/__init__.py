@@ -3,7 +3,8 @@
 - ``registry``: the backbone registry (``get_entry``, ``build_backbone``, ``list_backbones``,
   ``register_backbone``); importing it registers the built-in entries.
 - ``backbone``: ``BackboneEntry``, the built ``Backbone`` and what every builder shares.
-- ``keras_applications``, ``keras_hub``: the built-in entries as data, and their builders.
+- ``keras_applications``, ``keras_hub``, ``keras_hub_images``: the built-in entries as data, and
+  their builders (``keras_hub_images``: the ``hub_*`` KerasHub image families).
 - ``layers``: the inference-mode wrapper (BatchNorm call mode) and the layers stages unfreeze.
 - ``heads``, ``weights``: the new head; weights files without the optimizer.
 

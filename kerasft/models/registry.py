@@ -7,6 +7,7 @@ the built-in entries:
 
 - kerasft/models/keras_applications.py: every ``keras.applications`` model.
 - kerasft/models/keras_hub.py: ``bert``, KerasHub's ``BertBackbone``.
+- kerasft/models/keras_hub_images.py: ``hub_vit``, ``hub_resnet``, ... (KerasHub image families).
 
 To add a backbone, write a builder ``(BackboneConfig, pooling) -> Backbone`` (an image network is
 called through :func:`kerasft.models.layers.call_in_inference_mode`) and pass its entry to
@@ -22,6 +23,7 @@ from kerasft.errors import expected
 from kerasft.models.backbone import Backbone, BackboneEntry, check_weights_file
 from kerasft.models.keras_applications import KERAS_APPLICATION_ENTRIES
 from kerasft.models.keras_hub import KERAS_HUB_ENTRIES
+from kerasft.models.keras_hub_images import KERAS_HUB_IMAGE_ENTRIES
 
 _REGISTRY: dict[str, BackboneEntry] = {}
 
@@ -31,7 +33,7 @@ def register_backbone(entry: BackboneEntry) -> None:
     _REGISTRY[entry.name] = entry
 
 
-for _entry in (*KERAS_APPLICATION_ENTRIES, *KERAS_HUB_ENTRIES):
+for _entry in (*KERAS_APPLICATION_ENTRIES, *KERAS_HUB_ENTRIES, *KERAS_HUB_IMAGE_ENTRIES):
     register_backbone(_entry)
 
 
