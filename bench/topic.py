@@ -42,7 +42,7 @@ def _split_texts(split) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(split.labels)
 
 
-def hand(sequence_length: int, epochs: int, batch: int) -> None:
+def hand(sequence_length: int, epochs: int, batch: int, overrides: list[str]) -> None:
     """The hand-written reference (runs in its own process: see main)."""
     quiet_tensorflow()
     start = time.perf_counter()
@@ -56,7 +56,7 @@ def hand(sequence_length: int, epochs: int, batch: int) -> None:
     from kerasft.data.sources import load_data
     from kerasft.io import resolve_pkg_path
 
-    cfg = load_config(CONFIG)
+    cfg = load_config(CONFIG, overrides=overrides)
     data = load_data(cfg.data, seed=cfg.seed, multi_label=False)
     texts, y = _split_texts(data.train)
     test_texts, y_test = _split_texts(data.test)
@@ -113,18 +113,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--set", action="append", default=[], help="passed to kerasft train")
+    parser.add_argument("--data-set", action="append", default=[],
+                        help="data.* overrides for both sides (e.g. data.max_examples=100)")
     args = parser.parse_args()
     if args.what == "hand":
-        hand(args.sequence_length, args.epochs, args.batch)
+        hand(args.sequence_length, args.epochs, args.batch, args.data_set)
         return
     print(f"machine: {machine()}; load average at start {load_average()}", flush=True)
     with tempfile.TemporaryDirectory() as runs:
-        kerasft_run(Path(runs), args.set)
+        kerasft_run(Path(runs), [*args.data_set, *args.set])
     if args.what == "all":
         start = time.perf_counter()
         subprocess.run([sys.executable, __file__, "hand",
                         "--sequence-length", str(args.sequence_length),
-                        "--epochs", str(args.epochs), "--batch", str(args.batch)], check=True)
+                        "--epochs", str(args.epochs), "--batch", str(args.batch),
+                        *sum((["--data-set", s] for s in args.data_set), [])], check=True)
         print(f"hand process wall {time.perf_counter() - start:.1f} s; load average at end "
               f"{load_average()}", flush=True)
 
