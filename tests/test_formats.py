@@ -55,8 +55,7 @@ def test_jsonl_keys_labels_and_skips(tmp_path: Path) -> None:
                                         r"'review' \(data.strict: true\). Received: value=''"):
         load_data(DataConfig(**{**cfg.__dict__, "strict": True, "train": path}), seed=0)
 
-
-def test_jsonl_multi_label_lists_and_separator_strings(tmp_path: Path) -> None:
+    # Multi-label: a JSON list, or a string split at data.label_separator.
     path = _jsonl(tmp_path / "t.jsonl", [
         {"text": "a", "label": ["x", "y", "x"]}, {"text": "b", "label": "y|z"},
         {"text": "c", "label": [3]}, {"text": "d", "label": []}])
@@ -83,8 +82,6 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path) -> None:
         with pytest.raises(DataError, match=match):
             load_data(DataConfig(source="jsonl", train=path), seed=0)
 
-
-def test_jsonl_first_object_names_the_keys_and_empty_files(tmp_path: Path) -> None:
     path = _jsonl(tmp_path / "t.jsonl", [{"txt": "a", "label": "x"}])
     with pytest.raises(DataError, match=r"t.jsonl:1: expected a key named 'text' \(set "
                                         r"data.text_column; did you mean 'txt'\?\). "
@@ -130,8 +127,6 @@ def test_parquet_reads_two_columns_by_row_group(tmp_path: Path, monkeypatch) -> 
     assert data.train.size + data.validation.size == n - 1
     assert data.report["skipped"]["train"]["empty text"]["examples"] == [25]  # rows from 1
 
-
-def test_parquet_multi_label_list_column_and_integer_labels(tmp_path: Path) -> None:
     path = tmp_path / "t.pq"
     pq.write_table(pa.table({"text": ["a", "b", "c"], "label": [["x", "y"], ["y"], []]}), path)
     data = load_data(DataConfig(source="parquet", train=str(path), validation_split=None),
@@ -260,7 +255,7 @@ def test_jsonl_parquet_and_text_folder_split_exactly_as_csv(tmp_path: Path) -> N
 # data.class_weight.
 
 
-def test_balanced_class_weights_are_scikit_learns() -> None:
+def test_balanced_class_weights_are_scikit_learns_and_config_errors() -> None:
     from sklearn.utils.class_weight import compute_class_weight
 
     y = np.array([0] * 7 + [1] * 2 + [2] * 11)
@@ -273,8 +268,6 @@ def test_balanced_class_weights_are_scikit_learns() -> None:
                                         r"'b'\). Received: data.class_weight label='c'"):
         class_weights({"c": 2.0}, ["a", "b"], y)
 
-
-def test_class_weight_config_errors() -> None:
     for data, head, match in [
         ({"class_weight": "balanced"}, {"activation": "sigmoid"},
          r"^expected no class_weight with head.activation: sigmoid .*Received: "
@@ -321,7 +314,7 @@ def test_class_weight_weighs_the_head_loss_on_cached_features(tmp_path: Path) ->
         "head": {"dropout": 0.0},
         "data": {"source": "jsonl", "train": _jsonl(tmp_path / "train.jsonl", train),
                  "validation": _jsonl(tmp_path / "val.jsonl", valid), "batch_size": 64,
-                 "class_weight": {"neg": 5.0}},
+                 "class_weight": {"neg": 5.0}, "bucket_by_length": False},
         # A learning rate too small to move the weights: the epoch sees the initial model.
         "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 1e-9}],
         "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",

@@ -184,9 +184,13 @@ def class_weights(setting: str | dict[Any, Any] | None, class_names: Sequence[st
     weights = dict.fromkeys(range(len(class_names)), 1.0)
     for label, weight in setting.items():
         if str(label) not in index:
+            import difflib
+
+            close = difflib.get_close_matches(str(label), list(index), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(expected(f"labels of the training data (known: "
-                                     f"{known_names(list(class_names))})", "data.class_weight "
-                                     "label", str(label)))
+                                     f"{known_names(list(class_names))}{hint})",
+                                     "data.class_weight label", str(label)))
         weights[index[str(label)]] = float(weight)
     return weights
 
