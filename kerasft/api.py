@@ -323,7 +323,10 @@ class FineTuner:
 
         from kerasft.data.splits import fingerprint
 
-        atomic_write(self.run_dir / DATA_FILE, json.dumps(fingerprint(data), indent=1) + "\n")
+        record = fingerprint(data)
+        if data.report.get("class_weight"):  # what fit weighed the training loss with
+            record["class_weight"] = data.report["class_weight"]
+        atomic_write(self.run_dir / DATA_FILE, json.dumps(record, indent=1) + "\n")
 
     def _recorded_precision(self, output_dir: str | os.PathLike | None,
                             resume: bool | str | os.PathLike) -> tuple[str, str | None] | None:
@@ -394,9 +397,16 @@ class FineTuner:
         if data.task != self.backbone.task:
             raise KerasftError(expected(f"{self.backbone.task} data for backbone "
                                         f"{self.backbone.name}", "data task", data.task))
+        from kerasft.data.splits import class_weight_line, class_weights
         from kerasft.training.stages import check_stages
 
         check_stages(self.backbone, self.config)
+        weights = class_weights(self.config.data.class_weight, self.class_names,
+                                data.train.labels)
+        if weights is not None:  # in the data report, train.log and data.json
+            data.report["class_weight"] = {
+                "setting": self.config.data.class_weight,
+                "weights": {self.class_names[i]: w for i, w in weights.items()}}
         checkpoint = self._open_run(output_dir, run_id, resume, force, data)
         batch = self.config.data.batch_size
         for line in self._run_folder_lines:
@@ -405,6 +415,8 @@ class FineTuner:
             from kerasft.data.splits import log_report
 
             log_report(data, self.log)
+        if weights is not None:
+            self.log(class_weight_line(self.config.data.class_weight, weights, self.class_names))
         self.log(self.strategy_info.describe(batch))
         self.log(self.precision.line())
         if self.precision.note:
@@ -427,6 +439,7 @@ class FineTuner:
             self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
+            class_weight=weights,
         )
         from kerasft.models.weights import save_model_weights
 

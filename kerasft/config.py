@@ -37,7 +37,9 @@ WEIGHTS_ALIASES = {"imagenet": PRETRAINED}
 BACKBONE_WEIGHTS = (PRETRAINED, *WEIGHTS_ALIASES, "none")
 HEAD_ACTIVATIONS = ("softmax", "sigmoid")
 HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
-DATA_SOURCES = ("csv", "image_folder", "tfds", "arrays")
+DATA_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder", "tfds", "arrays")
+#: Sources whose data.train / validation / test are paths (relative to the YAML's folder).
+PATH_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential", "linear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
@@ -98,6 +100,8 @@ class DataConfig:
     shuffle_buffer: int = 10000
     bucket_by_length: bool = True
     bucket_multiple: int = 16
+    # None, "balanced" or {label: weight}: Keras's class_weight in fit (one-label heads only).
+    class_weight: str | dict[str, Any] | None = None
 
 
 @dataclass
@@ -339,6 +343,25 @@ def _check_fraction(value: float | None, key: str) -> None:
         raise ConfigError(expected("a fraction between 0 and 1 (exclusive)", key, value))
 
 
+def _check_class_weight(value: str | dict[str, Any] | None, activation: str) -> None:
+    key = "data.class_weight"
+    if value is None:
+        return
+    if activation == "sigmoid":
+        raise ConfigError(expected(
+            "no class_weight with head.activation: sigmoid (Keras's class_weight weighs an "
+            "example by its one class id; a multi-label example has several)", key, value))
+    if isinstance(value, str):
+        _check_choice(value, ("balanced",), key)
+        return
+    if not value:
+        raise ConfigError(expected("balanced or a mapping {label: weight}", key, value))
+    for label, weight in value.items():
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                or not 0 < weight < float("inf")):
+            raise ConfigError(expected("a positive number", f"{key}.{label}", weight))
+
+
 def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
     """Normalises a stage's `trainable` to ('head'|'all'|'top_n'|'from_layer', argument)."""
     if value in ("head", "all"):
@@ -487,6 +510,7 @@ def validate(cfg: Config) -> Config:
                                    "data.tfds_name", d.tfds_name))
     for aug in d.augmentation:
         _check_choice(aug, AUGMENTATIONS, f"data.augmentation.{aug}")
+    _check_class_weight(d.class_weight, cfg.head.activation)
 
     names = set()
     for i, s in enumerate(cfg.stages):
@@ -643,7 +667,7 @@ def resolve_input_paths(data: dict[str, Any], base: str | os.PathLike) -> dict[s
     data = copy.deepcopy(data)
     section = data.get("data")
     if isinstance(section, dict):
-        if section.get("source", DataConfig.source) in ("csv", "image_folder"):
+        if section.get("source", DataConfig.source) in PATH_SOURCES:
             for key in ("train", "validation", "test"):
                 if key in section:
                     section[key] = _relative_to(base, section[key])

@@ -37,13 +37,16 @@ def _max_sequence_length(source: dict[str, Any]) -> int | None:
 
 
 def check_data_source(cfg: Config) -> None:
-    """``data.source`` gives the backbone's kind of data (csv: text, image_folder: images)."""
+    """``data.source`` gives the backbone's kind of data (csv, jsonl, parquet, text_folder:
+    text; image_folder: images)."""
     from kerasft.models.registry import get_entry
 
     task = get_entry(cfg.backbone.name).task
-    wrong = {"text": ("image_folder",), "image": ("csv",)}.get(task, ())
+    text_sources = ("csv", "jsonl", "parquet", "text_folder")
+    wrong = {"text": ("image_folder",), "image": text_sources}.get(task, ())
     if cfg.data.source in wrong:
-        sources = "csv or tfds" if task == "text" else "image_folder or tfds"
+        sources = ("csv, jsonl, parquet, text_folder or tfds" if task == "text"
+                   else "image_folder or tfds")
         raise ConfigError(expected(f"{'a text' if task == 'text' else 'an image'} data source "
                                    f"for backbone {cfg.backbone.name} ({sources})",
                                    "data.source", cfg.data.source))
@@ -176,13 +179,18 @@ def _check_data(cfg: Config) -> list[str]:
         return [f"data: tfds {cfg.data.tfds_name} "
                 + ("prepared" if prepared else "not prepared (downloaded at train time)")]
     from kerasft.data.sources import load_data
+    from kerasft.data.splits import class_weight_line, class_weights
 
     data = load_data(cfg.data, seed=cfg.seed, multi_label=cfg.head.activation == "sigmoid")
     sizes = ", ".join(f"{name} {getattr(data, name).size}"
                       for name in ("train", "validation", "test") if getattr(data, name))
-    return [f"data: {data.task}, {len(data.class_names)} classes "
-            f"({', '.join(data.class_names[:10])}{', ...' if len(data.class_names) > 10 else ''})"
-            f"; {sizes}"]
+    lines = [f"data: {data.task}, {len(data.class_names)} classes "
+             f"({', '.join(data.class_names[:10])}{', ...' if len(data.class_names) > 10 else ''})"
+             f"; {sizes}"]
+    weights = class_weights(cfg.data.class_weight, data.class_names, data.train.labels)
+    if weights is not None:  # labels named in data.class_weight exist
+        lines.append(class_weight_line(cfg.data.class_weight, weights, data.class_names))
+    return lines
 
 
 def describe_layers(name: str, preset: str | None = None) -> list[str]:

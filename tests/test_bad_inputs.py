@@ -41,8 +41,16 @@ def _images(root: Path) -> None:
             write_png(root / name / f"{i}.png", image.astype("uint8"))
 
 
+def _parquet_review_sentiment(path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"review": ["good", "bad"], "sentiment": ["pos", "neg"]}), path)
+
+
 FIXTURES = {
     "images": _images,
+    "parquet_review_sentiment": _parquet_review_sentiment,
     "tiny_bert_preset": write_tiny_bert_preset,
     "tiny_hf_roberta": lambda path: write_tiny_hf_bert_dir(path, model_type="roberta"),
     "tiny_hf_bert_max32": lambda path: write_tiny_hf_bert_dir(path, max_position_embeddings=32),

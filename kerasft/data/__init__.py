@@ -2,9 +2,12 @@
 
 - :mod:`kerasft.data.sources`: ``load_data`` (the config's ``data`` section), CSV files and image
   folders.
+- :mod:`kerasft.data.formats`: JSON Lines, Parquet and text folders, and the row checks every
+  tabular text source shares (``TextRows``).
 - :mod:`kerasft.data.datasets`: tfds and the user's ``tf.data`` datasets (``from_datasets``).
 - :mod:`kerasft.data.arrays`: in-memory arrays (``from_arrays``).
-- :mod:`kerasft.data.splits`: the label vocabulary, the stratified splits, the report.
+- :mod:`kerasft.data.splits`: the label vocabulary, the stratified splits, the report, the class
+  weights of ``data.class_weight``.
 - :mod:`kerasft.data.pipeline`: a split -> the batched, preprocessed dataset ``model.fit`` reads.
 
 May import: kerasft.config, kerasft.errors, kerasft.io.

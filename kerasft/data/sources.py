@@ -8,6 +8,8 @@ vocabulary, the splits and the report:
   ``data.text_column`` / ``data.label_column``. Rows with an empty text or label are skipped and
   counted by reason (``data.strict: true`` makes the first one an error); duplicate texts are
   counted and kept. Line numbers are those a text editor shows (the header is line 1).
+* ``jsonl``, ``parquet``, ``text_folder``: read by :mod:`kerasft.data.formats`; their rows go
+  through the same :class:`~kerasft.data.formats.TextRows` checks as CSV rows.
 * ``image_folder``: one subfolder per class; ``.jpg .jpeg .png .gif .bmp`` files (any case) are
   decoded once, in parallel, to find unreadable ones (skipped and counted); other files are
   ignored. The split's dataset decodes lazily from the file paths.
@@ -19,9 +21,7 @@ Python callers pass arrays (:mod:`kerasft.data.arrays`) or ``tf.data`` datasets
 
 from __future__ import annotations
 
-import codecs
 import csv
-import difflib
 import logging
 import os
 from collections.abc import Callable
@@ -32,19 +32,23 @@ import tensorflow as tf
 
 from kerasft.config import DataConfig
 from kerasft.data.datasets import read_tfds
-from kerasft.data.splits import (
-    DEFAULT_VALIDATION_SPLIT,
-    SHOWN,
-    DataSplits,
-    Part,
-    duplicates,
-    finish,
-    skip,
+from kerasft.data.formats import (
+    TextRows,
+    class_folders,
+    file_encoding,
+    find_column,
+    read_jsonl,
+    read_parquet,
+    read_text_folder,
+    table_file,
+    undecodable,
 )
+from kerasft.data.splits import DEFAULT_VALIDATION_SPLIT, DataSplits, Part, finish, skip
 from kerasft.errors import DataError, expected
 from kerasft.io import resolve_pkg_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+FILE_SOURCES = "csv, jsonl, parquet, text_folder, image_folder"
 
 _logger = logging.getLogger(__name__)
 
@@ -72,17 +76,28 @@ def load_data(
     if cfg.source == "csv":
         task = "text"
         parts = {n: _read_csv(v, n, cfg, multi_label, report) for n, v in given.items()}
-    elif cfg.source == "image_folder":
-        task = "image"
-        parts = {n: _read_image_folder(v, n, report) for n, v in given.items()}
+    elif cfg.source == "jsonl":
+        task = "text"
+        parts = {n: read_jsonl(v, n, cfg, multi_label, report) for n, v in given.items()}
+    elif cfg.source == "parquet":
+        task = "text"
+        parts = {n: read_parquet(v, n, cfg, multi_label, report) for n, v in given.items()}
+    elif cfg.source in ("image_folder", "text_folder"):
+        if multi_label:  # one class folder per example
+            raise DataError(expected(f"head.activation: softmax for data.source: {cfg.source} "
+                                     "(one class folder, one label per example)",
+                                     "head.activation", "sigmoid"))
+        task = "image" if cfg.source == "image_folder" else "text"
+        parts = {n: _read_image_folder(v, n, report) if task == "image"
+                 else read_text_folder(v, n, cfg, report) for n, v in given.items()}
     elif cfg.source == "tfds":
         task, class_names, parts = read_tfds(cfg, given, multi_label, report, log)
     elif cfg.source == "arrays":
-        raise DataError(expected("csv, image_folder or tfds (arrays come from "
+        raise DataError(expected(f"one of {FILE_SOURCES} or tfds (arrays come from "
                                  "kerasft.data.arrays.from_arrays in Python)", "data.source",
                                  cfg.source))
     else:
-        raise DataError(expected("one of csv, image_folder, tfds", "data.source", cfg.source))
+        raise DataError(expected(f"one of {FILE_SOURCES}, tfds", "data.source", cfg.source))
 
     validation_split = cfg.validation_split
     if validation_split is None and not cfg.validation:
@@ -106,27 +121,15 @@ def load_data(
 
 def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
               report: dict[str, Any]) -> Part:
-    key = f"data.{name}"
-    path = resolve_pkg_path(spec, key)
-    if not os.path.isfile(path):
-        raise DataError(expected("an existing CSV file", key, spec))
-    try:
-        codec = codecs.lookup(cfg.encoding).name
-    except LookupError:
-        raise DataError(expected("a Python codec name such as utf-8 or latin-1",
-                                 "data.encoding", cfg.encoding)) from None
-    encoding = "utf-8-sig" if codec == "utf-8" else cfg.encoding
+    path = table_file(spec, name, "csv", "CSV")
+    encoding = file_encoding(cfg)
     delimiter = {"\\t": "\t", "tab": "\t"}.get(cfg.delimiter, cfg.delimiter)
     if len(delimiter) != 1:
         raise DataError(expected("a single character (or 'tab')", "data.delimiter",
                                  cfg.delimiter))
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
 
-    texts: list[str] = []
-    labels: list[Any] = []
-    lines: list[int] = []
-    skipped: dict[str, dict[str, Any]] = {}
-    rows = 0
+    rows = TextRows(path, cfg, multi_label)
     reader = None
     try:
         with open(path, newline="", encoding=encoding) as f:
@@ -135,8 +138,9 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
             if not header:
                 raise DataError(expected("a header row and at least one data row", "rows", 0,
                                          where=path))
-            text_at = _column(header, cfg.text_column, "data.text_column", path)
-            label_at = _column(header, cfg.label_column, "data.label_column", path)
+            text_at = find_column(header, cfg.text_column, "data.text_column", path)
+            label_at = find_column(header, cfg.label_column, "data.label_column", path)
+            fields = max(text_at, label_at) + 1
             for _ in range(cfg.skip_rows):  # e.g. the type and flag rows of Orange's .tab files
                 next(reader, None)
             last_line = reader.line_num
@@ -144,88 +148,20 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
                 line, last_line = last_line + 1, reader.line_num
                 if not row:  # a blank line
                     continue
-                rows += 1
-                text = row[text_at] if text_at < len(row) else None
-                label_field = row[label_at] if label_at < len(row) else None
-                if text is None or label_field is None:
-                    reason, column = "missing fields", None
-                elif not text.strip():
-                    reason, column = "empty text", cfg.text_column
-                else:
-                    label = _parse_label(label_field, multi_label, cfg.label_separator)
-                    if label:
-                        texts.append(text)
-                        labels.append(label)
-                        lines.append(line)
-                        continue
-                    reason, column = "empty label", cfg.label_column
-                if cfg.strict:
-                    if column is None:
-                        raise DataError(expected(
-                            f"at least {max(text_at, label_at) + 1} fields (data.strict: true)",
-                            "fields", len(row), where=f"{path}:{line}"))
-                    raise DataError(expected(
-                        f"a non-empty value in column {column!r} (data.strict: true)",
-                        "value", row[text_at if column == cfg.text_column else label_at],
-                        where=f"{path}:{line}"))
-                skip(skipped, reason, line)
+                short = len(row) < fields
+                rows.add(line, None if short else row[text_at],
+                         None if short else row[label_at],
+                         missing=(f"at least {fields} fields", "fields", len(row)))
     except UnicodeDecodeError as e:
-        line, column = _undecodable_line(path, encoding)
-        raise DataError(expected(
-            f"bytes that decode as {cfg.encoding} (set data.encoding, e.g. data.encoding: "
-            "latin-1)", "byte", e.object[e.start:e.start + 1], where=f"{path}:{line}:{column}",
-        )) from None
+        raise undecodable(path, encoding, cfg, e) from None
     except csv.Error as e:
         line = reader.line_num if reader is not None else 1
         raise DataError(expected("valid CSV", "error", str(e), where=f"{path}:{line}")) from None
 
-    if rows == 0:
+    if rows.rows == 0:
         raise DataError(expected("a header row and at least one data row", "rows", 0,
                                  where=path))
-    if not texts:
-        raise DataError(expected("at least one row with both a text and a label", "skipped",
-                                 {k: v["count"] for k, v in skipped.items()}, where=path))
-    report.setdefault("files", {})[name] = spec
-    report.setdefault("rows_read", {})[name] = rows
-    report.setdefault("skipped", {})[name] = skipped
-    report.setdefault("duplicates", {})[name] = duplicates(texts, labels, lines)
-
-    def build(indices: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
-        x = tf.constant([texts[i] for i in indices], dtype=tf.string)
-        return tf.data.Dataset.from_tensor_slices((x, tf.constant(y)))
-
-    return Part(name=name, where=spec, build=build, raw=labels, texts=texts, lines=lines)
-
-
-def _column(header: list[str], column: str, key: str, path: str) -> int:
-    stripped = [h.strip() for h in header]
-    if column in header:
-        return header.index(column)
-    if column.strip() in stripped:
-        return stripped.index(column.strip())
-    close = difflib.get_close_matches(column, stripped, n=1, cutoff=0.6)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise DataError(expected(f"a column named {column!r} (set {key}{hint})", "columns",
-                             stripped, where=path))
-
-
-def _parse_label(value: str, multi_label: bool, separator: str) -> Any:
-    if not multi_label:
-        return value.strip()
-    parts = [p.strip() for p in value.split(separator)] if separator else [value.strip()]
-    return tuple(dict.fromkeys(p for p in parts if p))
-
-
-def _undecodable_line(path: str, encoding: str) -> tuple[int, int]:
-    """The 1-based line and column of the first byte `encoding` cannot decode."""
-    decoder = codecs.getincrementaldecoder(encoding)()
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                decoder.decode(raw)
-            except UnicodeDecodeError as e:
-                return number, e.start + 1
-    return 0, 0
+    return rows.part(spec, name, report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,34 +180,10 @@ def _read_image_folder(spec: str, name: str, report: dict[str, Any]) -> Part:
     root = resolve_pkg_path(spec, key)
     if not os.path.isdir(root):
         raise DataError(expected("an existing folder with one subfolder per class", key, spec))
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    classes, paths, labels, ignored = class_folders(root, IMAGE_EXTENSIONS)
     if not classes:
         raise DataError(expected("one subfolder per class (e.g. cat/1.jpg, dog/2.jpg)",
                                  "subfolders", 0, where=root))
-    paths: list[str] = []
-    labels: list[str] = []
-    ignored: dict[str, Any] = {"count": 0, "examples": []}
-
-    def ignore(rel: str) -> None:
-        ignored["count"] += 1
-        if len(ignored["examples"]) < SHOWN:
-            ignored["examples"].append(rel)
-
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if entry.is_file() and not entry.name.startswith("."):
-            ignore(entry.name)
-    for label in classes:
-        for folder, subfolders, files in os.walk(os.path.join(root, label)):
-            subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-            for file in sorted(files):
-                if file.startswith("."):
-                    continue
-                full = os.path.join(folder, file)
-                if os.path.splitext(file)[1].lower() in IMAGE_EXTENSIONS:
-                    paths.append(full)
-                    labels.append(label)
-                else:
-                    ignore(os.path.relpath(full, root))
     if not paths:
         raise DataError(expected(f"image files ({' '.join(IMAGE_EXTENSIONS)}) in the class "
                                  "subfolders", "images", 0, where=root))

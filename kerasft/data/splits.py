@@ -164,12 +164,54 @@ def fingerprint(splits: DataSplits) -> dict[str, Any]:
     return out
 
 
+def class_weights(setting: str | dict[Any, Any] | None, class_names: Sequence[str],
+                  train_labels: np.ndarray) -> dict[int, float] | None:
+    """``data.class_weight`` -> Keras's ``class_weight`` (class id -> weight), or None.
+
+    ``balanced`` is scikit-learn's ``n_samples / (n_classes * count)`` over the training split's
+    labels (classes without training examples, which never weigh a loss, get 1.0 and are not
+    counted in ``n_classes``). A mapping names labels (integer keys are read as the labels "0",
+    "1", ...); labels it leaves out weigh 1.0, as in Keras.
+    """
+    if setting is None:
+        return None
+    if setting == "balanced":
+        counts = np.bincount(np.asarray(train_labels, np.int64), minlength=len(class_names))
+        present = int((counts > 0).sum())
+        total = int(counts.sum())
+        return {i: (total / (present * int(k)) if k else 1.0) for i, k in enumerate(counts)}
+    index = {name: i for i, name in enumerate(class_names)}
+    weights = dict.fromkeys(range(len(class_names)), 1.0)
+    for label, weight in setting.items():
+        if str(label) not in index:
+            import difflib
+
+            close = difflib.get_close_matches(str(label), list(index), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise DataError(expected(f"labels of the training data (known: "
+                                     f"{known_names(list(class_names))}{hint})",
+                                     "data.class_weight label", str(label)))
+        weights[index[str(label)]] = float(weight)
+    return weights
+
+
+def class_weight_line(setting: Any, weights: dict[int, float],
+                      class_names: Sequence[str]) -> str:
+    """The log line saying which class weights fit uses."""
+    shown = ", ".join(f"{class_names[i]} {w:.4g}" for i, w in list(weights.items())[:20])
+    more = f", ... ({len(weights)} classes)" if len(weights) > 20 else ""
+    how = "balanced: n / (classes * count)" if setting == "balanced" else "given"
+    return f"data: class_weight ({how}; Keras class_weight in fit): {shown}{more}"
+
+
 def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report
     log(f"data: source={r.get('source')} task={splits.task} classes={len(splits.class_names)}"
         f"{' (multi-label)' if splits.multi_label else ''}")
-    unit = {"csv": "rows", "image_folder": "image files"}.get(r.get("source"), "examples")
+    unit = {"csv": "rows", "jsonl": "lines", "parquet": "rows", "text_folder": "text files",
+            "image_folder": "image files"}.get(r.get("source"), "examples")
+    seen = {"parquet": "rows", "text_folder": "files"}.get(r.get("source"), "lines")
     for name, where in r.get("files", {}).items():
         line = f"data: {name}: {where}: {r.get('rows_read', {}).get(name, '?')} {unit} read"
         skipped = r.get("skipped", {}).get(name, {})
@@ -183,10 +225,11 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
         dup = r.get("duplicates", {}).get(name)
         if dup and dup["count"]:
             line += (f", {dup['count']} duplicate texts kept ({dup['conflicting']} with "
-                     f"different labels; e.g. lines {', '.join(map(str, dup['examples']))})")
+                     f"different labels; e.g. {seen} {', '.join(map(str, dup['examples']))})")
         ignored = r.get("ignored_files", {}).get(name)
         if ignored:
-            line += f", {ignored['count']} non-image files ignored"
+            kind = "non-.txt" if r.get("source") == "text_folder" else "non-image"
+            line += f", {ignored['count']} {kind} files ignored"
         log(line)
     for name, empty in r.get("empty_classes", {}).items():
         if empty:
@@ -201,13 +244,16 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     sizes = r.get("sizes", {})
     log("data: sizes: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
     counts = r.get("class_counts", {})
+    weights = (r.get("class_weight") or {}).get("weights")
     if counts:
         names = list(sizes)
         width = max(10, *(len(c) for c in splits.class_names[:50]))
-        log("data: " + "class".ljust(width) + "".join(n.rjust(12) for n in names))
+        log("data: " + "class".ljust(width) + "".join(n.rjust(12) for n in names)
+            + ("weight".rjust(12) if weights else ""))
         for c in splits.class_names[:50]:
             log("data: " + c.ljust(width)
-                + "".join(str(counts.get(n, {}).get(c, 0)).rjust(12) for n in names))
+                + "".join(str(counts.get(n, {}).get(c, 0)).rjust(12) for n in names)
+                + (f"{weights[c]:.4g}".rjust(12) if weights else ""))
         if len(splits.class_names) > 50:
             log(f"data: ... and {len(splits.class_names) - 50} more classes")
 

@@ -28,6 +28,9 @@ SHARDING_POLICY = "DATA"
 
 _SHARDING_REASONS = {
     "csv": "texts are read into memory, there are no files to shard",
+    "jsonl": "texts are read into memory, there are no files to shard",
+    "parquet": "texts are read into memory, there are no files to shard",
+    "text_folder": "texts are read into memory, there are no files to shard",
     "arrays": "in-memory arrays, there are no files to shard",
     "datasets": "user tf.data datasets, filtered by example index",
     "image_folder": "one image file per example, selected by index (no reader dataset to shard); "

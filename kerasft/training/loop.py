@@ -106,6 +106,7 @@ def run_stages(
     head: Any = None,
     cached_features: Callable[..., dict[str, Any]] | None = None,
     checkpoint: Any = None,
+    class_weight: dict[int, float] | None = None,
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
@@ -118,6 +119,9 @@ def run_stages(
     `steps_per_epoch` batches per epoch. With `checkpoint` (a :class:`kerasft.training.checkpoints.
     Checkpointer`) every epoch and every stage end is checkpointed, and a resumed checkpointer
     continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
+    `class_weight` (class id -> weight, ``data.class_weight``) goes to every stage's ``fit``, on
+    cached features too: Keras turns it into per-example weights of the training loss (and of
+    the weighted training metrics); validation is not weighted.
     """
     from kerasft.training.stages import apply_trainable, count_params
 
@@ -196,6 +200,7 @@ def run_stages(
                 epochs=first + stage.epochs,
                 initial_epoch=epoch,
                 callbacks=callbacks,
+                class_weight=class_weight,
                 verbose=_verbose(cfg.training.verbose),
             )
         elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
