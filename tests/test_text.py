@@ -162,3 +162,17 @@ def test_length_bucketing_gives_the_same_predictions(tmp_path, text_csvs):
         features = ft._preprocess()(np.array(texts))
         assert features["token_ids"].shape[1] == (16 if bucket else 32)
     np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+
+
+def test_text_pipelines_share_one_tokenizer_trace(tmp_path, text_csvs):
+    # Every Dataset.map traced KerasHub's tokenizer again (seconds per pipeline on 2 cores).
+    from kerasft.api import FineTuner
+    from kerasft.config import load_config
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    ft = FineTuner(load_config(text_config(preset, *text_csvs, tmp_path)), log=lambda _: None)
+    data = ft.load_data(report=False)
+    ft.build(data.class_names)
+    for split, training in ((data.train, True), (data.test, False)):
+        next(iter(ft._pipeline(split, training=training)))
+    assert ft._tokenizer().experimental_get_tracing_count() == 1
