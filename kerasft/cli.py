@@ -460,7 +460,8 @@ def validate(config: str, sets: tuple[str, ...]) -> None:
 @debug_option
 @click.option("--layers", "layers_of", default=None, metavar="NAME",
               help="List the layers of one backbone (what top_n and from_layer refer to).")
-@click.option("--preset", default=None, help="BERT preset for --layers bert.")
+@click.option("--preset", default=None,
+              help="Preset of a text backbone for --layers (e.g. --layers roberta).")
 @_handle_errors
 def backbones(layers_of: str | None, preset: str | None) -> None:
     """List the registered backbones (or the layers of one)."""

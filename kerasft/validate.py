@@ -9,7 +9,6 @@ dataset that is not prepared yet) is reported, not fetched.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,16 +23,6 @@ from kerasft.config import (
     load_config,
 )
 from kerasft.errors import expected
-
-
-def _max_sequence_length(source: dict[str, Any]) -> int | None:
-    config_file = Path(source["path"]) / "config.json"
-    if source["kind"] == "kerashub_name" or not config_file.is_file():
-        return None
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    if source["kind"] == "hf_dir":
-        return config.get("max_position_embeddings")
-    return config.get("config", {}).get("max_sequence_length")
 
 
 def check_data_source(cfg: Config) -> None:
@@ -70,15 +59,16 @@ def validate_config(config: str | os.PathLike | dict[str, Any] | Config,
     check_data_source(cfg)
     if entry.task == "text":
         if not cfg.backbone.preset:
-            raise ConfigError(expected("a preset for bert", "backbone.preset", None))
-        source = describe_preset(cfg.backbone.preset)
-        max_len = _max_sequence_length(source)
+            raise ConfigError(expected(f"a preset for {cfg.backbone.name}", "backbone.preset",
+                                       None))
+        source = describe_preset(cfg.backbone.preset, entry.name)
+        max_len = source["max_sequence_length"]
         if max_len and cfg.backbone.sequence_length and cfg.backbone.sequence_length > max_len:
             raise ConfigError(expected(f"a sequence length of at most {max_len} (the model's "
                                        "maximum)", "backbone.sequence_length",
                                        cfg.backbone.sequence_length))
         note = " (downloaded at train time)" if source["kind"] == "kerashub_name" else ""
-        lines.append(f"backbone: bert from {source['kind']} {source['path']}{note}")
+        lines.append(f"backbone: {source['family']} from {source['kind']} {source['path']}{note}")
     elif entry.name in HUB_IMAGE_FAMILIES:
         if not cfg.backbone.preset:
             raise ConfigError(expected(f"a preset for {entry.name}", "backbone.preset", None))

@@ -2,9 +2,9 @@
 
 :func:`make_pipeline` batches, preprocesses and prefetches a :class:`~kerasft.data.splits.Split`;
 :func:`epoch_batches` gives resumable per-epoch shuffles; :func:`length_grouped_batches` and
-:func:`trim_padding` cut text batches to the length they need; :func:`length_order` and
-:func:`reordered` sort a text split by length for prediction; :func:`build_augmentation` makes the
-image augmentation of ``data.augmentation``.
+:func:`trim_padding` cut text batches to the length they need (:func:`token_lengths`);
+:func:`length_order` and :func:`reordered` sort a text split by length for prediction;
+:func:`build_augmentation` makes the image augmentation of ``data.augmentation``.
 """
 
 from __future__ import annotations
@@ -147,12 +147,21 @@ def make_pipeline(
     return ds.with_options(options)
 
 
+def token_lengths(features: dict[str, Any]) -> tf.Tensor:
+    """Each sequence's length: the ``padding_mask`` sums. Features without a ``padding_mask``
+    (a backbone that mixes every position, padding included, such as FNet) are full length:
+    they are never trimmed."""
+    if "padding_mask" not in features:
+        shape = tf.shape(features["token_ids"])
+        return tf.fill([shape[0]], shape[1])
+    return tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1)
+
+
 def length_order(split: Split, preprocess: Callable[[tf.Tensor], Any],
                  chunk: int = 1024) -> np.ndarray:
     """Indices that sort a text split by token length (stable; `preprocess` tokenizes)."""
     lengths = [
-        tf.reduce_sum(tf.cast(preprocess(texts)["padding_mask"], tf.int32), axis=1).numpy()
-        for texts, _ in split.dataset.batch(chunk)
+        token_lengths(preprocess(texts)).numpy() for texts, _ in split.dataset.batch(chunk)
     ]
     return np.argsort(np.concatenate(lengths) if lengths else np.zeros(0, int), kind="stable")
 
@@ -178,7 +187,7 @@ def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size:
     `multiple`. The batch order is shuffled statelessly, seeded by `seed` and the window's
     tokens: the same window always gives the same batches, so seeded and resumed runs repeat.
     """
-    lengths = tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1)
+    lengths = token_lengths(x)
     order = tf.argsort(lengths, stable=True)
     x = {name: tf.gather(value, order) for name, value in x.items()}
     y = tf.gather(y, order)
@@ -199,12 +208,15 @@ def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size:
 def trim_padding(features: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
     """Cuts a batch of token features to its longest sequence, rounded up to `multiple`.
 
-    Padding positions are masked everywhere in BERT and in the poolings, so the outputs are the
-    same as with full padding; a short-text batch costs a fraction of the compute. Rounding to a
-    few lengths keeps the number of traced graphs small.
+    Padding positions are masked everywhere in the KerasHub text backbones that take a
+    ``padding_mask`` (or mask the padding id themselves) and in the poolings, so the outputs are
+    the same as with full padding; a short-text batch costs a fraction of the compute. Rounding
+    to a few lengths keeps the number of traced graphs small. Every feature is cut the same
+    way, whatever the padding id is; features without a ``padding_mask`` are left as they are
+    (:func:`token_lengths`).
     """
     full = tf.shape(features["token_ids"])[1]
-    longest = tf.reduce_max(tf.reduce_sum(tf.cast(features["padding_mask"], tf.int32), axis=1))
+    longest = tf.reduce_max(token_lengths(features))
     target = tf.minimum((longest + multiple - 1) // multiple * multiple, full)
     target = tf.maximum(target, 1)
     return {name: value[:, :target] for name, value in features.items()}

@@ -3,7 +3,8 @@
 :func:`list_graph_ops` reads every op type of a SavedModel from ``saved_model.pb`` (nothing is
 loaded); :func:`serving_op_allowlist` is what TF Serving's standard build links (core TensorFlow
 and TensorFlow Text ops); :func:`check_serving_ops` names the rest in one line. An export runs it
-before its version is renamed into place.
+before its version is renamed into place. :data:`TOKENIZER_TEXT_OPS` says which tensorflow-text
+ops each KerasHub tokenizer kind puts into a raw-text export (:func:`text_ops`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ SERVING_OPS_NOTE = (
     "TF Serving's standard build links core TensorFlow ops and TensorFlow Text ops only, "
     "and cannot run Python (tf.py_function / tf.numpy_function)"
 )
+#: The tensorflow-text ops a raw-text export holds, per KerasHub tokenizer kind (listed from
+#: exports of tiny presets of each family with :func:`list_graph_ops`). Everything else a
+#: tokenizer uses is core TensorFlow: byte-level BPE adds only string, regex and lookup-table
+#: ops (StringSplitV2, StaticRegexReplace, UnsortedSegmentJoin, HashTableV2,
+#: MutableHashTableV2 for its merge cache, While) to tensorflow-text's regex split.
+TOKENIZER_TEXT_OPS: dict[str, frozenset[str]] = {
+    # CaseFoldUTF8 with lowercase, NormalizeUTF8 with strip_accents (BERT-style tokenizers).
+    "WordPiece": frozenset({"FastWordpieceTokenizeWithOffsets", "RegexSplitWithOffsets",
+                            "CaseFoldUTF8", "NormalizeUTF8", "TFText>RoundRobinTrim"}),
+    "BPE": frozenset({"RegexSplitWithOffsets", "TFText>RoundRobinTrim"}),
+    "SentencePiece": frozenset({"SentencepieceOp", "SentencepieceTokenizeOp",
+                                "TFText>RoundRobinTrim"}),
+}
 
 
 def list_graph_ops(export_dir: str | os.PathLike[str]) -> set[str]:
@@ -94,13 +108,22 @@ def serving_op_allowlist() -> frozenset[str]:
     return frozenset((core | _tensorflow_text_ops()) - PYTHON_OPS)
 
 
+def text_ops(ops: Iterable[str]) -> list[str]:
+    """The tensorflow-text ops among `ops` (what a server must link besides core TensorFlow)."""
+    known = set().union(*TOKENIZER_TEXT_OPS.values()) | _tensorflow_text_ops()
+    return sorted(set(ops) & known)
+
+
 def check_serving_ops(
-    export_dir: str | os.PathLike[str], extra_allowed_ops: Iterable[str] = ()
+    export_dir: str | os.PathLike[str], extra_allowed_ops: Iterable[str] = (),
+    tokenizer_kind: str | None = None,
 ) -> set[str]:
     """Raises :class:`ExportError` naming the SavedModel's ops that TF Serving cannot run.
 
     Allowed: :func:`serving_op_allowlist` plus ``extra_allowed_ops`` (ops of a custom server
-    build). Python ops (:data:`PYTHON_OPS`) are always rejected. Returns the model's op types.
+    build). Python ops (:data:`PYTHON_OPS`) are always rejected. With `tokenizer_kind` (a key
+    of :data:`TOKENIZER_TEXT_OPS`), a missing tensorflow-text op of that tokenizer is named as
+    such. Returns the model's op types.
     """
     ops = _graph_ops(export_dir, "check_serving_ops")
     extra = set(extra_allowed_ops) - PYTHON_OPS
@@ -110,6 +133,10 @@ def check_serving_ops(
     if bad:
         python = [op for op in bad if op in PYTHON_OPS]
         hint = f"; {python} come from tf.py_function/tf.numpy_function" if python else ""
+        tokenizer = sorted(set(bad) & TOKENIZER_TEXT_OPS.get(tokenizer_kind or "", frozenset()))
+        if tokenizer:
+            hint += (f"; {tokenizer} are tensorflow-text ops of the {tokenizer_kind} tokenizer: "
+                     "install tensorflow-text for this TensorFlow version")
         raise ExportError(
             expected(
                 f"only ops TF Serving can run ({SERVING_OPS_NOTE}{hint})",

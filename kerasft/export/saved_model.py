@@ -45,7 +45,7 @@ import numpy as np
 
 from kerasft.errors import ExportError, expected
 from kerasft.export.check import TOLERANCE  # one tolerance: loader vs loader, export vs model
-from kerasft.export.op_check import check_serving_ops
+from kerasft.export.op_check import check_serving_ops, text_ops
 from kerasft.export.warmup import as_bytes, png_pixels, pngs, write_warmup
 from kerasft.io import publish_dir
 
@@ -296,8 +296,10 @@ def export_saved_model(
                                                    {"encoding": "utf-8"})) as f:
                 f.write(content)
         if check_ops:
-            ops = check_serving_ops(tmp)
-            log(f"op check: {len(ops)} op types, all run by TF Serving's standard build")
+            ops = check_serving_ops(tmp, tokenizer_kind=backbone.info.get("tokenizer"))
+            needs = text_ops(ops)
+            log(f"op check: {len(ops)} op types, all run by TF Serving's standard build"
+                + (f" (tensorflow-text ops: {', '.join(needs)})" if needs else ""))
         if warmup:
             count = write_warmup(tmp, name, backbone, sample_inputs)
             log(f"warmup: {count} requests in assets.extra/tf_serving_warmup_requests")

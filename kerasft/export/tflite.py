@@ -15,7 +15,8 @@ What the graph holds:
   Input ``image``: float32 ``[batch, height, width, 3]``, pixels 0..255 at a fixed size (the
   backbone's input size unless ``input_size`` says otherwise; other sizes are resized in the
   graph with TFLite's RESIZE_BILINEAR). Output ``probabilities``.
-- **text models**: the tokenizer stays *outside*. KerasHub's BERT tokenizer runs TensorFlow Text
+- **text models** (``bert`` only; other KerasHub families are a one-line error): the tokenizer
+  stays *outside*. KerasHub's BERT tokenizer runs TensorFlow Text
   ops (FastWordpieceTokenizeWithOffsets, RegexSplitWithOffsets, CaseFoldUTF8, ...) that are not
   TFLite builtins; TFLite can only run them with the Flex delegate plus tensorflow-text's own
   TFLite kernels, which a mobile app does not link by default. So the TFLite model takes
@@ -376,6 +377,12 @@ def export_tflite(
                                     calibration_examples))
     model = ft.model
     backbone = ft.backbone
+    if backbone.task == "text" and backbone.name != "bert":
+        # The tokenizer stays outside the .tflite and its files are BERT's (vocab.txt, the
+        # [CLS]/[SEP] layout, three inputs); other families' tokenizers are not written yet.
+        raise ExportError(expected("a bert backbone for a TFLite text export (the SavedModel "
+                                   "export serves every KerasHub text family)", "backbone.name",
+                                   backbone.name, "export --format tflite"))
     if input_size is not None:
         if backbone.task != "image":
             raise KerasftError(expected("input_size only for image models", "input_size",

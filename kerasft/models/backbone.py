@@ -43,7 +43,7 @@ class Backbone:
         name: registry name.
         task: "image" or "text".
         network: the pretrained Keras model (a ``keras.applications`` model or KerasHub's
-            ``BertBackbone``); stages freeze and unfreeze its layers.
+            text backbone such as ``BertBackbone``); stages freeze and unfreeze its layers.
         inputs: Keras inputs of the classifier (one tensor for images, a dict for text).
         features: pooled feature tensor the head is built on.
         preprocess: batch function raw inputs → model inputs, used by tf.data and by the export

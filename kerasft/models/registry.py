@@ -6,7 +6,8 @@ model registry; every entry is built through the same keywords. Importing this m
 the built-in entries:
 
 - kerasft/models/keras_applications.py: every ``keras.applications`` model.
-- kerasft/models/keras_hub.py: ``bert``, KerasHub's ``BertBackbone``.
+- kerasft/models/keras_hub.py: every KerasHub text family with a text-classifier task
+  (``bert``, ``distil_bert``, ``roberta``, ... one data table, one builder) and ``auto``.
 - kerasft/models/keras_hub_images.py: ``hub_vit``, ``hub_resnet``, ... (KerasHub image families).
 
 To add a backbone, write a builder ``(BackboneConfig, pooling) -> Backbone`` (an image network is
