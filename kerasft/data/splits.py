@@ -19,6 +19,11 @@ Each reader (:mod:`kerasft.data.sources`, :mod:`kerasft.data.datasets`,
 3. **Cap**: ``data.max_examples`` caps each split after splitting with a stratified, seeded
    sample (class proportions kept); the kept examples stay in their original order.
 
+Regression (``head.task: regression``, or unset and :func:`looks_like_regression`): the labels
+are float targets, one per example (``class_names`` is ``["value"]``, the export's output name);
+nothing is stratified (the splits and the cap are seeded random samples) and the report gives
+each split's target mean / std / min / max instead of class counts.
+
 Integer labels are class ids 0..K-1 (:func:`integer_class_names`, :func:`check_integer_labels`).
 :func:`fingerprint` identifies a run's data; :func:`log_report` prints what was read, skipped and
 split.
@@ -47,7 +52,8 @@ class Split:
     """One split: unbatched ``(x, y)`` elements and their labels in the same order.
 
     ``x`` is a scalar ``tf.string`` (text) or a ``uint8`` ``[h, w, 3]`` image of any size; ``y`` is
-    an ``int32`` class id, or a ``float32`` multi-hot ``[num_classes]`` vector when multi-label.
+    an ``int32`` class id, a ``float32`` multi-hot ``[num_classes]`` vector when multi-label, or a
+    ``float32`` target for regression.
     """
 
     dataset: tf.data.Dataset
@@ -67,6 +73,7 @@ class DataSplits:
     validation: Split | None
     test: Split | None
     report: dict = field(default_factory=dict)
+    regression: bool = False
 
 
 @dataclass
@@ -100,6 +107,50 @@ def integer_values(y: Any) -> np.ndarray | None:
         if not np.all(arr == np.round(arr)):
             return None
     return arr.astype(np.int64)
+
+
+REGRESSION_NAMES = ["value"]
+
+
+def _finite_float(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def looks_like_regression(raw: Sequence[Any]) -> bool:
+    """Whether labels read as text are regression targets when ``head.task`` is unset: every
+    label parses as a finite float and at least one is not a whole number. Whole numbers alone
+    ("1".."5" stars) stay class names: a rating scale is as often a classification task, and
+    ``head.task: regression`` says otherwise."""
+    if not raw or not all(isinstance(v, str) for v in raw):
+        return False
+    numbers = [_finite_float(v) for v in raw]
+    return all(n is not None for n in numbers) and any(not float(n).is_integer()
+                                                         for n in numbers)
+
+
+def _targets(part: Part) -> np.ndarray:
+    """A part's labels as float32 regression targets; a label that is not a finite number is an
+    error naming its line."""
+    out = np.empty(len(part.raw or []), np.float32)
+    for row, label in enumerate(part.raw or []):
+        number = _finite_float(label)
+        if number is None:
+            where = part.where if part.lines is None else f"{part.where}:{part.lines[row]}"
+            raise DataError(expected("a number (head.task is regression)", f"{part.name} label",
+                                     label, where=where))
+        out[row] = number
+    return out
+
+
+def _target_stats(y: np.ndarray) -> dict[str, float]:
+    if not len(y):
+        return {}
+    return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()),
+            "max": float(y.max())}
 
 
 def integer_class_names(y: Any) -> list[str] | None:
@@ -167,8 +218,11 @@ def fingerprint(splits: DataSplits) -> dict[str, Any]:
 def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report
-    log(f"data: source={r.get('source')} task={splits.task} classes={len(splits.class_names)}"
-        f"{' (multi-label)' if splits.multi_label else ''}")
+    if splits.regression:
+        log(f"data: source={r.get('source')} task={splits.task} regression (one float target)")
+    else:
+        log(f"data: source={r.get('source')} task={splits.task} "
+            f"classes={len(splits.class_names)}{' (multi-label)' if splits.multi_label else ''}")
     unit = {"csv": "rows", "image_folder": "image files"}.get(r.get("source"), "examples")
     for name, where in r.get("files", {}).items():
         line = f"data: {name}: {where}: {r.get('rows_read', {}).get(name, '?')} {unit} read"
@@ -200,6 +254,9 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
         log(f"data: max_examples={r['max_examples']} (stratified, seeded sample of each split)")
     sizes = r.get("sizes", {})
     log("data: sizes: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
+    for name, stats in r.get("targets", {}).items():
+        if stats:
+            log(f"data: {name} targets: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     counts = r.get("class_counts", {})
     if counts:
         names = list(sizes)
@@ -227,24 +284,37 @@ def finish(
     test_split: float | None,
     max_examples: int | None,
     report: dict[str, Any],
+    regression: bool | None = False,
 ) -> DataSplits:
     """The read parts (keyed train / validation / test) -> the vocabulary, the split, the cap
-    and the report (steps 1-3 of the module docstring)."""
+    and the report (steps 1-3 of the module docstring). `regression` None: decided from the
+    training labels (:func:`looks_like_regression`)."""
     train = parts["train"]
-    if class_names is None:
-        class_names = _vocabulary(train.raw or [], multi_label)
-    _check_class_names(class_names, train.where)
-    ids = {name: _label_ids(part, class_names, multi_label) for name, part in parts.items()}
+    if regression is None:
+        regression = not multi_label and looks_like_regression(train.raw or [])
+    if regression:
+        class_names = list(REGRESSION_NAMES)
+        ids = {name: _targets(part) for name, part in parts.items()}
+    else:
+        if class_names is None:
+            class_names = _vocabulary(train.raw or [], multi_label)
+        _check_class_names(class_names, train.where)
+        ids = {name: _label_ids(part, class_names, multi_label) for name, part in parts.items()}
     n = len(ids["train"])
     if n == 0:
         raise DataError(expected("at least one labelled example", "examples", 0,
                                  where=train.where))
-    present = _present_classes(ids["train"], class_names, multi_label)
-    if len(present) < 2:
-        raise DataError(expected("at least 2 classes in the training data", "classes", present,
-                                 where=train.where))
+    if not regression:
+        present = _present_classes(ids["train"], class_names, multi_label)
+        if len(present) < 2:
+            raise DataError(expected("at least 2 classes in the training data", "classes",
+                                     present, where=train.where))
 
-    keys = _strata(ids["train"], multi_label)
+    def strata(labels: np.ndarray) -> np.ndarray:
+        # Float targets have no classes to stratify by: one stratum, a seeded random sample.
+        return np.zeros(len(labels), np.int64) if regression else _strata(labels, multi_label)
+
+    keys = strata(ids["train"])
     selection: dict[str, tuple[str, np.ndarray]] = {}
     rest = np.arange(n)
     split_info: dict[str, str] = {}
@@ -260,7 +330,7 @@ def finish(
                 selection[name] = ("train", rest[take])
                 rest = rest[~take]
                 split_info[name] = (f"{fraction:.0%} of {train.where} "
-                                    f"(stratified, seed {seed})")
+                                    f"({'random' if regression else 'stratified'}, seed {seed})")
             else:
                 split_info[name] = f"none (too few examples for {fraction:.0%} of {train.where})"
     selection["train"] = ("train", rest)
@@ -269,7 +339,7 @@ def finish(
         report["max_examples"] = max_examples
         for step, (name, (source, idx)) in enumerate(sorted(selection.items())):
             if len(idx) > max_examples:
-                source_keys = keys if source == "train" else _strata(ids[source], multi_label)
+                source_keys = keys if source == "train" else strata(ids[source])
                 rng = np.random.default_rng([seed, 10 + step])
                 keep = _stratified_pick(source_keys[idx], max_examples, rng, keep_one=False)
                 selection[name] = (source, idx[keep])
@@ -285,9 +355,12 @@ def finish(
     report["task"] = task
     report["split"] = split_info
     report["sizes"] = {name: s.size for name, s in splits.items()}
-    report["class_counts"] = {
-        name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
-    }
+    if regression:
+        report["targets"] = {name: _target_stats(s.labels) for name, s in splits.items()}
+    else:
+        report["class_counts"] = {
+            name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
+        }
     if train.texts is not None:
         train_source, train_idx = selection["train"]
         train_texts = {parts[train_source].texts[i] for i in train_idx}
@@ -304,6 +377,7 @@ def finish(
         validation=splits.get("validation"),
         test=splits.get("test"),
         report=report,
+        regression=bool(regression),
     )
 
 

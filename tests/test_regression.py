@@ -1,0 +1,208 @@
+"""Regression heads (``head.task: regression``): config, defaults from the data, metrics, and one
+tiny BERT run end to end (CSV of float ratings -> fit -> evaluate -> export -> session loader,
+TF Serving stub and kerasft's client answer ``value`` in the targets' own units)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from kerasft.config import ConfigError, head_task, load_config, resolve_task
+from kerasft.evaluation.metrics import format_report, regression_report
+
+GOOD = ["a good movie", "great film", "i loved this book", "very nice", "it was great",
+        "liked it", "a great book", "nice film and good"]
+BAD = ["a bad movie", "awful film", "i hated this book", "very terrible", "it was bad",
+       "not good", "an awful book", "terrible film and bad"]
+
+
+def _csv(path, rows):
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "rating"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def _base(**head):
+    return {"backbone": {"name": "bert"}, "head": head,
+            "data": {"label_column": "rating"}}
+
+
+def test_head_task_aliases_contradictions_and_checks():
+    assert head_task(load_config(_base()).head) is None  # left to the data
+    assert head_task(load_config(_base(activation="sigmoid")).head) == "multi_label"
+    assert head_task(load_config(_base(task="multi_label")).head) == "multi_label"
+    assert load_config(_base(task="regression", loss="huber", huber_delta=0.5,
+                             target_scaling="standard")).head.loss == "huber"
+    for task in ("regression", "classification"):
+        with pytest.raises(ConfigError, match=rf"^head: expected head.activation softmax .* "
+                                              rf"head.task {task}; .*Received: head.task="
+                                              rf"'{task}', head.activation='sigmoid'$"):
+            load_config(_base(task=task, activation="sigmoid"))
+    with pytest.raises(ConfigError, match=r"one of classification, multi_label, regression\. "
+                                          r"Received: head.task='regresion' Did you mean "
+                                          r"'regression'\?"):
+        load_config(_base(task="regresion"))
+    with pytest.raises(ConfigError, match=r"only with head.task regression.*head.loss='huber'"):
+        load_config(_base(task="classification", loss="huber"))
+    with pytest.raises(ConfigError, match=r"one of mse, huber\. Received: head.loss='mae'"):
+        load_config(_base(task="regression", loss="mae"))
+    with pytest.raises(ConfigError, match=r"csv or arrays with head.task regression"):
+        load_config({**_base(task="regression"), "data": {"source": "image_folder"}})
+    # Monitors: regression logs loss and mae, no accuracy.
+    assert load_config(_base(task="regression"), ["training.monitor=val_mae"])
+    with pytest.raises(ConfigError, match=r"\(loss, mae, val_loss, val_mae\)\. Received: "
+                                          r"training.monitor='val_accuracy'"):
+        load_config(_base(task="regression"), ["training.monitor=val_accuracy"])
+    # Unset task: what depends on it is checked again once the data says regression.
+    cfg = load_config(_base(), ["training.monitor=val_accuracy"])
+    with pytest.raises(ConfigError, match=r"Received: training.monitor='val_accuracy'"):
+        resolve_task(cfg, regression_labels=True)
+    cfg = load_config(_base(loss="huber"))
+    with pytest.raises(ConfigError, match=r"labels read as task classification"):
+        resolve_task(cfg, regression_labels=False)
+
+
+def test_task_defaults_from_the_labels(tmp_path):
+    from kerasft.data.sources import load_data
+    from kerasft.data.splits import looks_like_regression
+
+    assert looks_like_regression(["1.5", "3", "-2e-1"])
+    assert not looks_like_regression(["1", "2", "5"])  # whole numbers: class names (stars)
+    assert not looks_like_regression(["1.5", "good"])
+    assert not looks_like_regression(["1.5", "nan"])
+
+    rows = [(f"text {i}", f"{i % 7 * 0.5:.1f}") for i in range(40)]
+    cfg = load_config({**_base(), "data": {"train": _csv(tmp_path / "r.csv", rows),
+                                           "label_column": "rating",
+                                           "validation_split": 0.25, "max_examples": 20}})
+    data = load_data(cfg.data, seed=0, regression=None)
+    assert data.regression and data.class_names == ["value"]
+    assert data.train.labels.dtype == np.float32 and data.train.size == 20
+    assert data.validation.size == 10  # no stratification over float targets: a random 25%
+    assert "random" in data.report["split"]["validation"]
+    assert set(data.report["targets"]["train"]) == {"mean", "std", "min", "max"}
+    assert resolve_task(cfg, data.regression) == "regression"
+
+    stars = [(f"text {i}", str(1 + i % 5)) for i in range(20)]
+    data = load_data(load_config({**_base(), "data": {
+        "train": _csv(tmp_path / "s.csv", stars), "label_column": "rating"}}).data, seed=0,
+        regression=None)
+    assert not data.regression and data.class_names == ["1", "2", "3", "4", "5"]
+    # A label that is not a number under head.task regression names its line.
+    bad = rows[:5] + [("text x", "n/a")]
+    with pytest.raises(Exception, match=r"b.csv:7: expected a number \(head.task is regression"
+                                        r"\)\. Received: train label='n/a'"):
+        load_data(load_config({**_base(task="regression"), "data": {
+            "train": _csv(tmp_path / "b.csv", bad), "label_column": "rating"}}).data, seed=0,
+            regression=True)
+
+
+def test_regression_metrics_match_hand_computed_values():
+    y = np.array([1.0, 2.0, 3.0, 4.0, 4.0])
+    p = np.array([1.5, 2.0, 2.0, 5.0, 3.0])
+    r = regression_report(y, p[:, None])  # [n, 1] as the model predicts
+    err = p - y
+    assert r["mae"] == pytest.approx(np.abs(err).mean())  # 0.7
+    assert r["rmse"] == pytest.approx(np.sqrt((err ** 2).mean()))
+    assert r["r2"] == pytest.approx(1 - (err ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    assert r["pearson"] == pytest.approx(np.corrcoef(y, p)[0, 1])
+    # Spearman with ties: average ranks y = [1, 2, 3, 4.5, 4.5], p = [1, 2.5, 2.5, 5, 4].
+    assert r["spearman"] == pytest.approx(np.corrcoef([1, 2, 3, 4.5, 4.5],
+                                                      [1, 2.5, 2.5, 5, 4])[0, 1])
+    constant = regression_report(np.ones(3), np.array([1.0, 2.0, 3.0]))
+    assert constant["r2"] is None and constant["pearson"] is None
+    assert "n/a (constant)" in format_report(constant)
+    assert "MAE" in format_report(r, title="t") and "Spearman" in format_report(r)
+
+
+def test_regression_head_is_linear_float32_under_mixed_precision():
+    import keras
+
+    from kerasft.models.heads import build_head_model
+
+    cfg = load_config(_base(task="regression")).head
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        head = build_head_model(4, 1, cfg, target_stats=(10.0, 2.0))
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert head.output.dtype == "float32"
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    dense = keras.Model(head.input, head.get_layer("head_predictions").output)
+    np.testing.assert_allclose(head(x).numpy(), dense(x).numpy() * 2.0 + 10.0, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_regression_end_to_end_export_answers_value_in_original_units(tmp_path):
+    from click.testing import CliRunner
+
+    from kerasft.api import FineTuner, build_finetuner
+    from kerasft.cli import main
+    from tests.bert_fixtures import write_tiny_bert_preset
+    from tests.session_loader import SessionModel
+    from tests.tf_serving_stub import TFServingStub
+
+    rng = np.random.default_rng(0)
+    # Ratings far from 0 (mean ~60): only a head that undoes the scaling answers near them.
+    rows = ([(t, f"{80 + rng.normal(0, 3):.2f}") for t in GOOD] * 2
+            + [(t, f"{40 + rng.normal(0, 3):.2f}") for t in BAD] * 2)
+    train = _csv(tmp_path / "train.csv", rows)
+    test = _csv(tmp_path / "test.csv", rows[::4])
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    ft = build_finetuner({
+        "name": "tinyreg", "seed": 1,
+        "backbone": {"name": "bert", "preset": preset, "sequence_length": 16},
+        "head": {"target_scaling": "standard", "loss": "huber"},  # task from the data
+        "data": {"source": "csv", "train": train, "test": test, "label_column": "rating",
+                 "validation_split": 0.25, "batch_size": 8},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 0.01}],
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",
+                     "mixed_precision": "none"},
+        "output_dir": str(tmp_path / "runs"), "export": {"dir": str(tmp_path / "saved")},
+    }, log=lambda s: None)
+    summary = ft.fit()
+    assert ft.config.head.task == "regression"  # resolved from the float ratings
+    assert set(summary["stages"][0]["final_logs"]) >= {"loss", "mae", "val_loss", "val_mae"}
+    train_y = ft.data.train.labels
+    assert ft.target_stats == pytest.approx((train_y.mean(), train_y.std()), rel=1e-5)
+    metrics = json.loads((ft.run_dir / "metrics.json").read_text())
+    assert metrics["task"] == "regression" and metrics["split"] == "test"
+    assert {"mae", "rmse", "r2", "pearson", "spearman"} <= set(metrics)
+    assert "accuracy" not in metrics and "RMSE" in (ft.run_dir / "metrics.txt").read_text()
+
+    texts = ["a great movie", "terrible and awful", "", "unknownword zzz"]
+    values = ft.predict(texts)
+    assert values.shape == (4,) and values.dtype == np.float32
+    assert np.all(np.abs(values - 60) < 40)  # original units, not standardised ones
+
+    # verify=False: the fresh-process export check costs a TensorFlow start-up; the session
+    # loader below and the stub (which replays the warmup file at load) check the same things.
+    path = ft.export(verify=False)
+    assert (path / "assets.extra" / "tf_serving_warmup_requests").is_file()
+    extras = path / "assets.extra"
+    assert not (extras / "labels.txt").exists()
+    assert json.loads((extras / "targets.json").read_text())["mean"] == pytest.approx(
+        ft.target_stats[0])
+    card = (extras / "README.md").read_text()
+    assert "regression" in card and "`value`" in card and "| rmse |" in card
+    with SessionModel(path) as session:
+        assert set(session.signatures["serving_default"].outputs) == {"value"}
+        out = session.run("serving_default", text=np.array(texts, dtype=object))
+    assert out["value"].dtype == np.float32 and out["value"].shape == (4,)
+    np.testing.assert_allclose(out["value"], values, rtol=1e-5)
+
+    with TFServingStub(tmp_path / "saved" / "tinyreg", model_name="tinyreg") as stub:
+        result = CliRunner().invoke(main, ["predict", "--server", stub.url, "--model",
+                                           "tinyreg", "--text", texts[0], "--text", texts[1]])
+    assert result.exit_code == 0, result.output
+    served = [float(line.split("\t")[0]) for line in result.output.strip().splitlines()]
+    np.testing.assert_allclose(served, values[:2], rtol=1e-3)
+
+    again = FineTuner.from_run(ft.run_dir, log=lambda s: None)  # targets.json restores scaling
+    np.testing.assert_allclose(again.predict(texts), values, rtol=1e-5)
