@@ -345,16 +345,21 @@ class FineTuner:
             self._write_fingerprint(data)  # resume checked the data is the run's
         return checkpoint
 
-    def _write_targets(self, folder: Path) -> None:
+    def _targets_json(self) -> str | None:
         """``targets.json`` (regression with target scaling): the mean / std the head's
-        rescaling layer holds, which :meth:`from_run` rebuilds it with."""
+        rescaling layer holds, which :meth:`from_run` rebuilds it with; None without scaling."""
         if self.target_stats is None:
-            return
+            return None
         import json
 
         mean, std = self.target_stats
-        atomic_write(folder / TARGETS_FILE, json.dumps(
-            {"target_scaling": "standard", "mean": mean, "std": std}, indent=1) + "\n")
+        return json.dumps({"target_scaling": "standard", "mean": mean, "std": std},
+                          indent=1) + "\n"
+
+    def _write_targets(self, folder: Path) -> None:
+        text = self._targets_json()
+        if text is not None:
+            atomic_write(folder / TARGETS_FILE, text)
 
     def _write_fingerprint(self, data: Any) -> None:
         import json
@@ -820,11 +825,7 @@ class FineTuner:
         model, backbone = self._serving_model()
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
         if self.target_stats is not None:
-            import json
-
-            extra[TARGETS_FILE] = json.dumps({"target_scaling": "standard",
-                                              "mean": self.target_stats[0],
-                                              "std": self.target_stats[1]}, indent=1) + "\n"
+            extra[TARGETS_FILE] = self._targets_json()
         if self.metrics is not None:
             import json
 

@@ -69,7 +69,7 @@ def test_head_task_aliases_contradictions_and_checks():
 
 def test_task_defaults_from_the_labels(tmp_path):
     from kerasft.data.sources import load_data
-    from kerasft.data.splits import looks_like_regression
+    from kerasft.data.targets import looks_like_regression
 
     assert looks_like_regression(["1.5", "3", "-2e-1"])
     assert not looks_like_regression(["1", "2", "5"])  # whole numbers: class names (stars)
@@ -136,6 +136,45 @@ def test_regression_head_is_linear_float32_under_mixed_precision():
     x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
     dense = keras.Model(head.input, head.get_layer("head_predictions").output)
     np.testing.assert_allclose(head(x).numpy(), dense(x).numpy() * 2.0 + 10.0, rtol=1e-6)
+
+
+def test_regression_export_check_and_client_read_value():
+    from kerasft.errors import ExportError, KerasftError
+    from kerasft.export.saved_model import (
+        CheckResult,
+        OutputSpec,
+        compare_with_model,
+        signature_outputs,
+    )
+    from kerasft.serving.client import _rows_from_grpc, _rows_from_rest, format_rows
+
+    spec = OutputSpec(("value",), task="regression")
+    assert signature_outputs(spec.task) == ("value",) and spec.main_output == "value"
+    reference = np.array([[61.5], [40.25]], np.float32)  # the Keras model's [n, 1]
+    result = CheckResult(answers={"serving_default/value": reference[:, 0] + 1e-4})
+    assert compare_with_model("x", result, {"serving_default": reference}, "value") < 1e-5
+    result.answers["serving_default/value"] = reference[:, 0] + 0.1
+    with pytest.raises(ExportError, match="expected the export .* to match the in-memory"):
+        compare_with_model("x", result, {"serving_default": reference}, "value")
+
+    # TF Serving's row format writes a single output's values bare; gRPC keeps the name.
+    rows = _rows_from_rest({"predictions": [61.5, 40.25]}, 2, "w")
+    assert rows == [{"value": 61.5}, {"value": 40.25}]
+    assert _rows_from_grpc({"value": np.array([61.5, 40.25])}, 2, "w") == rows
+    assert format_rows(["good", "bad"], rows) == ["61.5\tgood", "40.25\tbad"]
+    with pytest.raises(KerasftError, match="a TF Serving answer with 3 predictions"):
+        _rows_from_rest({"predictions": [1.0, 2.0]}, 3, "w")
+
+
+def test_regression_refuses_arrays_for_now():
+    from kerasft.api import build_finetuner
+    from kerasft.errors import KerasftError
+
+    ft = build_finetuner({**_base(task="regression"), "data": {"source": "arrays"}},
+                         log=lambda s: None)
+    with pytest.raises(KerasftError, match=r"data from config.data \(a CSV\) for head.task "
+                                           r"regression\. Received: fit x="):
+        ft.plan(np.array(["a", "b"]), np.array([1.5, 2.5]))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ Each reader (:mod:`kerasft.data.sources`, :mod:`kerasft.data.datasets`,
 3. **Cap**: ``data.max_examples`` caps each split after splitting with a stratified, seeded
    sample (class proportions kept); the kept examples stay in their original order.
 
-Regression (``head.task: regression``, or unset and :func:`looks_like_regression`): the labels
+Regression (``head.task: regression``, or unset and ``targets.looks_like_regression``): the labels
 are float targets, one per example (``class_names`` is ``["value"]``, the export's output name);
 nothing is stratified (the splits and the cap are seeded random samples) and the report gives
 each split's target mean / std / min / max instead of class counts.
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kerasft.data.targets import REGRESSION_NAMES, looks_like_regression, target_stats, targets
 from kerasft.errors import DataError, expected
 
 DEFAULT_VALIDATION_SPLIT = 0.1
@@ -107,50 +108,6 @@ def integer_values(y: Any) -> np.ndarray | None:
         if not np.all(arr == np.round(arr)):
             return None
     return arr.astype(np.int64)
-
-
-REGRESSION_NAMES = ["value"]
-
-
-def _finite_float(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
-
-
-def looks_like_regression(raw: Sequence[Any]) -> bool:
-    """Whether labels read as text are regression targets when ``head.task`` is unset: every
-    label parses as a finite float and at least one is not a whole number. Whole numbers alone
-    ("1".."5" stars) stay class names: a rating scale is as often a classification task, and
-    ``head.task: regression`` says otherwise."""
-    if not raw or not all(isinstance(v, str) for v in raw):
-        return False
-    numbers = [_finite_float(v) for v in raw]
-    return all(n is not None for n in numbers) and any(not float(n).is_integer()
-                                                         for n in numbers)
-
-
-def _targets(part: Part) -> np.ndarray:
-    """A part's labels as float32 regression targets; a label that is not a finite number is an
-    error naming its line."""
-    out = np.empty(len(part.raw or []), np.float32)
-    for row, label in enumerate(part.raw or []):
-        number = _finite_float(label)
-        if number is None:
-            where = part.where if part.lines is None else f"{part.where}:{part.lines[row]}"
-            raise DataError(expected("a number (head.task is regression)", f"{part.name} label",
-                                     label, where=where))
-        out[row] = number
-    return out
-
-
-def _target_stats(y: np.ndarray) -> dict[str, float]:
-    if not len(y):
-        return {}
-    return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()),
-            "max": float(y.max())}
 
 
 def integer_class_names(y: Any) -> list[str] | None:
@@ -288,13 +245,13 @@ def finish(
 ) -> DataSplits:
     """The read parts (keyed train / validation / test) -> the vocabulary, the split, the cap
     and the report (steps 1-3 of the module docstring). `regression` None: decided from the
-    training labels (:func:`looks_like_regression`)."""
+    training labels (:func:`kerasft.data.targets.looks_like_regression`)."""
     train = parts["train"]
     if regression is None:
         regression = not multi_label and looks_like_regression(train.raw or [])
     if regression:
         class_names = list(REGRESSION_NAMES)
-        ids = {name: _targets(part) for name, part in parts.items()}
+        ids = {name: targets(part) for name, part in parts.items()}
     else:
         if class_names is None:
             class_names = _vocabulary(train.raw or [], multi_label)
@@ -356,7 +313,7 @@ def finish(
     report["split"] = split_info
     report["sizes"] = {name: s.size for name, s in splits.items()}
     if regression:
-        report["targets"] = {name: _target_stats(s.labels) for name, s in splits.items()}
+        report["targets"] = {name: target_stats(s.labels) for name, s in splits.items()}
     else:
         report["class_counts"] = {
             name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
