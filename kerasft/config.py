@@ -452,8 +452,15 @@ def resolve_batch_norm(stage: StageConfig, weights: str, key: str = "stage") -> 
 def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config.yaml in today's form: folders written before ``batch_norm`` existed
     hold ``train_bn`` only, which maps as the alias does (the old ``train_bn: false`` run had BN
-    frozen in inference mode, as ``batch_norm: frozen`` has)."""
+    frozen in inference mode, as ``batch_norm: frozen`` has); folders written before
+    ``head.task`` get the task their activation meant and the regression keys' defaults."""
     data = copy.deepcopy(data)
+    head = data.get("head")
+    if isinstance(head, dict) and "task" not in head:
+        # Before head.task, the activation chose the head, and there was no regression.
+        head["task"] = "multi_label" if head.get("activation") == "sigmoid" else "classification"
+        for key in ("loss", "huber_delta", "target_scaling"):
+            head.setdefault(key, getattr(HeadConfig, key))
     for stage in data.get("stages") or []:
         if isinstance(stage, dict) and "batch_norm" not in stage and "train_bn" in stage:
             train_bn = stage.pop("train_bn")

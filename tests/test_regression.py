@@ -67,6 +67,20 @@ def test_head_task_aliases_contradictions_and_checks():
         resolve_task(cfg, regression_labels=False)
 
 
+def test_runs_saved_before_head_task_resume_without_differences():
+    from kerasft.config import upgrade_saved_config
+    from kerasft.training.checkpoints import config_differences
+
+    for activation, task in (("softmax", "classification"), ("sigmoid", "multi_label")):
+        cfg = load_config(_base(activation=activation))
+        resolve_task(cfg, regression_labels=False)  # what a run writes to its config.yaml
+        saved = cfg.to_dict()
+        for key in ("task", "loss", "huber_delta", "target_scaling"):  # an older run folder
+            del saved["head"][key]
+        assert cfg.head.task == task
+        assert config_differences(upgrade_saved_config(saved), cfg.to_dict()) == []
+
+
 def test_task_defaults_from_the_labels(tmp_path):
     from kerasft.data.sources import load_data
     from kerasft.data.targets import looks_like_regression
@@ -76,7 +90,8 @@ def test_task_defaults_from_the_labels(tmp_path):
     assert not looks_like_regression(["1.5", "good"])
     assert not looks_like_regression(["1.5", "nan"])
 
-    rows = [(f"text {i}", f"{i % 7 * 0.5:.1f}") for i in range(40)]
+    rows = [(f"text {i}", f"{i % 7 * 0.5:.1f}") for i in range(38)]
+    rows += [("text 0", "0.0"), ("text 1", "2.5")]  # a repeat, and a repeat with another target
     cfg = load_config({**_base(), "data": {"train": _csv(tmp_path / "r.csv", rows),
                                            "label_column": "rating",
                                            "validation_split": 0.25, "max_examples": 20}})
@@ -86,6 +101,8 @@ def test_task_defaults_from_the_labels(tmp_path):
     assert data.validation.size == 10  # no stratification over float targets: a random 25%
     assert "random" in data.report["split"]["validation"]
     assert set(data.report["targets"]["train"]) == {"mean", "std", "min", "max"}
+    assert data.report["duplicates"]["train"] == {"count": 2, "conflicting": 1,
+                                                  "examples": [40, 41]}
     assert resolve_task(cfg, data.regression) == "regression"
 
     stars = [(f"text {i}", str(1 + i % 5)) for i in range(20)]
@@ -230,6 +247,14 @@ def test_regression_end_to_end_export_answers_value_in_original_units(tmp_path):
         ft.target_stats[0])
     card = (extras / "README.md").read_text()
     assert "regression" in card and "`value`" in card and "| rmse |" in card
+    # kerasft's export check, in this process: session loader, warmup replay, object loader.
+    from kerasft.export.check import check
+    from kerasft.export.saved_model import CheckResult, compare_with_model
+
+    answers = check(str(path), {"serving_default/text": np.array(texts, dtype=object)})
+    assert set(answers) == {"serving_default/value"}
+    assert compare_with_model(path, CheckResult(answers=answers),
+                              {"serving_default": values}, "value") <= 1e-5
     with SessionModel(path) as session:
         assert set(session.signatures["serving_default"].outputs) == {"value"}
         out = session.run("serving_default", text=np.array(texts, dtype=object))
@@ -242,6 +267,9 @@ def test_regression_end_to_end_export_answers_value_in_original_units(tmp_path):
     assert result.exit_code == 0, result.output
     served = [float(line.split("\t")[0]) for line in result.output.strip().splitlines()]
     np.testing.assert_allclose(served, values[:2], rtol=1e-3)
+    result = CliRunner().invoke(main, ["predict", str(path), "--text", texts[0]])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"{values[0]:.4g}\t{texts[0]}"
 
     again = FineTuner.from_run(ft.run_dir, log=lambda s: None)  # targets.json restores scaling
     np.testing.assert_allclose(again.predict(texts), values, rtol=1e-5)
