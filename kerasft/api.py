@@ -602,7 +602,7 @@ class FineTuner:
         held_out = None
         if x is not None:
             probabilities = self.predict(x)
-            if probabilities.ndim == 1:  # one example
+            if probabilities.ndim == (0 if self.regression else 1):  # one example
                 probabilities, y = probabilities[np.newaxis], [y]
             labels = self._label_ids(y)
             split_name, suffix = "given data", "-given"
