@@ -245,7 +245,7 @@ def _example_requests(name: str, task: str, labels: list[str],
              "```", ""]
     if "serving_default" in signatures and task == "text":
         lines += [
-            "Texts, row format (`instances`, answer `predictions`, one object per text):", "",
+            "Texts, row format (`instances`, answer `predictions`, one entry per text):", "",
             "```sh",
             f"curl -s -X POST {url} \\",
             f"  -d '{_shell_json({'instances': texts})}'",
@@ -269,7 +269,7 @@ def _example_requests(name: str, task: str, labels: list[str],
             f"curl -s -X POST {url} \\",
             '  -d \'{"instances": [[[[255, 0, 0], [250, 10, 5]], [[245, 3, 0], [251, 0, 9]]]]}\'',
             "```", "",
-            "The answer has one object per image, with the keys below (see the bytes example "
+            "The answer has one entry per image, with the outputs below (see the bytes example "
             "for this export's own answer).", "",
         ]
     if "serving_bytes" in signatures:
