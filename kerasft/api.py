@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasft.config import Config, load_config, save_config
+from kerasft.config import Config, head_task, load_config, resolve_task, save_config
 from kerasft.errors import ExportError, KerasftError, expected
 from kerasft.io import atomic_write
 
@@ -34,6 +34,7 @@ Log = Callable[[str], None]
 
 WEIGHTS_FILE = "model.weights.h5"
 LABELS_FILE = "labels.txt"
+TARGETS_FILE = "targets.json"  # regression with head.target_scaling: the training split's stats
 DATA_FILE = "data.json"  # the fingerprint of the run's splits, checked by evaluate
 
 
@@ -73,7 +74,9 @@ class FineTuner:
         self.head: Any = None
         self._model: Any = None
         self.class_names: list[str] | None = None
-        self.multi_label = config.head.activation == "sigmoid"
+        self.multi_label = head_task(config.head) == "multi_label"
+        # (mean, std) of the training targets under head.target_scaling: standard
+        self.target_stats: tuple[float, float] | None = None
         self.data: Any = None
         self.run_dir: Path | None = None
         self.strategy_info: Any = None
@@ -117,12 +120,31 @@ class FineTuner:
                      "instead of 0.7 s, docs/BENCHMARKS.md); use mixed_bfloat16 (faster on CPUs "
                      "with AVX512-BF16 or AMX) or none")
 
+    @property
+    def regression(self) -> bool:
+        return self.config.head.task == "regression"
+
     def build(self, class_names: list[str]) -> Any:
-        """Builds backbone + head for `class_names` inside the strategy scope; returns the model."""
-        if len(class_names) < 2:
+        """Builds backbone + head for `class_names` inside the strategy scope; returns the model.
+
+        Regression: `class_names` names the targets (``["value"]``); with
+        ``head.target_scaling: standard`` the training split's mean / std (or
+        :attr:`target_stats`, set from a run folder) go into the head.
+        """
+        if self.config.head.task is None:
+            resolve_task(self.config, False)  # built before any data was read: classification
+        if len(class_names) < (1 if self.regression else 2):
             raise KerasftError(expected("at least 2 classes", "labels", class_names))
         self._prepare_runtime()
         self.class_names = [str(c) for c in class_names]
+        if self.regression and self.config.head.target_scaling == "standard" \
+                and self.target_stats is None:
+            if self.data is None:
+                raise KerasftError(expected("training data to compute the target mean / std "
+                                            "from (head.target_scaling: standard)", "data", None))
+            y = np.asarray(self.data.train.labels, np.float64)
+            std = float(y.std())
+            self.target_stats = (float(y.mean()), std if std > 0 else 1.0)
         with self.strategy_info.strategy.scope():
             self.backbone, self.head, self._model = self._assemble(self.config.backbone)
         return self._model
@@ -136,7 +158,7 @@ class FineTuner:
 
         backbone = build_backbone(backbone_cfg, self.config.head.pooling)
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
-                                self.config.head)
+                                self.config.head, self.target_stats)
         model = keras.Model(backbone.inputs, head(backbone.features),
                             name=f"kerasft_{self.config.name}")
         return backbone, head, model
@@ -157,7 +179,10 @@ class FineTuner:
         if not self.config.data.train:
             raise KerasftError(expected("a path (or tfds split) for the training data, or arrays "
                                         "passed to fit()", "data.train", None))
-        data = load_data(self.config.data, seed=self.config.seed, multi_label=self.multi_label)
+        task = head_task(self.config.head)
+        data = load_data(self.config.data, seed=self.config.seed, multi_label=self.multi_label,
+                         regression=None if task is None else task == "regression")
+        resolve_task(self.config, data.regression)
         if report:
             log_report(data, self.log)
         return data
@@ -170,6 +195,10 @@ class FineTuner:
 
         if x is None:
             return self.data if self.data is not None else self.load_data()
+        if self.regression:
+            raise KerasftError(expected("data from config.data (a CSV) for head.task regression",
+                                        "fit x", type(x).__name__))
+        resolve_task(self.config, False)
         if isinstance(x, tf.data.Dataset):
             if self.class_names is None:
                 raise KerasftError(
@@ -301,6 +330,7 @@ class FineTuner:
             self.log.path = self.run_dir / "train.log"
             save_config(self.config, self.run_dir / "config.yaml")
             atomic_write(self.run_dir / LABELS_FILE, "\n".join(self.class_names) + "\n")
+            self._write_targets(self.run_dir)
             self._write_fingerprint(data)
             if not self.config.training.checkpoint_every_epoch:
                 return None
@@ -332,6 +362,22 @@ class FineTuner:
         if not (self.run_dir / DATA_FILE).is_file():  # a run from before data.json existed
             self._write_fingerprint(data)  # resume checked the data is the run's
         return checkpoint
+
+    def _targets_json(self) -> str | None:
+        """``targets.json`` (regression with target scaling): the mean / std the head's
+        rescaling layer holds, which :meth:`from_run` rebuilds it with; None without scaling."""
+        if self.target_stats is None:
+            return None
+        import json
+
+        mean, std = self.target_stats
+        return json.dumps({"target_scaling": "standard", "mean": mean, "std": std},
+                          indent=1) + "\n"
+
+    def _write_targets(self, folder: Path) -> None:
+        text = self._targets_json()
+        if text is not None:
+            atomic_write(folder / TARGETS_FILE, text)
 
     def _write_fingerprint(self, data: Any) -> None:
         import json
@@ -412,7 +458,7 @@ class FineTuner:
         if data.task != self.backbone.task:
             raise KerasftError(expected(f"{self.backbone.task} data for backbone "
                                         f"{self.backbone.name}", "data task", data.task))
-        from kerasft.data.splits import class_weight_line, class_weights
+        from kerasft.data.class_weights import class_weight_line, class_weights
         from kerasft.training.stages import check_stages
 
         check_stages(self.backbone, self.config)
@@ -444,7 +490,10 @@ class FineTuner:
         info = self.backbone.info
         self.log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
                  f"{info.get('parameters', 0):,} parameters, pooling {info.get('pooling')}), "
-                 f"{len(self.class_names)} classes")
+                 + ("regression" + (f" (targets standardised: mean {self.target_stats[0]:.4g}, "
+                                    f"std {self.target_stats[1]:.4g})" if self.target_stats
+                                    else "") if self.regression
+                    else f"{len(self.class_names)} classes"))
         def train_ds(start_epoch: int) -> Any:  # epoch-keyed: resumed runs see the same orders
             return self._pipeline(data.train, training=True, start_epoch=start_epoch)
 
@@ -576,13 +625,15 @@ class FineTuner:
             classification_report,
             format_report,
             plot_confusion_matrix,
+            plot_predictions,
+            regression_report,
             write_json,
         )
 
         held_out = None
         if x is not None:
             probabilities = self.predict(x)
-            if probabilities.ndim == 1:  # one example
+            if probabilities.ndim == (0 if self.regression else 1):  # one example
                 probabilities, y = probabilities[np.newaxis], [y]
             labels = self._label_ids(y)
             split_name, suffix = "given data", "-given"
@@ -599,9 +650,12 @@ class FineTuner:
             probabilities = self._predict_split(self.model, chosen)
             labels = chosen.labels
             suffix = "" if split_name == held_out else f"-{split_name}"
-        report = classification_report(labels, probabilities, self.class_names,
-                                       multi_label=self.multi_label,
-                                       threshold=self.config.head.threshold)
+        if self.regression:
+            report = regression_report(labels, probabilities)
+        else:
+            report = classification_report(labels, probabilities, self.class_names,
+                                           multi_label=self.multi_label,
+                                           threshold=self.config.head.threshold)
         report["split"] = split_name
         if split_name == held_out:
             self.metrics = report
@@ -611,9 +665,14 @@ class FineTuner:
             write_json(report, self.run_dir / f"metrics{suffix}.json")
             atomic_write(self.run_dir / f"metrics{suffix}.txt", format_report(report) + "\n",
                          durable=False)
-            image = self.run_dir / f"confusion_matrix{suffix}.png"
-            if plot_confusion_matrix(report, image):
-                self.log(f"confusion matrix: {image}")
+            if self.regression:
+                image = self.run_dir / f"predictions_vs_true{suffix}.png"
+                if plot_predictions(labels, probabilities, report, image):
+                    self.log(f"predicted vs true: {image}")
+            else:
+                image = self.run_dir / f"confusion_matrix{suffix}.png"
+                if plot_confusion_matrix(report, image):
+                    self.log(f"confusion matrix: {image}")
         return report
 
     def _check_fingerprint(self, split_name: str, split: Any) -> None:
@@ -645,6 +704,13 @@ class FineTuner:
         """`y` as class ids: label names are looked up, integers are ids (as in fit)."""
         from kerasft.data.splits import check_integer_labels, integer_values
 
+        if self.regression:
+            try:
+                return np.asarray(y, np.float64).reshape(-1)
+            except ValueError:
+                raise KerasftError(expected("numbers (head.task is regression)", "y",
+                                            np.asarray(y).ravel()[:5].tolist(),
+                                            where="evaluate")) from None
         y = np.asarray(y)
         if self.multi_label:
             return y
@@ -741,6 +807,8 @@ class FineTuner:
             if padded is not labelled:
                 ds = padded
         probabilities = np.asarray(model.predict(ds, verbose=0))[:count]
+        if self.regression and probabilities.ndim == 2 and probabilities.shape[1] == 1:
+            probabilities = probabilities[:, 0]  # one target: [n], as the export's `value`
         if not return_labels:
             return probabilities[0] if single else probabilities
         labels = self._labels_of(probabilities)
@@ -749,6 +817,8 @@ class FineTuner:
     def _labels_of(self, probabilities: np.ndarray) -> list[Any]:
         """Class names per row: the argmax, or (multi-label) every class above the threshold."""
         names = self.class_names
+        if self.regression:
+            return [row.tolist() for row in probabilities]
         if self.multi_label:
             threshold = float(getattr(self.config.head, "threshold", 0.5))
             return [[names[j] for j in np.flatnonzero(row > threshold)] for row in probabilities]
@@ -785,6 +855,8 @@ class FineTuner:
 
         model, backbone = self._serving_model()
         extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
+        if self.target_stats is not None:
+            extra[TARGETS_FILE] = self._targets_json()
         if self.metrics is not None:
             import json
 
@@ -807,7 +879,8 @@ class FineTuner:
                 log=self.log,
                 outputs=OutputSpec(tuple(self.class_names), multi_label=self.multi_label,
                                    threshold=self.config.head.threshold,
-                                   separator=self.config.data.label_separator),
+                                   separator=self.config.data.label_separator,
+                                   task=self.config.head.task or "classification"),
             )
         if target.temporary:
             self.log(f"this worker's export copy was removed; the chief writes {target.path}")
@@ -863,6 +936,11 @@ class FineTuner:
         # The trained weights replace the pretrained ones: no download needed to rebuild.
         config.backbone.weights = "none"
         ft = cls(config, log=log)
+        if (run_dir / TARGETS_FILE).is_file():
+            import json
+
+            stats = json.loads((run_dir / TARGETS_FILE).read_text(encoding="utf-8"))
+            ft.target_stats = (float(stats["mean"]), float(stats["std"]))
         labels = (run_dir / LABELS_FILE).read_text(encoding="utf-8").splitlines()
         ft.build(labels)
         ft._model.load_weights(run_dir / weights)

@@ -36,6 +36,10 @@ PRETRAINED = "pretrained"
 WEIGHTS_ALIASES = {"imagenet": PRETRAINED}
 BACKBONE_WEIGHTS = (PRETRAINED, *WEIGHTS_ALIASES, "none")
 HEAD_ACTIVATIONS = ("softmax", "sigmoid")
+# What the head predicts. token_classification is not listed until it exists.
+HEAD_TASKS = ("classification", "multi_label", "regression")
+HEAD_LOSSES = ("mse", "huber")
+TARGET_SCALINGS = ("none", "standard")
 HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
 DATA_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder", "tfds", "arrays")
 #: Sources whose data.train / validation / test are paths (relative to the YAML's folder).
@@ -62,14 +66,20 @@ class BackboneConfig:
 
 @dataclass
 class HeadConfig:
-    """The new classification head."""
+    """The new head: classification (softmax), multi-label (sigmoid) or regression (linear)."""
 
     hidden_units: list[int] = field(default_factory=list)
     dropout: float = 0.1
     l2: float = 0.0
-    activation: str = "softmax"
+    # None = from activation (sigmoid: multi_label) and the data (resolve_task); a run writes
+    # the resolved task here, so its config.yaml says which head ran.
+    task: str | None = None
+    activation: str = "softmax"  # sigmoid: the older spelling of task multi_label
     pooling: str = "auto"
     threshold: float = 0.5
+    loss: str = "mse"  # regression only
+    huber_delta: float = 1.0
+    target_scaling: str = "none"  # regression only: standard = mean/std of the training split
 
 
 @dataclass
@@ -381,16 +391,47 @@ def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
     )
 
 
-def logged_metrics(activation: str) -> list[str]:
-    """What ``model.fit`` logs each epoch for a head with `activation` (kerasft.training.stages.
-    make_metrics), with the ``val_`` names a run with a validation split adds."""
-    names = ["loss", "accuracy"] + (["auc"] if activation == "sigmoid" else [])
+def head_task(head: HeadConfig) -> str | None:
+    """The head's task: ``head.task`` or, unset, multi_label for ``activation: sigmoid``; None
+    when it is left to the data (:func:`resolve_task`)."""
+    if head.task is not None:
+        return head.task
+    return "multi_label" if head.activation == "sigmoid" else None
+
+
+def resolve_task(cfg: Config, regression_labels: bool) -> str:
+    """Writes the head's task into `cfg` once the labels are read: regression when
+    ``head.task`` is unset and the reader found regression labels
+    (kerasft.data.splits.looks_like_regression), else :func:`head_task` or classification; then
+    checks what depends on it (regression-only keys, monitors). Returns the task."""
+    h = cfg.head
+    h.task = head_task(h) or ("regression" if regression_labels else "classification")
+    if h.task != "regression" and (h.loss != "mse" or h.target_scaling != "none"):
+        raise ConfigError(
+            f"head: expected head.loss and head.target_scaling only with head.task regression "
+            f"(the labels read as task {h.task}). Received: head.loss={h.loss!r}, "
+            f"head.target_scaling={h.target_scaling!r}")
+    for i, s in enumerate(cfg.stages):
+        _check_monitor(s.early_stopping.monitor, h.task, f"stages[{i}].early_stopping.monitor")
+        if h.task == "regression" and s.label_smoothing:
+            raise ConfigError(expected("0 with head.task regression (no classes to smooth)",
+                                       f"stages[{i}].label_smoothing", s.label_smoothing))
+    _check_monitor(cfg.training.monitor, h.task, "training.monitor")
+    return h.task
+
+
+def logged_metrics(task: str | None) -> list[str]:
+    """What ``model.fit`` logs each epoch for a head of `task` (kerasft.training.stages.
+    make_metrics), with the ``val_`` names a run with a validation split adds. `task` None (left
+    to the data) is checked as classification, and again by :func:`resolve_task`."""
+    names = {"multi_label": ["loss", "accuracy", "auc"],
+             "regression": ["loss", "mae"]}.get(task or "", ["loss", "accuracy"])
     return names + [f"val_{n}" for n in names]
 
 
-def _check_monitor(value: str, activation: str, key: str) -> None:
+def _check_monitor(value: str, task: str | None, key: str) -> None:
     # A monitor that is never logged silently disables best-weight restore / early stopping.
-    names = logged_metrics(activation)
+    names = logged_metrics(task)
     if value not in names:
         raise ConfigError(expected(f"a metric the run logs ({', '.join(names)})", key, value)
                           + _did_you_mean(value, names))
@@ -435,8 +476,15 @@ def resolve_batch_norm(stage: StageConfig, weights: str, key: str = "stage") -> 
 def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config.yaml in today's form: folders written before ``batch_norm`` existed
     hold ``train_bn`` only, which maps as the alias does (the old ``train_bn: false`` run had BN
-    frozen in inference mode, as ``batch_norm: frozen`` has)."""
+    frozen in inference mode, as ``batch_norm: frozen`` has); folders written before
+    ``head.task`` get the task their activation meant and the regression keys' defaults."""
     data = copy.deepcopy(data)
+    head = data.get("head")
+    if isinstance(head, dict) and "task" not in head:
+        # Before head.task, the activation chose the head, and there was no regression.
+        head["task"] = "multi_label" if head.get("activation") == "sigmoid" else "classification"
+        for key in ("loss", "huber_delta", "target_scaling"):
+            head.setdefault(key, getattr(HeadConfig, key))
     for stage in data.get("stages") or []:
         if isinstance(stage, dict) and "batch_norm" not in stage and "train_bn" in stage:
             train_bn = stage.pop("train_bn")
@@ -469,6 +517,22 @@ def validate(cfg: Config) -> Config:
 
     h = cfg.head
     _check_choice(h.activation, HEAD_ACTIVATIONS, "head.activation")
+    if h.task is not None:
+        _check_choice(h.task, HEAD_TASKS, "head.task")
+        if h.activation == "sigmoid" and h.task != "multi_label":
+            raise ConfigError(
+                f"head: expected head.activation softmax (the default) with head.task {h.task}; "
+                f"sigmoid means task multi_label. Received: head.task={h.task!r}, "
+                f"head.activation={h.activation!r}")
+    _check_choice(h.loss, HEAD_LOSSES, "head.loss")
+    _check_choice(h.target_scaling, TARGET_SCALINGS, "head.target_scaling")
+    _check_positive(h.huber_delta, "head.huber_delta")
+    if head_task(h) in ("classification", "multi_label") and (
+            h.loss != "mse" or h.target_scaling != "none"):
+        raise ConfigError(
+            f"head: expected head.loss and head.target_scaling only with head.task regression. "
+            f"Received: head.task={head_task(h)!r}, head.loss={h.loss!r}, "
+            f"head.target_scaling={h.target_scaling!r}")
     _check_choice(h.pooling, HEAD_POOLINGS, "head.pooling")
     if not 0.0 <= h.dropout < 1.0:
         raise ConfigError(expected("a dropout rate in [0, 1)", "head.dropout", h.dropout))
@@ -511,6 +575,12 @@ def validate(cfg: Config) -> Config:
     for aug in d.augmentation:
         _check_choice(aug, AUGMENTATIONS, f"data.augmentation.{aug}")
     _check_class_weight(d.class_weight, cfg.head.activation)
+    if h.task == "regression" and d.source not in ("csv", "arrays"):  # arrays: fit() says
+        raise ConfigError(expected("csv with head.task regression (the other sources' labels are "
+                                   "read as class names)", "data.source", d.source))
+    if h.task == "regression" and d.class_weight is not None:
+        raise ConfigError(expected("no data.class_weight with head.task regression (class "
+                                   "weights need classes)", "data.class_weight", d.class_weight))
 
     names = set()
     for i, s in enumerate(cfg.stages):
@@ -546,7 +616,7 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(expected("a number in [0, 1)", f"{key}.label_smoothing",
                                        s.label_smoothing))
         _check_positive(s.clipnorm, f"{key}.clipnorm", allow_none=True)
-        _check_monitor(s.early_stopping.monitor, cfg.head.activation,
+        _check_monitor(s.early_stopping.monitor, head_task(cfg.head),
                        f"{key}.early_stopping.monitor")
         resolve_batch_norm(s, b.weights, key)
         if s.early_stopping.patience < 0:
@@ -563,7 +633,7 @@ def validate(cfg: Config) -> Config:
     _check_positive(t.gradient_accumulation_steps, "training.gradient_accumulation_steps")
     _check_choice(t.verbose, ("auto", "bar", "epoch", "silent"), "training.verbose")
     _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
-    _check_monitor(t.monitor, cfg.head.activation, "training.monitor")
+    _check_monitor(t.monitor, head_task(cfg.head), "training.monitor")
     _check_positive(d.bucket_multiple, "data.bucket_multiple")
 
     e = cfg.export

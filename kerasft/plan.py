@@ -101,7 +101,8 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
         "drop_remainder": drop,
         "sharding": sharding_policy(kind),
         "sharding_reason": sharding_reason(source) if sharding_policy(kind) else None,
-        "data": {"source": source, "task": data.task, "classes": len(data.class_names), **sizes},
+        "data": {"source": source, "task": data.task, "classes": len(data.class_names),
+                 "regression": bool(getattr(data, "regression", False)), **sizes},
         "steps_per_epoch": steps,
         "validation_steps": math.ceil(sizes["validation"] / batch) if sizes["validation"] else 0,
         "stages": stages,
@@ -135,7 +136,9 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
         f"replicas: {rep_text}",
         f"global batch: {plan['global_batch']}, per-replica batch: {per_text}"
         + (", last partial training batch dropped" if plan["drop_remainder"] else ""),
-        f"data: {d['source']} ({d['task']}, {d['classes']} classes): train {d['train']}, "
+        f"data: {d['source']} ({d['task']}, "
+        + (f"{d['classes']} classes" if not d.get("regression") else "regression")
+        + f"): train {d['train']}, "
         f"validation {d['validation']}, test {d['test']} examples",
     ]
     precision = plan["mixed_precision"]

@@ -20,6 +20,7 @@ from kerasft.config import (
     BackboneConfig,
     Config,
     ConfigError,
+    head_task,
     load_config,
 )
 from kerasft.errors import expected
@@ -168,12 +169,17 @@ def _check_data(cfg: Config) -> list[str]:
         prepared = builder.is_prepared()
         return [f"data: tfds {cfg.data.tfds_name} "
                 + ("prepared" if prepared else "not prepared (downloaded at train time)")]
+    from kerasft.data.class_weights import class_weight_line, class_weights
     from kerasft.data.sources import load_data
-    from kerasft.data.splits import class_weight_line, class_weights
 
-    data = load_data(cfg.data, seed=cfg.seed, multi_label=cfg.head.activation == "sigmoid")
+    task = head_task(cfg.head)
+    data = load_data(cfg.data, seed=cfg.seed, multi_label=task == "multi_label",
+                     regression=None if task is None else task == "regression")
     sizes = ", ".join(f"{name} {getattr(data, name).size}"
                       for name in ("train", "validation", "test") if getattr(data, name))
+    if data.regression:
+        how = "head.task" if task else "labels are numbers, not all whole: head.task unset"
+        return [f"data: {data.task}, regression ({how}); {sizes}"]
     lines = [f"data: {data.task}, {len(data.class_names)} classes "
              f"({', '.join(data.class_names[:10])}{', ...' if len(data.class_names) > 10 else ''})"
              f"; {sizes}"]

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from kerasft.config import DataConfig, load_config
+from kerasft.data.class_weights import class_weights
 from kerasft.data.sources import load_data
-from kerasft.data.splits import class_weights
 from kerasft.errors import ConfigError, DataError
 from tests.bert_fixtures import write_tiny_bert_preset
 from tests.test_text import BAD, GOOD

@@ -58,9 +58,13 @@ def load_data(
     *,
     seed: int,
     multi_label: bool = False,
+    regression: bool | None = False,
     log: Callable[[str], None] | None = None,
 ) -> DataSplits:
     """Reads ``cfg.source`` into train / validation / test splits (see the module docstring).
+
+    `regression`: float targets (CSV only); None decides from the CSV's labels
+    (:func:`kerasft.data.splits.looks_like_regression`), other sources stay classification.
 
     `log` receives progress lines for slow steps (reading a large tfds label column); it defaults
     to this module's `logging` logger.
@@ -99,6 +103,11 @@ def load_data(
     else:
         raise DataError(expected(f"one of {FILE_SOURCES}, tfds", "data.source", cfg.source))
 
+    if cfg.source != "csv":
+        if regression:
+            raise DataError(expected("data.source csv for regression targets", "data.source",
+                                     cfg.source))
+        regression = False
     validation_split = cfg.validation_split
     if validation_split is None and not cfg.validation:
         validation_split = DEFAULT_VALIDATION_SPLIT
@@ -112,6 +121,7 @@ def load_data(
         test_split=None if cfg.test else cfg.test_split,
         max_examples=cfg.max_examples,
         report=report,
+        regression=regression,
     )
 
 

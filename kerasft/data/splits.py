@@ -19,6 +19,11 @@ Each reader (:mod:`kerasft.data.sources`, :mod:`kerasft.data.datasets`,
 3. **Cap**: ``data.max_examples`` caps each split after splitting with a stratified, seeded
    sample (class proportions kept); the kept examples stay in their original order.
 
+Regression (``head.task: regression``, or unset and ``targets.looks_like_regression``): the labels
+are float targets, one per example (``class_names`` is ``["value"]``, the export's output name);
+nothing is stratified (the splits and the cap are seeded random samples) and the report gives
+each split's target mean / std / min / max instead of class counts.
+
 Integer labels are class ids 0..K-1 (:func:`integer_class_names`, :func:`check_integer_labels`).
 :func:`fingerprint` identifies a run's data; :func:`log_report` prints what was read, skipped and
 split.
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kerasft.data.targets import REGRESSION_NAMES, looks_like_regression, target_stats, targets
 from kerasft.errors import DataError, expected
 
 DEFAULT_VALIDATION_SPLIT = 0.1
@@ -47,7 +53,8 @@ class Split:
     """One split: unbatched ``(x, y)`` elements and their labels in the same order.
 
     ``x`` is a scalar ``tf.string`` (text) or a ``uint8`` ``[h, w, 3]`` image of any size; ``y`` is
-    an ``int32`` class id, or a ``float32`` multi-hot ``[num_classes]`` vector when multi-label.
+    an ``int32`` class id, a ``float32`` multi-hot ``[num_classes]`` vector when multi-label, or a
+    ``float32`` target for regression.
     """
 
     dataset: tf.data.Dataset
@@ -67,6 +74,7 @@ class DataSplits:
     validation: Split | None
     test: Split | None
     report: dict = field(default_factory=dict)
+    regression: bool = False
 
 
 @dataclass
@@ -164,51 +172,14 @@ def fingerprint(splits: DataSplits) -> dict[str, Any]:
     return out
 
 
-def class_weights(setting: str | dict[Any, Any] | None, class_names: Sequence[str],
-                  train_labels: np.ndarray) -> dict[int, float] | None:
-    """``data.class_weight`` -> Keras's ``class_weight`` (class id -> weight), or None.
-
-    ``balanced`` is scikit-learn's ``n_samples / (n_classes * count)`` over the training split's
-    labels (classes without training examples, which never weigh a loss, get 1.0 and are not
-    counted in ``n_classes``). A mapping names labels (integer keys are read as the labels "0",
-    "1", ...); labels it leaves out weigh 1.0, as in Keras.
-    """
-    if setting is None:
-        return None
-    if setting == "balanced":
-        counts = np.bincount(np.asarray(train_labels, np.int64), minlength=len(class_names))
-        present = int((counts > 0).sum())
-        total = int(counts.sum())
-        return {i: (total / (present * int(k)) if k else 1.0) for i, k in enumerate(counts)}
-    index = {name: i for i, name in enumerate(class_names)}
-    weights = dict.fromkeys(range(len(class_names)), 1.0)
-    for label, weight in setting.items():
-        if str(label) not in index:
-            import difflib
-
-            close = difflib.get_close_matches(str(label), list(index), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise DataError(expected(f"labels of the training data (known: "
-                                     f"{known_names(list(class_names))}{hint})",
-                                     "data.class_weight label", str(label)))
-        weights[index[str(label)]] = float(weight)
-    return weights
-
-
-def class_weight_line(setting: Any, weights: dict[int, float],
-                      class_names: Sequence[str]) -> str:
-    """The log line saying which class weights fit uses."""
-    shown = ", ".join(f"{class_names[i]} {w:.4g}" for i, w in list(weights.items())[:20])
-    more = f", ... ({len(weights)} classes)" if len(weights) > 20 else ""
-    how = "balanced: n / (classes * count)" if setting == "balanced" else "given"
-    return f"data: class_weight ({how}; Keras class_weight in fit): {shown}{more}"
-
-
 def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report
-    log(f"data: source={r.get('source')} task={splits.task} classes={len(splits.class_names)}"
-        f"{' (multi-label)' if splits.multi_label else ''}")
+    if splits.regression:
+        log(f"data: source={r.get('source')} task={splits.task} regression (one float target)")
+    else:
+        log(f"data: source={r.get('source')} task={splits.task} "
+            f"classes={len(splits.class_names)}{' (multi-label)' if splits.multi_label else ''}")
     unit = {"csv": "rows", "jsonl": "lines", "parquet": "rows", "text_folder": "text files",
             "image_folder": "image files"}.get(r.get("source"), "examples")
     seen = {"parquet": "rows", "text_folder": "files"}.get(r.get("source"), "lines")
@@ -243,6 +214,9 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
         log(f"data: max_examples={r['max_examples']} (stratified, seeded sample of each split)")
     sizes = r.get("sizes", {})
     log("data: sizes: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
+    for name, stats in r.get("targets", {}).items():
+        if stats:
+            log(f"data: {name} targets: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
     counts = r.get("class_counts", {})
     weights = (r.get("class_weight") or {}).get("weights")
     if counts:
@@ -273,24 +247,37 @@ def finish(
     test_split: float | None,
     max_examples: int | None,
     report: dict[str, Any],
+    regression: bool | None = False,
 ) -> DataSplits:
     """The read parts (keyed train / validation / test) -> the vocabulary, the split, the cap
-    and the report (steps 1-3 of the module docstring)."""
+    and the report (steps 1-3 of the module docstring). `regression` None: decided from the
+    training labels (:func:`kerasft.data.targets.looks_like_regression`)."""
     train = parts["train"]
-    if class_names is None:
-        class_names = _vocabulary(train.raw or [], multi_label)
-    _check_class_names(class_names, train.where)
-    ids = {name: _label_ids(part, class_names, multi_label) for name, part in parts.items()}
+    if regression is None:
+        regression = not multi_label and looks_like_regression(train.raw or [])
+    if regression:
+        class_names = list(REGRESSION_NAMES)
+        ids = {name: targets(part) for name, part in parts.items()}
+    else:
+        if class_names is None:
+            class_names = _vocabulary(train.raw or [], multi_label)
+        _check_class_names(class_names, train.where)
+        ids = {name: _label_ids(part, class_names, multi_label) for name, part in parts.items()}
     n = len(ids["train"])
     if n == 0:
         raise DataError(expected("at least one labelled example", "examples", 0,
                                  where=train.where))
-    present = _present_classes(ids["train"], class_names, multi_label)
-    if len(present) < 2:
-        raise DataError(expected("at least 2 classes in the training data", "classes", present,
-                                 where=train.where))
+    if not regression:
+        present = _present_classes(ids["train"], class_names, multi_label)
+        if len(present) < 2:
+            raise DataError(expected("at least 2 classes in the training data", "classes",
+                                     present, where=train.where))
 
-    keys = _strata(ids["train"], multi_label)
+    def strata(labels: np.ndarray) -> np.ndarray:
+        # Float targets have no classes to stratify by: one stratum, a seeded random sample.
+        return np.zeros(len(labels), np.int64) if regression else _strata(labels, multi_label)
+
+    keys = strata(ids["train"])
     selection: dict[str, tuple[str, np.ndarray]] = {}
     rest = np.arange(n)
     split_info: dict[str, str] = {}
@@ -306,7 +293,7 @@ def finish(
                 selection[name] = ("train", rest[take])
                 rest = rest[~take]
                 split_info[name] = (f"{fraction:.0%} of {train.where} "
-                                    f"(stratified, seed {seed})")
+                                    f"({'random' if regression else 'stratified'}, seed {seed})")
             else:
                 split_info[name] = f"none (too few examples for {fraction:.0%} of {train.where})"
     selection["train"] = ("train", rest)
@@ -315,7 +302,7 @@ def finish(
         report["max_examples"] = max_examples
         for step, (name, (source, idx)) in enumerate(sorted(selection.items())):
             if len(idx) > max_examples:
-                source_keys = keys if source == "train" else _strata(ids[source], multi_label)
+                source_keys = keys if source == "train" else strata(ids[source])
                 rng = np.random.default_rng([seed, 10 + step])
                 keep = _stratified_pick(source_keys[idx], max_examples, rng, keep_one=False)
                 selection[name] = (source, idx[keep])
@@ -331,9 +318,12 @@ def finish(
     report["task"] = task
     report["split"] = split_info
     report["sizes"] = {name: s.size for name, s in splits.items()}
-    report["class_counts"] = {
-        name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
-    }
+    if regression:
+        report["targets"] = {name: target_stats(s.labels) for name, s in splits.items()}
+    else:
+        report["class_counts"] = {
+            name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
+        }
     if train.texts is not None:
         train_source, train_idx = selection["train"]
         train_texts = {parts[train_source].texts[i] for i in train_idx}
@@ -350,6 +340,7 @@ def finish(
         validation=splits.get("validation"),
         test=splits.get("test"),
         report=report,
+        regression=bool(regression),
     )
 
 

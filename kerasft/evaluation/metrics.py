@@ -1,9 +1,12 @@
 """Step 7 of a run: metrics a person can read.
 
-Accuracy, per-class precision / recall / F1 / support, macro and weighted F1 and the confusion
-matrix, computed with NumPy from integer labels and predicted probabilities; printed as a table,
-written to ``metrics.json``, and drawn (confusion matrix, training curves) when matplotlib is
-installed (``pip install kerasft[plots]``).
+Classification: accuracy, per-class precision / recall / F1 / support, macro and weighted F1
+and the confusion matrix, computed with NumPy from integer labels and predicted probabilities.
+Regression (:func:`regression_report`): MAE, RMSE, R², Pearson and Spearman correlation, in
+NumPy (Spearman = Pearson of average ranks, as ``scipy.stats.spearmanr``; SciPy is not a
+dependency). Printed as a table, written to ``metrics.json``, and drawn (confusion matrix or
+predicted-vs-true scatter, training curves) when matplotlib is installed
+(``pip install kerasft[plots]``).
 """
 
 from __future__ import annotations
@@ -69,8 +72,65 @@ def classification_report(
     return report
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``scipy.stats.rankdata``'s default)."""
+    order = np.argsort(x, kind="stable")
+    sorted_x = x[order]
+    # Each run of equal values gets the mean of the positions it spans.
+    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+    ends = np.r_[starts[1:], len(x)]
+    average = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(x), np.float64)
+    ranks[order] = np.repeat(average, ends - starts)
+    return ranks
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson's r; None when either side is constant (undefined)."""
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denominator) if denominator > 0 else None
+
+
+def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
+    """MAE, RMSE, R² (1 - SSE/SST; None for constant targets), Pearson and Spearman (None when
+    either side is constant) of one target; `y_pred` ``[n]`` or ``[n, 1]``."""
+    truth = np.asarray(y_true, np.float64).reshape(-1)
+    pred = np.asarray(y_pred, np.float64).reshape(-1)
+    if truth.shape != pred.shape:
+        raise ValueError(f"regression_report: {truth.shape} targets, {pred.shape} predictions")
+    n = len(truth)
+    error = pred - truth
+    sst = float(((truth - truth.mean()) ** 2).sum()) if n else 0.0
+    return {
+        "task": "regression",
+        "examples": int(n),
+        "mae": float(np.abs(error).mean()) if n else 0.0,
+        "rmse": float(np.sqrt((error ** 2).mean())) if n else 0.0,
+        "r2": 1.0 - float((error ** 2).sum()) / sst if sst > 0 else None,
+        "pearson": _pearson(truth, pred) if n > 1 else None,
+        "spearman": _pearson(_ranks(truth), _ranks(pred)) if n > 1 else None,
+        "target_mean": float(truth.mean()) if n else None,
+        "target_std": float(truth.std()) if n else None,
+    }
+
+
+def _format_regression(report: dict[str, Any], title: str) -> str:
+    lines = [title] if title else []
+    names = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson r",
+             "spearman": "Spearman rho", "target_mean": "target mean", "target_std": "target std"}
+    for key, name in names.items():
+        value = report.get(key)
+        lines.append(f"{name:<14}{'n/a (constant)' if value is None else f'{value:.4f}':>16}")
+    lines.append(f"{'examples':<14}{report['examples']:>16d}")
+    return "\n".join(lines)
+
+
 def format_report(report: dict[str, Any], title: str = "") -> str:
-    """A fixed-width table: one row per class, then accuracy, macro and weighted averages."""
+    """A fixed-width table: one row per class, then accuracy, macro and weighted averages; for
+    regression one row per metric."""
+    if report.get("task") == "regression":
+        return _format_regression(report, title)
     names = report["class_names"]
     width = max([len(n) for n in names] + [12])
     lines = []
@@ -137,6 +197,35 @@ def plot_confusion_matrix(report: dict[str, Any], path: str | os.PathLike) -> bo
     return True
 
 
+def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, report: dict[str, Any],
+                     path: str | os.PathLike) -> bool:
+    """Draws predicted against true values (regression) to a PNG, with the y = x line; returns
+    False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    truth = np.asarray(y_true, np.float64).reshape(-1)
+    pred = np.asarray(y_pred, np.float64).reshape(-1)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(truth, pred, s=12, alpha=0.6)
+    both = np.concatenate([truth, pred]) if len(truth) else np.zeros(1)
+    low, high = float(both.min()), float(both.max())
+    ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    r2 = report.get("r2")
+    ax.set_title(f"MAE {report['mae']:.3g}, R² {'n/a' if r2 is None else f'{r2:.3f}'}")
+    fig.tight_layout()
+    with atomic_path(path, durable=False) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> bool:
     """Draws loss and accuracy per epoch (train and validation), stage boundaries marked."""
     try:
@@ -153,7 +242,8 @@ def plot_history(history_csv: str | os.PathLike, path: str | os.PathLike) -> boo
         return False
     epochs = [int(r["epoch"]) for r in rows]  # history.csv numbers epochs from 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    second = "accuracy" if "accuracy" in rows[0] else "mae"  # regression logs no accuracy
+    for ax, metric in zip(axes, ("loss", second)):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
             if len(values) == len(rows):

@@ -90,6 +90,12 @@ def run_signature(loaded: Any, inputs: list[str], kind: str) -> dict[str, np.nda
     return {k: v.numpy() for k, v in result.items()}
 
 
+def format_value(value: Any) -> str:
+    """A regression answer (one target, or a row of targets) for a printed line."""
+    values = np.asarray(value, dtype=float).reshape(-1)
+    return ", ".join(f"{v:.4g}" for v in values)
+
+
 def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], kind: str = "text",
                              top: int = 3) -> list[str]:
     """Readable lines: the predicted label, its probability and the top-k, per input.
@@ -101,6 +107,9 @@ def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], k
     loaded = load_saved_model(export_dir)
     labels_file = Path(export_dir) / "assets.extra" / "labels.txt"
     out = run_signature(loaded, inputs, kind)
+    if "value" in out:  # regression: `value<TAB>input`
+        return [f"{format_value(v)}\t{t if len(t) <= 60 else t[:57] + '...'}"
+                for t, v in zip(inputs, out["value"])]
     probabilities = out["probabilities"]
     names = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
              else [str(i) for i in range(probabilities.shape[1])])

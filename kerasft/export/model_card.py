@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from kerasft.errors import ExportError, expected
 from kerasft.export.signatures import read_signatures
 from kerasft.io import DEFAULT_MODE, atomic_write
@@ -47,6 +49,8 @@ class ModelCardInfo:
     multi_label: bool = False
     threshold: float = 0.5
     label_separator: str = "|"
+    head_task: str = "classification"  # classification, multi_label or regression
+    target_stats: list[float] | None = None  # regression target scaling: [mean, std]
     backbone: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -165,6 +169,8 @@ def card_info_from_finetuner(ft: Any) -> ModelCardInfo:
         multi_label=bool(ft.multi_label),
         threshold=float(cfg.head.threshold),
         label_separator=cfg.data.label_separator,
+        head_task=cfg.head.task or "classification",
+        target_stats=list(ft.target_stats) if getattr(ft, "target_stats", None) else None,
         backbone=info,
         data=data,
         stages=stages,
@@ -207,6 +213,10 @@ def _answer_rows(check: Any, signature: str, count: int) -> str | None:
     """The first `count` answers of `signature` in the checked export, as TF Serving's row
     format writes them (probabilities rounded to 4 digits here)."""
     answers = getattr(check, "answers", None) or {}
+    value = answers.get(f"{signature}/value")
+    if value is not None:  # regression: one output, which TF Serving's rows write bare
+        rows = [json.dumps(np.round(np.asarray(v, float), 4).tolist()) for v in value[:count]]
+        return '{"predictions": [' + ", ".join(rows) + "]}"
     keys = [f"{signature}/{k}" for k in ("class_ids", "labels", "probabilities")]
     if not all(k in answers for k in keys):
         return None
@@ -235,7 +245,7 @@ def _example_requests(name: str, task: str, labels: list[str],
              "```", ""]
     if "serving_default" in signatures and task == "text":
         lines += [
-            "Texts, row format (`instances`, answer `predictions`, one object per text):", "",
+            "Texts, row format (`instances`, answer `predictions`, one entry per text):", "",
             "```sh",
             f"curl -s -X POST {url} \\",
             f"  -d '{_shell_json({'instances': texts})}'",
@@ -259,7 +269,7 @@ def _example_requests(name: str, task: str, labels: list[str],
             f"curl -s -X POST {url} \\",
             '  -d \'{"instances": [[[[255, 0, 0], [250, 10, 5]], [[245, 3, 0], [251, 0, 9]]]]}\'',
             "```", "",
-            "The answer has one object per image, with the keys below (see the bytes example "
+            "The answer has one entry per image, with the outputs below (see the bytes example "
             "for this export's own answer).", "",
         ]
     if "serving_bytes" in signatures:
@@ -284,6 +294,24 @@ def _example_requests(name: str, task: str, labels: list[str],
     return lines
 
 
+REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson", "spearman")
+
+
+def _regression_output(info: ModelCardInfo) -> list[str]:
+    lines = ["## Output", "", "`value`: float32 `[batch]`, the predicted target in the training "
+             "data's own units (there are no class or probability outputs). It is the only "
+             "output, so TF Serving's row format answers `{\"predictions\": [v1, v2, ...]}` "
+             "(values without a name) and the columnar format `{\"outputs\": [v1, v2, ...]}`.",
+             ""]
+    if info.target_stats:
+        mean, std = info.target_stats
+        lines += [f"The head was trained on standardised targets (`head.target_scaling: "
+                  f"standard`: training-split mean {mean:.6g}, std {std:.6g}); the graph maps "
+                  "them back (`value = z * std + mean`), so answers need no post-processing. "
+                  "`targets.json` next to this card holds the two numbers.", ""]
+    return lines
+
+
 def render_model_card(info: ModelCardInfo,
                       signatures: dict[str, dict[str, Any]] | None = None,
                       check: Any = None) -> str:
@@ -291,12 +319,17 @@ def render_model_card(info: ModelCardInfo,
     :func:`kerasft.export.signatures.read_signatures`, `check` the export check's
     :class:`kerasft.export.saved_model.CheckResult` (None: not checked)."""
     kind = "multi-label" if info.multi_label else "single-label"
-    lines = [f"# {info.name}: model card", "",
-             f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} classes), "
-             f"fine-tuned with kerasft {info.versions.get('kerasft', '?')} on {info.created}.", ""]
-    lines += ["## Labels", "", "Class id = row; `labels.txt` next to this card has the same "
-              "order.", ""]
-    lines += _table(["class_id", "label"], [[i, name] for i, name in enumerate(info.labels)])
+    made = f"fine-tuned with kerasft {info.versions.get('kerasft', '?')} on {info.created}."
+    lines = [f"# {info.name}: model card", ""]
+    if info.head_task == "regression":
+        lines += [f"{info.task.capitalize()} regression ({len(info.labels)} target), {made}", ""]
+        lines += _regression_output(info)
+    else:
+        lines += [f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} "
+                  f"classes), {made}", ""]
+        lines += ["## Labels", "", "Class id = row; `labels.txt` next to this card has the same "
+                  "order.", ""]
+        lines += _table(["class_id", "label"], [[i, name] for i, name in enumerate(info.labels)])
     if info.multi_label:
         lines += ["", f"Multi-label: `probabilities` has one sigmoid per class; a label is "
                   f"predicted when its probability is > {info.threshold:g} (`head.threshold`, "
@@ -343,7 +376,8 @@ def render_model_card(info: ModelCardInfo,
                   f"examples{cap}):", ""]
         lines += _table(["metric", "value"], [[k, metrics[k]] for k in
                                               ("accuracy", "macro_f1", "weighted_f1",
-                                               "macro_precision", "macro_recall")
+                                               "macro_precision", "macro_recall",
+                                               *REGRESSION_METRICS)
                                               if k in metrics])
         per_class = metrics.get("per_class") or {}
         if per_class:

@@ -18,7 +18,10 @@ Every signature returns ``probabilities`` (float32 ``[batch, num_classes]``), ``
 ``labels``, readable without kerasft: single-label, ``class_ids`` int64 ``[batch]`` (argmax) and
 ``labels`` string ``[batch]``; multi-label, ``class_ids`` multi-hot int64 ``[batch, num_classes]``
 (probability ``> head.threshold``) and ``labels`` the predicted labels joined by
-``data.label_separator`` (see :class:`OutputSpec`).
+``data.label_separator`` (see :class:`OutputSpec`). A regression export returns ``value`` only:
+float32 ``[batch]`` (one target) or ``[batch, k]``, in the targets' own units (a head trained
+with target scaling undoes it in the graph). Not ``predictions``: that is the key of TF
+Serving's own REST answer.
 
 The version is written under a temporary name (TF Serving ignores folders whose names are not
 integers), checked in a fresh Python process the way TF Serving loads it (session-based loader,
@@ -50,6 +53,12 @@ from kerasft.export.warmup import as_bytes, png_pixels, pngs, write_warmup
 from kerasft.io import publish_dir
 
 SIGNATURE_OUTPUTS = ("probabilities", "class_ids", "labels")
+REGRESSION_OUTPUTS = ("value",)
+
+
+def signature_outputs(task: str) -> tuple[str, ...]:
+    """The outputs every signature of an export for `task` returns."""
+    return REGRESSION_OUTPUTS if task == "regression" else SIGNATURE_OUTPUTS
 
 
 def next_version(model_dir: str | os.PathLike) -> int:
@@ -69,12 +78,19 @@ class OutputSpec:
     :func:`kerasft.evaluation.metrics.classification_report` uses); ``class_ids`` is multi-hot int64
     ``[batch, num_classes]`` and ``labels`` the predicted labels joined by `separator` (the
     training CSV's own format; an empty string when none passes).
+    Regression (`task`): ``value`` float32, ``[batch]`` for one target, else ``[batch, k]``.
     """
 
     class_names: tuple[str, ...]
     multi_label: bool = False
     threshold: float = 0.5
     separator: str = "|"
+    task: str = "classification"
+
+    @property
+    def main_output(self) -> str:
+        """The output compared with the in-memory model."""
+        return signature_outputs(self.task)[0]
 
 
 def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
@@ -97,6 +113,8 @@ def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
 
         def outputs(self, probabilities: Any) -> dict[str, Any]:
             probabilities = tf.cast(probabilities, tf.float32)
+            if spec.task == "regression":
+                return {"value": _squeeze_one_target(probabilities)}
             if spec.multi_label:
                 chosen = probabilities > spec.threshold
                 names = tf.broadcast_to(self.label_vocab, tf.shape(probabilities))
@@ -148,6 +166,13 @@ def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
     return module, signatures
 
 
+def _squeeze_one_target(values: Any) -> Any:
+    """``[batch, 1]`` -> ``[batch]`` (one target); ``[batch, k]`` unchanged."""
+    import tensorflow as tf
+
+    return tf.squeeze(values, axis=-1) if values.shape[-1] == 1 else values
+
+
 @dataclass
 class CheckResult:
     """What the fresh-process check ran and what the export answered."""
@@ -170,7 +195,8 @@ def sample_requests(backbone: Any, sample_inputs: np.ndarray) -> dict[str, np.nd
 
 def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndarray],
                             timeout: float = 300.0,
-                            where: str | os.PathLike | None = None) -> CheckResult:
+                            where: str | os.PathLike | None = None,
+                            outputs: tuple[str, ...] = SIGNATURE_OUTPUTS) -> CheckResult:
     """Runs :mod:`kerasft.export.check` on `path` in a new Python process: the session-based
     loader (TF Serving's), the warmup replay, `requests` on every signature, and the object
     loader; returns the session's answers. A failure raises ExportError with its one line."""
@@ -193,22 +219,26 @@ def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndar
         with np.load(outputs_path, allow_pickle=False) as out:
             answers = unpack(out)
     for signature in {k.split("/")[0] for k in requests}:
-        missing = [k for k in SIGNATURE_OUTPUTS if f"{signature}/{k}" not in answers]
+        missing = [k for k in outputs if f"{signature}/{k}" not in answers]
         if missing:
-            raise ExportError(expected(f"outputs {', '.join(SIGNATURE_OUTPUTS)}",
+            raise ExportError(expected(f"outputs {', '.join(outputs)}",
                                        f"{signature} outputs",
                                        sorted(k for k in answers if k.startswith(signature))))
     return CheckResult(checks=list(CHECKS), answers=answers, requests=requests)
 
 
 def compare_with_model(path: str | os.PathLike, result: CheckResult,
-                       reference: dict[str, np.ndarray]) -> float:
-    """Max |difference| between the export's ``probabilities`` and the in-memory model's, per
-    signature in `reference`; raises above :data:`TOLERANCE`."""
+                       reference: dict[str, np.ndarray], output: str = "probabilities") -> float:
+    """Max |difference| between the export's `output` (``probabilities``, or ``value`` for
+    regression) and the in-memory model's, per signature in `reference`; raises above
+    :data:`TOLERANCE` (relative to the values' scale for regression targets above 1)."""
     worst = 0.0
     for signature, expected_probabilities in reference.items():
-        got = result.answers[f"{signature}/probabilities"]
-        diff = float(np.max(np.abs(got - expected_probabilities), initial=0.0))
+        got = result.answers[f"{signature}/{output}"]
+        if got.shape != expected_probabilities.shape:
+            expected_probabilities = expected_probabilities.reshape(got.shape)
+        scale = max(1.0, float(np.max(np.abs(expected_probabilities), initial=0.0)))
+        diff = float(np.max(np.abs(got - expected_probabilities), initial=0.0)) / scale
         if not diff <= TOLERANCE:
             raise ExportError(
                 f"{path} (not written): expected the export ({signature}, session loader) to "
@@ -267,6 +297,7 @@ def export_saved_model(
     import tensorflow as tf
 
     spec = outputs or OutputSpec(tuple(class_names))
+    regression = spec.task == "regression"
     model_dir = Path(base_dir) / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -289,7 +320,9 @@ def export_saved_model(
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extras = tmp / "assets.extra"
         extras.mkdir(exist_ok=True)
-        files = {"labels.txt": "\n".join(class_names) + "\n", **(extra_files or {})}
+        # Regression has no labels: the output is `value` (targets.json holds any scaling).
+        files = {**({} if regression else {"labels.txt": "\n".join(class_names) + "\n"}),
+                 **(extra_files or {})}
         for filename, content in files.items():
             mode = "wb" if isinstance(content, bytes) else "w"
             with open(extras / filename, mode, **({} if mode == "wb" else
@@ -306,13 +339,14 @@ def export_saved_model(
         result = None
         if verify and sample_inputs is not None and len(sample_inputs):
             requests = sample_requests(backbone, sample_inputs)
-            result = verify_in_fresh_process(tmp, requests, where=final)
+            result = verify_in_fresh_process(tmp, requests, where=final,
+                                             outputs=signature_outputs(spec.task))
             reference = {"serving_default": reference_probabilities(model, backbone,
                                                                     sample_inputs)}
             if "serving_bytes/image_bytes" in requests:  # what the PNGs decode to
                 reference["serving_bytes"] = reference_probabilities(
                     model, backbone, png_pixels(sample_inputs))
-            result.max_diff = compare_with_model(final, result, reference)
+            result.max_diff = compare_with_model(final, result, reference, spec.main_output)
             result.checks.append(f"answers match the in-memory Keras model (max |difference| "
                                  f"{result.max_diff:.1e} on {len(sample_inputs)} examples)")
             log(f"export checked in a fresh process: session loader, warmup replay, "

@@ -371,6 +371,9 @@ def export_tflite(
     """
     if quantize not in QUANTIZATIONS:
         raise KerasftError(expected(f"one of {', '.join(QUANTIZATIONS)}", "quantize", quantize))
+    if ft.config.head.task == "regression":  # its report and files are classification ones
+        raise KerasftError(expected("a classification model (TFLite export of regression heads "
+                                    "is not supported yet)", "head.task", "regression"))
     if isinstance(calibration_examples, bool) or not isinstance(calibration_examples, int) or \
             calibration_examples < 1:
         raise KerasftError(expected("an integer >= 1", "calibration_examples",

@@ -1,23 +1,34 @@
 """Step 4 of a run: the new head on the backbone's pooled features.
 
-pooled features → optional hidden Dense layers (ReLU) → Dropout → Dense(num_classes) with softmax
-(one label per example) or sigmoid (multi-label). L2 regularisation is optional. The output layer
-is float32 even under mixed precision, so probabilities stay exact.
+pooled features → optional hidden Dense layers (ReLU) → Dropout → the output layer of the head's
+task (:data:`TASK_OUTPUTS`): Dense(num_classes) with softmax (classification: one label per
+example), with sigmoid (multi_label), or linear Dense(num_targets) (regression). With
+``head.target_scaling: standard`` the regression layer predicts standardised targets and a fixed
+``Rescaling`` layer (``* std + mean`` of the training split) maps them back, so the model, its
+metrics, ``predict`` and the export all speak the targets' own units. L2 regularisation is
+optional. The output layers are float32 even under mixed precision, so probabilities and
+values stay exact.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kerasft.config import HeadConfig
+from kerasft.config import HeadConfig, head_task
 
 HEAD_LAYER_PREFIX = "head_"
 
+#: The output layer's activation per ``head.task``.
+TASK_OUTPUTS = {"classification": "softmax", "multi_label": "sigmoid", "regression": "linear"}
 
-def build_head(features: Any, num_classes: int, cfg: HeadConfig) -> Any:
-    """Returns the probabilities tensor of a new head on `features`."""
+
+def build_head(features: Any, num_classes: int, cfg: HeadConfig,
+               target_stats: tuple[float, float] | None = None) -> Any:
+    """Returns the output tensor of a new head on `features`: probabilities, or (regression)
+    ``[batch, num_classes]`` values, rescaled by `target_stats` ``(mean, std)`` when given."""
     import keras
 
+    task = head_task(cfg) or "classification"
     regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
     x = features
     for i, units in enumerate(cfg.hidden_units):
@@ -27,14 +38,20 @@ def build_head(features: Any, num_classes: int, cfg: HeadConfig) -> Any:
         )(x)
     if cfg.dropout > 0:
         x = keras.layers.Dropout(cfg.dropout, name=f"{HEAD_LAYER_PREFIX}dropout")(x)
-    return keras.layers.Dense(
-        num_classes, activation=cfg.activation, kernel_regularizer=regularizer,
+    out = keras.layers.Dense(
+        num_classes, activation=TASK_OUTPUTS[task], kernel_regularizer=regularizer,
         dtype="float32", name=f"{HEAD_LAYER_PREFIX}predictions",
     )(x)
+    if task == "regression" and target_stats is not None:
+        mean, std = target_stats
+        out = keras.layers.Rescaling(std, offset=mean, dtype="float32",
+                                     name=f"{HEAD_LAYER_PREFIX}target_scaling")(out)
+    return out
 
 
-def build_head_model(feature_dim: int, num_classes: int, cfg: HeadConfig) -> Any:
-    """The head as its own Keras model (features → probabilities).
+def build_head_model(feature_dim: int, num_classes: int, cfg: HeadConfig,
+                     target_stats: tuple[float, float] | None = None) -> Any:
+    """The head as its own Keras model (features → probabilities or values).
 
     The classifier calls it on the backbone's features; a stage with a frozen backbone can also
     train it alone on features computed once (``training.cache_features``).
@@ -42,4 +59,5 @@ def build_head_model(feature_dim: int, num_classes: int, cfg: HeadConfig) -> Any
     import keras
 
     features = keras.Input(shape=(feature_dim,), name="features")
-    return keras.Model(features, build_head(features, num_classes, cfg), name="head")
+    return keras.Model(features, build_head(features, num_classes, cfg, target_stats),
+                       name="head")

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import KerasftError, expected
+from kerasft.export.loading import format_value
 from kerasft.serving.grpc import predict_grpc
 from kerasft.serving.models_config import read_models_config
 from kerasft.serving.requests import image_bytes_instances, text_instances
@@ -55,16 +56,26 @@ def _rows_from_rest(answer: dict[str, Any], count: int, where: str) -> list[dict
     if not isinstance(rows, list) or len(rows) != count:
         raise KerasftError(expected(f"a TF Serving answer with {count} predictions", "answer keys",
                                     sorted(answer), where))
+    if rows and all(isinstance(row, (int, float, list)) for row in rows):
+        # One output (a regression export's `value`): TF Serving's row format writes each row's
+        # value bare, without the output's name.
+        return [{"value": row} for row in rows]
     for row in rows:
-        if not isinstance(row, dict) or not {"probabilities", "labels"} <= set(row):
+        if not isinstance(row, dict) or not ({"probabilities", "labels"} <= set(row)
+                                             or "value" in row):
             shown = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise KerasftError(expected("rows with probabilities and labels (a kerasft export)",
-                                        "row", shown, where))
+            raise KerasftError(expected("rows with probabilities and labels, or a value (a "
+                                        "kerasft export)", "row", shown, where))
     return rows
 
 
 def _rows_from_grpc(outputs: dict[str, np.ndarray], count: int,
                     where: str) -> list[dict[str, Any]]:
+    if "value" in outputs:  # regression
+        rows = [{"value": np.asarray(v).tolist()} for v in outputs["value"]]
+        if len(rows) != count:
+            raise KerasftError(expected(f"{count} predictions", "predictions", len(rows), where))
+        return rows
     if not {"probabilities", "labels"} <= set(outputs):
         raise KerasftError(expected("outputs probabilities and labels (a kerasft export)",
                                     "outputs", sorted(outputs), where))
@@ -90,7 +101,8 @@ def predict_on_server(
     retries: int = 2,
 ) -> list[dict[str, Any]]:
     """Asks TF Serving for texts (``serving_default``) or image files (``serving_bytes``, as
-    base64 over REST, raw bytes over gRPC); returns one ``{"probabilities", "labels"}`` per input.
+    base64 over REST, raw bytes over gRPC); returns one ``{"probabilities", "labels"}`` per input
+    (``{"value"}`` for a regression export).
     """
     where = f"predict --server {server} --model {model}"
     if not inputs:
@@ -125,6 +137,10 @@ def format_rows(inputs: Sequence[str], rows: Sequence[dict[str, Any]], top: int 
     for a local export. The server names the predicted class only; the others show as ``#id``."""
     lines = []
     for text, row in zip(inputs, rows):
+        if "value" in row:  # regression: `value<TAB>input`, as for a local export
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            lines.append(f"{format_value(row['value'])}\t{shown}")
+            continue
         probs = np.asarray(row["probabilities"], dtype=float).reshape(-1)
         best_id = int(np.argmax(probs)) if probs.size else -1
         order = np.argsort(-probs)[: max(top, 1)]

@@ -72,10 +72,10 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
             var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
     model.compile(
         optimizer=optimizer,
-        loss=make_loss(cfg.head.activation, num_classes, stage.label_smoothing),
+        loss=make_loss(cfg.head, num_classes, stage.label_smoothing),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
-        weighted_metrics=make_metrics(cfg.head.activation, cfg.head.threshold),
+        weighted_metrics=make_metrics(cfg.head),
         jit_compile=cfg.training.jit_compile,
         steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )

@@ -33,7 +33,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kerasft.config import ConfigError, StageConfig, parse_trainable, resolve_batch_norm
+from kerasft.config import (
+    ConfigError,
+    HeadConfig,
+    StageConfig,
+    head_task,
+    parse_trainable,
+    resolve_batch_norm,
+)
 from kerasft.errors import expected
 from kerasft.models.backbone import Backbone, set_batch_statistics
 from kerasft.models.layers import unfreeze_units
@@ -255,11 +262,17 @@ def weight_decay_excluded(model: Any, exclude: list[str]) -> list[Any]:
     return list(chosen.values())
 
 
-def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:
-    """Cross-entropy for integer labels (softmax) or multi-hot labels (sigmoid)."""
+def make_loss(head: HeadConfig, num_classes: int, label_smoothing: float) -> Any:
+    """Cross-entropy for integer labels (classification) or multi-hot labels (multi_label);
+    ``head.loss`` (mean squared error or Huber) for regression targets."""
     import keras
 
-    if activation == "sigmoid":
+    task = head_task(head) or "classification"
+    if task == "regression":
+        if head.loss == "huber":
+            return keras.losses.Huber(delta=head.huber_delta)
+        return keras.losses.MeanSquaredError()
+    if task == "multi_label":
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     if not label_smoothing:
         return keras.losses.SparseCategoricalCrossentropy()
@@ -274,10 +287,14 @@ def make_loss(activation: str, num_classes: int, label_smoothing: float) -> Any:
     return sparse_categorical_crossentropy_smoothed
 
 
-def make_metrics(activation: str, threshold: float = 0.5) -> list[Any]:
+def make_metrics(head: HeadConfig) -> list[Any]:
+    """What ``fit`` logs besides the loss (kerasft.config.logged_metrics names them)."""
     import keras
 
-    if activation == "sigmoid":  # Keras compares `y_pred > threshold`, as metrics and exports do
-        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=threshold),
+    task = head_task(head) or "classification"
+    if task == "regression":  # no accuracy: the held-out report adds RMSE, R², correlations
+        return [keras.metrics.MeanAbsoluteError(name="mae")]
+    if task == "multi_label":  # Keras compares `y_pred > threshold`, as metrics and exports do
+        return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=head.threshold),
                 keras.metrics.AUC(name="auc", multi_label=True)]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
