@@ -2,6 +2,9 @@
 
 Bad input (config, data, preset, export target) prints one line on stderr and exits with code 2,
 without a traceback; ``--debug`` shows it. TensorFlow is imported only by the commands that need it.
+
+Why this module is long: it is every command's options and help text, which Click keeps beside
+the command; each command's logic lives in the module it calls.
 """
 
 from __future__ import annotations
@@ -440,6 +443,24 @@ def _read_column(path: str, column: str) -> list[str]:
     except OSError as e:
         raise KerasftError(f"{path}: expected a readable CSV file. Received: {e.strerror}"
                            ) from None
+
+
+@main.command()
+@debug_option
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="compare.png", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="PNG with every run's loss and monitored metric per epoch.")
+@_handle_errors
+def compare(run_dirs: tuple[str, ...], out: str) -> None:
+    """Compare run folders (RUN_DIRS, at least 2): differing config keys, metrics, curves."""
+    from kerasft.evaluation.compare import compare_runs
+
+    lines, plotted = compare_runs(run_dirs, out)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"training curves: {out}" if plotted else
+               "training curves: not drawn (pip install kerasft[plots] for matplotlib)")
 
 
 @main.command()
