@@ -765,7 +765,7 @@ class FineTuner:
         sample_inputs = self._sample_inputs()
         quantized = None
         if quantize == "int8":
-            from kerasft.export.quantize import quantize_int8
+            from kerasft.export.quantize import INT8_TOLERANCE, quantize_int8
 
             quantized = quantize_int8(model)
             if sample_inputs is not None and len(sample_inputs):
@@ -799,6 +799,7 @@ class FineTuner:
                 outputs=OutputSpec(tuple(self.class_names), multi_label=self.multi_label,
                                    threshold=self.config.head.threshold,
                                    separator=self.config.data.label_separator),
+                **({"tolerance": INT8_TOLERANCE} if quantized is not None else {}),
             )
         if target.temporary:
             self.log(f"this worker's export copy was removed; the chief writes {target.path}")

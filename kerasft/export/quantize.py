@@ -25,6 +25,11 @@ import numpy as np
 
 from kerasft.errors import ExportError, expected
 
+# The export of an int8 model against the same model in memory (eager Keras): the graph's
+# float rounding differs by ~1e-7 before each dynamic activation quantization, which moves some
+# values to the next int8 step; measured 5.6e-3 on MiniLM (6 layers), 3e-8 on a 2-layer BERT.
+# Float exports keep kerasft.export.check.TOLERANCE (1e-5).
+INT8_TOLERANCE = 0.05
 # Below this share of the weights in int8 the export is barely smaller (a CNN): say so.
 FEW_QUANTIZED = 0.5
 # Keras warns once per layer without a quantize method (Dropout, Conv2D, LayerNormalization...):
