@@ -758,9 +758,11 @@ class FineTuner:
         from kerasft.export.target import export_target
         from kerasft.training.strategy import placement
 
-        if quantize is not None:  # checked before anything is built
-            self.config.export.quantize = check_export_quantize(quantize, "quantize")
-        quantize = self.config.export.quantize
+        exported = self.config  # what assets.extra/config.yaml says, quantize included
+        if quantize is not None and quantize != exported.export.quantize:
+            exported = copy.deepcopy(exported)  # this export only; the run's config stays
+            exported.export.quantize = check_export_quantize(quantize, "quantize")
+        quantize = exported.export.quantize
         model, backbone = self._serving_model(copy_always=quantize != "none")
         sample_inputs = self._sample_inputs()
         quantized = None
@@ -775,7 +777,7 @@ class FineTuner:
                 quantized.examples = len(sample_inputs)
             for line in quantized.lines():
                 self.log(line)
-        extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
+        extra: dict[str, str | bytes] = {"config.yaml": exported.to_yaml()}
         if self.metrics is not None:
             import json
 

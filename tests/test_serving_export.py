@@ -572,6 +572,7 @@ def test_int8_text_export_passes_both_loaders_and_stays_close_to_float(text_expo
     assert size < 0.75 * float_size  # tiny BERT; the position embeddings stay float
     extras = path / "assets.extra"
     assert yaml.safe_load((extras / "config.yaml").read_text())["export"]["quantize"] == "int8"
+    assert ft.config.export.quantize == "none"  # quantize= applies to that export only
     card = (extras / "README.md").read_text()
     assert "| quantize | int8 |" in card and "| max abs difference to float32 |" in card
 
