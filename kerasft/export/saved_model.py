@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from kerasft.errors import ExportError, expected
-from kerasft.export.check import TOLERANCE  # loader vs loader, float export vs model
+from kerasft.export.check import TOLERANCE  # one tolerance: loader vs loader, export vs model
 from kerasft.export.op_check import check_serving_ops
 from kerasft.export.warmup import as_bytes, png_pixels, pngs, write_warmup
 from kerasft.io import publish_dir
