@@ -26,7 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from kerasft.config import Config, head_task, load_config, resolve_task, save_config
+from kerasft.config import (
+    Config,
+    check_export_quantize,
+    head_task,
+    load_config,
+    resolve_task,
+    save_config,
+)
 from kerasft.errors import ExportError, KerasftError, expected
 from kerasft.io import atomic_write
 
@@ -841,20 +848,44 @@ class FineTuner:
         return np.stack([resize_images(x, shape).numpy() for x in xs])
 
     def export(self, dir: str | os.PathLike | None = None, version: int | str | None = None,
-               verify: bool | None = None) -> Path:
+               verify: bool | None = None, quantize: str | None = None) -> Path:
         """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``.
 
-        Multi-worker: every worker runs the export (saving may run collective ops); only the
-        chief's is kept, the others go to a temporary folder (kerasft.export.target.export_target).
+        `quantize` (default ``export.quantize``): ``int8`` serves a copy of the model quantized
+        by Keras (kerasft.export.quantize); the run's own model stays float. Multi-worker: every
+        worker runs the export (saving may run collective ops); only the chief's is kept, the
+        others go to a temporary folder (kerasft.export.target.export_target).
         """
         from kerasft.evaluation.metrics import format_report
         from kerasft.export.model_card import model_card_hook
-        from kerasft.export.saved_model import OutputSpec, export_saved_model
+        from kerasft.export.saved_model import (
+            OutputSpec,
+            export_saved_model,
+            reference_probabilities,
+        )
         from kerasft.export.target import export_target
         from kerasft.training.strategy import placement
 
-        model, backbone = self._serving_model()
-        extra: dict[str, str | bytes] = {"config.yaml": self.config.to_yaml()}
+        exported = self.config  # what assets.extra/config.yaml says, quantize included
+        if quantize is not None and quantize != exported.export.quantize:
+            exported = copy.deepcopy(exported)  # this export only; the run's config stays
+            exported.export.quantize = check_export_quantize(quantize, "quantize")
+        quantize = exported.export.quantize
+        model, backbone = self._serving_model(copy_always=quantize != "none")
+        sample_inputs = self._sample_inputs()
+        quantized = None
+        if quantize == "int8":
+            from kerasft.export.quantize import INT8_TOLERANCE, quantize_int8
+
+            quantized = quantize_int8(model)
+            if sample_inputs is not None and len(sample_inputs):
+                float_answers = reference_probabilities(self.model, self.backbone, sample_inputs)
+                int8_answers = reference_probabilities(model, backbone, sample_inputs)
+                quantized.max_diff = float(np.max(np.abs(int8_answers - float_answers)))
+                quantized.examples = len(sample_inputs)
+            for line in quantized.lines():
+                self.log(line)
+        extra: dict[str, str | bytes] = {"config.yaml": exported.to_yaml()}
         if self.target_stats is not None:
             extra[TARGETS_FILE] = self._targets_json()
         if self.metrics is not None:
@@ -871,24 +902,26 @@ class FineTuner:
                 base_dir=target.base_dir,
                 name=self.config.name,
                 version=target.version,
-                sample_inputs=self._sample_inputs(),
+                sample_inputs=sample_inputs,
                 extra_files=extra,
                 verify=(self.config.export.verify if verify is None else verify)
                 if target.verify is None else target.verify,
-                after_write=model_card_hook(self),  # assets.extra/README.md
+                after_write=model_card_hook(self, quantized),  # assets.extra/README.md
                 log=self.log,
                 outputs=OutputSpec(tuple(self.class_names), multi_label=self.multi_label,
                                    threshold=self.config.head.threshold,
                                    separator=self.config.data.label_separator,
                                    task=self.config.head.task or "classification"),
+                **({"tolerance": INT8_TOLERANCE} if quantized is not None else {}),
             )
         if target.temporary:
             self.log(f"this worker's export copy was removed; the chief writes {target.path}")
             return target.path
         return written
 
-    def _serving_model(self) -> tuple[Any, Any]:
-        """The model and backbone an export serves: float32 whatever the training policy.
+    def _serving_model(self, copy_always: bool = False) -> tuple[Any, Any]:
+        """The model and backbone an export serves: float32 whatever the training policy; a
+        copy when `copy_always` (one the export may quantize) or under mixed precision.
 
         A mixed-precision model computes in 16 bits; served in float32, the export answers within
         1e-5 of a float32 reference under both loaders (a bfloat16 serving graph would be worth
@@ -899,7 +932,8 @@ class FineTuner:
         import keras
 
         model = self.model
-        if self.config.training.mixed_precision == "none":
+        mixed = self.config.training.mixed_precision != "none"
+        if not mixed and not copy_always:
             return model, self.backbone
         previous = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy("float32")
@@ -916,8 +950,9 @@ class FineTuner:
             copy_model.set_weights(weights)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        self.log(f"export: serving in float32 (trained under "
-                 f"{self.config.training.mixed_precision})")
+        if mixed:
+            self.log(f"export: serving in float32 (trained under "
+                     f"{self.config.training.mixed_precision})")
         return copy_model, backbone
 
     # -- runs --------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 Bad input (config, data, preset, export target) prints one line on stderr and exits with code 2,
 without a traceback; ``--debug`` shows it. TensorFlow is imported only by the commands that need it.
+
+Why this module is long: it is every command's options and help text, which Click keeps beside
+the command; each command's logic lives in the module it calls.
 """
 
 from __future__ import annotations
@@ -247,8 +250,12 @@ def evaluate(run_dir: str, split: str | None, weights: str) -> None:
               help="tflite: a .tflite file + tflite_report.json (into --dir, default "
                    "<export.dir>/<name>/tflite).")
 @click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]),
-              default=None, help="TFLite quantisation (default none); int8 calibrates on "
-                                 "training examples.")
+              default=None,
+              help="int8 means 8-bit integer weights in both formats. savedmodel: none or int8 "
+                   "(Keras quantizes Dense, EinsumDense and Embedding weights, not "
+                   "convolutions; default export.quantize). tflite: none (default), float16, "
+                   "dynamic (int8 weights), int8 (weights and activations, calibrated on "
+                   "training examples).")
 @click.option("--calibration-examples", type=click.IntRange(min=1), default=100,
               show_default=True, help="Training examples used to calibrate int8.")
 @click.option("--saved-model", "saved_model", type=click.Path(file_okay=False), default=None,
@@ -282,10 +289,17 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
                               log=click.echo)
         click.echo(f"TFLite: {entry['path']}")
         return
-    if quantize is not None or saved_model is not None or allow_float_fallback:
-        raise click.BadParameter("expected --quantize/--saved-model/--allow-float-fallback only "
-                                 "with --format tflite. Received: --format=savedmodel",
+    if saved_model is not None or allow_float_fallback:
+        raise click.BadParameter("expected --saved-model/--allow-float-fallback only with "
+                                 "--format tflite. Received: --format=savedmodel",
                                  param_hint="--format")
+    if quantize is not None:
+        from kerasft.config import check_export_quantize
+
+        try:
+            check_export_quantize(quantize, "--quantize")
+        except KerasftError as e:
+            raise click.BadParameter(str(e), param_hint="--quantize") from None
     ft = _load_run(run_dir, weights)
     metrics = Path(run_dir) / "metrics.json"
     if metrics.is_file():
@@ -293,7 +307,7 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
     if not no_verify:
         ft.data = ft.load_data()
     path = ft.export(dir=export_dir, version=int(version) if version and version.isdigit()
-                     else version, verify=not no_verify)
+                     else version, verify=not no_verify, quantize=quantize)
     click.echo(f"SavedModel: {path}")
 
 
@@ -440,6 +454,24 @@ def _read_column(path: str, column: str) -> list[str]:
     except OSError as e:
         raise KerasftError(f"{path}: expected a readable CSV file. Received: {e.strerror}"
                            ) from None
+
+
+@main.command()
+@debug_option
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="compare.png", show_default=True,
+              type=click.Path(dir_okay=False),
+              help="PNG with every run's loss and monitored metric per epoch.")
+@_handle_errors
+def compare(run_dirs: tuple[str, ...], out: str) -> None:
+    """Compare run folders (RUN_DIRS, at least 2): differing config keys, metrics, curves."""
+    from kerasft.evaluation.compare import compare_runs
+
+    lines, plotted = compare_runs(run_dirs, out)
+    for line in lines:
+        click.echo(line)
+    click.echo(f"training curves: {out}" if plotted else
+               "training curves: not drawn (pip install kerasft[plots] for matplotlib)")
 
 
 @main.command()

@@ -50,6 +50,8 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 LR_SCALING = ("none", "linear")
 BATCH_NORM_MODES = ("frozen", "train")
+# export.quantize (the SavedModel): int8 = Keras's weight quantization (kerasft/export/quantize.py).
+EXPORT_QUANTIZE = ("none", "int8")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 
 
@@ -177,6 +179,7 @@ class ExportConfig:
     version: Any = "auto"
     enabled: bool = True
     verify: bool = True
+    quantize: str = "none"
 
 STEPS_PER_EXECUTION_BUG = (
     "Keras 3 multi-step execution under MultiWorkerMirroredStrategy fails with 'You must feed "
@@ -641,7 +644,18 @@ def validate(cfg: Config) -> Config:
         isinstance(e.version, int) and not isinstance(e.version, bool) and e.version > 0
     ):
         raise ConfigError(expected("'auto' or a positive integer", "export.version", e.version))
+    check_export_quantize(e.quantize, "export.quantize")
     return cfg
+
+
+def check_export_quantize(value: Any, key: str) -> str:
+    """``export.quantize`` / ``kerasft export --quantize`` for a SavedModel: none or int8."""
+    if value in ("float16", "dynamic"):
+        raise ConfigError(expected("one of none, int8 for a SavedModel (float16 and dynamic are "
+                                   "TFLite quantisations: kerasft export RUN_DIR --format tflite "
+                                   f"--quantize {value})", key, value))
+    _check_choice(value, EXPORT_QUANTIZE, key)
+    return value
 
 
 # ---------------------------------------------------------------------------------------------

@@ -67,6 +67,10 @@ def test_unknown_stage_key(tmp_path):
     ("head.dropout=1.5", r"head.dropout=1.5"),
     ("training.strategy=gpu", r"training.strategy='gpu'"),
     ("export.version=-2", r"export.version=-2"),
+    ("export.quantize=int4", r"one of none, int8. Received: export.quantize='int4'"),
+    ("export.quantize=float16", r"one of none, int8 for a SavedModel \(float16 and dynamic are "
+                                r"TFLite quantisations: kerasft export RUN_DIR --format tflite "
+                                r"--quantize float16\)\. Received: export.quantize='float16'$"),
     ("data.validation_split=1.5", r"data.validation_split=1.5"),
     ("name=a/b", r"name='a/b'"),
     ("backbone.input_shape=[32, 32]", r"\[height, width, 3\]"),

@@ -288,7 +288,7 @@ def test_failing_op_check_leaves_no_version(image_export, monkeypatch):
     ft = image_export["ft"]
     base = image_export["tmp"] / "opcheck"
 
-    def bad(export_dir, extra_allowed_ops=()):
+    def bad(export_dir, extra_allowed_ops=(), **_):
         raise ExportError(f"check_serving_ops {export_dir}: expected only ops TF Serving can "
                           "run. Received: ops=['MyCustomOp']")
 
@@ -463,8 +463,8 @@ def test_tflite_quantised_image_models_agree_with_the_saved_model(image_export):
                                       "--saved-model", str(path)])
         assert result.exit_code == 0, result.output
         assert f"tflite {quantize}:" in result.output
-    result = runner.invoke(main, ["export", str(ft.run_dir), "--quantize", "int8"])
-    assert result.exit_code == 2 and "only with --format tflite" in result.output
+    result = runner.invoke(main, ["export", str(ft.run_dir), "--quantize", "float16"])
+    assert result.exit_code == 2 and "are TFLite quantisations" in result.output
 
     report = json.loads((out_dir / "tflite_report.json").read_text())
     assert sorted(report) == ["dynamic", "float16", "int8"]
@@ -514,3 +514,89 @@ def test_tflite_text_model_takes_token_ids(text_export):
                                atol=FLOAT_TOLERANCE)
     vocab = (out_dir / "vocab.txt").read_text().splitlines()
     assert vocab[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+# ---------------------------------------------------------------------------------------------
+# int8 SavedModels (export.quantize: int8): Keras's weight quantization, served as any export.
+
+
+def _int8_export(ft, out_dir: Path) -> tuple[Path, list[str]]:
+    """``ft.export(quantize="int8")`` with kerasft's export check run here, not in a fresh process
+    (the same checks: session loader, warmup replay, every signature, object loader; the fresh
+    process costs an extra TensorFlow import that other export tests already pay)."""
+    from kerasft.export.check import check
+    from kerasft.export.saved_model import sample_requests
+
+    lines: list[str] = []
+    ft.log, log = lines.append, ft.log
+    try:
+        path = ft.export(dir=out_dir, quantize="int8", verify=False)
+    finally:
+        ft.log = log
+    check(str(path), sample_requests(ft.backbone, ft._sample_inputs()))
+    return path, lines
+
+
+def _session_probabilities(path: Path, **inputs) -> np.ndarray:
+    from tests.session_loader import SessionModel
+
+    with SessionModel(str(path)) as session:
+        return session.run("serving_default", **inputs)["probabilities"]
+
+
+def _summary(lines: list[str]) -> str:
+    return next(line for line in lines if line.startswith("quantize int8: ") and "%" in line)
+
+
+@pytest.mark.slow
+def test_int8_text_export_passes_both_loaders_and_stays_close_to_float(text_export):
+    import yaml
+
+    ft = text_export["ft"]
+    texts = np.array(GOOD[:4] + BAD[:4], dtype=object)
+    before = ft.predict(list(texts))
+    path, lines = _int8_export(ft, text_export["tmp"] / "int8")
+    # The run's own model is untouched: still float, same answers.
+    assert all(str(v.dtype) != "int8" for v in ft.model.weights)
+    np.testing.assert_array_equal(ft.predict(list(texts)), before)
+    summary = _summary(lines)
+    share = float(re.search(r"([\d.]+)% of the weights", summary).group(1))
+    assert share > 50 and "EinsumDense" in summary and "Embedding" in summary, summary
+    assert not any(line.startswith("warning: int8") for line in lines)
+    # TF Serving's loader answers close to the float model (observed ~4e-3 on this tiny BERT).
+    int8 = _session_probabilities(path, text=texts)
+    assert np.abs(int8 - before).max() < INT8_TOLERANCE
+    assert (int8.argmax(-1) == before.argmax(-1)).mean() >= 0.75
+    size = sum(p.stat().st_size for p in (path / "variables").glob("*"))
+    float_size = sum(p.stat().st_size for p in (text_export["path"] / "variables").glob("*"))
+    assert size < 0.75 * float_size  # tiny BERT; the position embeddings stay float
+    extras = path / "assets.extra"
+    assert yaml.safe_load((extras / "config.yaml").read_text())["export"]["quantize"] == "int8"
+    assert ft.config.export.quantize == "none"  # quantize= applies to that export only
+    card = (extras / "README.md").read_text()
+    assert "| quantize | int8 |" in card and "| max abs difference to float32 |" in card
+
+
+@pytest.mark.slow
+def test_int8_cnn_quantizes_only_the_head_and_says_so(image_export):
+    ft = image_export["ft"]
+    path, lines = _int8_export(ft, image_export["tmp"] / "int8")
+    # Only the head's Dense kernel: convolutions have no quantize() in Keras.
+    assert "(1 Dense;" in _summary(lines), lines
+    assert any(line.startswith("warning: int8 quantized only") and "--format tflite" in line
+               for line in lines), lines
+    x = image_export["x_test"].astype("float32")
+    int8 = _session_probabilities(path, image=x)
+    float_answers = _session_probabilities(image_export["path"], image=x)
+    assert np.abs(int8 - float_answers).max() < INT8_TOLERANCE
+    assert "| quantize | int8 |" in (path / "assets.extra" / "README.md").read_text()
+
+
+def test_savedmodel_quantize_float16_is_a_one_line_error(tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path), "--quantize", "float16"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "Error: Invalid value for --quantize: expected one of none, int8 for a SavedModel "
+        "(float16 and dynamic are TFLite quantisations: kerasft export RUN_DIR --format tflite "
+        "--quantize float16). Received: --quantize='float16' ('main export --help' shows the "
+        "usage)"]

@@ -57,6 +57,8 @@ class ModelCardInfo:
     metrics: dict[str, Any] | None = None
     versions: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # How the served weights differ from the trained ones: [key, value] rows; quantize first.
+    export: list[list[Any]] = field(default_factory=lambda: [["quantize", "none"]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,6 +390,9 @@ def render_model_card(info: ModelCardInfo,
     else:
         lines += ["No metrics recorded (the run was exported without an evaluation)."]
 
+    lines += ["", "## Export", ""]
+    lines += _table(["key", "value"], info.export)
+
     lines += ["", "## Signatures", ""]
     for sig_name, sig in sorted((signatures or {}).items()):
         rows = [["input", k, v["dtype"], _shape(v["shape"])] for k, v in sorted(
@@ -431,10 +436,13 @@ def write_model_card(export_dir: str | os.PathLike, info: ModelCardInfo,
     return atomic_write(target, text, mode=DEFAULT_MODE, durable=False)
 
 
-def model_card_hook(ft: Any) -> Callable[[Path], None]:
+def model_card_hook(ft: Any, quantized: Any = None) -> Callable[[Path], None]:
     """An ``after_write`` hook for :func:`kerasft.export.saved_model.export_saved_model` writing
-    `ft`'s card."""
+    `ft`'s card; `quantized`: the :class:`kerasft.export.quantize.QuantizeReport` of an int8
+    export."""
     info = card_info_from_finetuner(ft)
+    if quantized is not None:
+        info.export = quantized.card_rows()
 
     def write(export_dir: Path, check: Any = None) -> None:
         write_model_card(export_dir, info, check)

@@ -228,10 +228,11 @@ def verify_in_fresh_process(path: str | os.PathLike, requests: dict[str, np.ndar
 
 
 def compare_with_model(path: str | os.PathLike, result: CheckResult,
-                       reference: dict[str, np.ndarray], output: str = "probabilities") -> float:
+                       reference: dict[str, np.ndarray], output: str = "probabilities",
+                       tolerance: float = TOLERANCE) -> float:
     """Max |difference| between the export's `output` (``probabilities``, or ``value`` for
     regression) and the in-memory model's, per signature in `reference`; raises above
-    :data:`TOLERANCE` (relative to the values' scale for regression targets above 1)."""
+    `tolerance` (relative to the values' scale for regression targets above 1)."""
     worst = 0.0
     for signature, expected_probabilities in reference.items():
         got = result.answers[f"{signature}/{output}"]
@@ -239,10 +240,10 @@ def compare_with_model(path: str | os.PathLike, result: CheckResult,
             expected_probabilities = expected_probabilities.reshape(got.shape)
         scale = max(1.0, float(np.max(np.abs(expected_probabilities), initial=0.0)))
         diff = float(np.max(np.abs(got - expected_probabilities), initial=0.0)) / scale
-        if not diff <= TOLERANCE:
+        if not diff <= tolerance:
             raise ExportError(
                 f"{path} (not written): expected the export ({signature}, session loader) to "
-                f"match the in-memory model within {TOLERANCE}. Received: max_abs_diff="
+                f"match the in-memory model within {tolerance}. Received: max_abs_diff="
                 f"{diff:.3g}")
         worst = max(worst, diff)
     return worst
@@ -278,6 +279,7 @@ def export_saved_model(
     check_ops: bool = True,
     warmup: bool = True,
     outputs: OutputSpec | None = None,
+    tolerance: float = TOLERANCE,
 ) -> Path:
     """Writes ``<base_dir>/<name>/<version>/`` atomically and returns its path.
 
@@ -290,7 +292,8 @@ def export_saved_model(
     (and samples), a fresh process loads the export with TF Serving's session-based loader,
     replays the warmup file, answers the samples on every signature, and agrees with the object
     loader (:mod:`kerasft.export.check`), and the answers must match `model` within
-    :data:`TOLERANCE`. `after_write(folder, check)` then adds more files (e.g. a model card
+    `tolerance` (:data:`TOLERANCE`; an int8 model has its own, kerasft.export.quantize).
+    `after_write(folder, check)` then adds more files (e.g. a model card
     quoting the checked answers) before the version is renamed into place. Any failure leaves
     no version folder.
     """
@@ -346,7 +349,8 @@ def export_saved_model(
             if "serving_bytes/image_bytes" in requests:  # what the PNGs decode to
                 reference["serving_bytes"] = reference_probabilities(
                     model, backbone, png_pixels(sample_inputs))
-            result.max_diff = compare_with_model(final, result, reference, spec.main_output)
+            result.max_diff = compare_with_model(final, result, reference, spec.main_output,
+                                                 tolerance)
             result.checks.append(f"answers match the in-memory Keras model (max |difference| "
                                  f"{result.max_diff:.1e} on {len(sample_inputs)} examples)")
             log(f"export checked in a fresh process: session loader, warmup replay, "
