@@ -238,3 +238,17 @@ def test_resume_with_an_explicit_other_policy_is_still_a_config_change(tmp_path,
     # The same explicit policy as recorded resumes (its reason key does not count).
     build_finetuner(_config(tmp_path, mixed_precision="none"),
                     log=lambda s: None).fit(resume=run_dir, evaluate=False)
+
+
+def test_auto_backbone_name_is_judged_by_the_preset_family(tmp_path, monkeypatch):
+    # backbone.name: auto with a BERT preset was looked up as "auto" and trained in float32.
+    from kerasft.config import load_config
+    from tests.bert_fixtures import write_tiny_bert_preset
+
+    monkeypatch.setenv("KERASFT_TEST_HARDWARE", BF16_CPU)
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    cfg = load_config({"backbone": {"name": "auto", "preset": preset},
+                       "data": {"source": "arrays"}})
+    chosen = precision.resolve(cfg, "default")
+    assert chosen.policy == "mixed_bfloat16", chosen.reason
+    assert "bert verified" in chosen.reason

@@ -177,7 +177,7 @@ def resolve(cfg: Any, strategy_kind: str,
     if t.mixed_precision != "auto":
         return Precision(t.mixed_precision, t.mixed_precision_reason or
                          "training.mixed_precision set in the config", auto=False)
-    here = choose(probe_hardware(strategy_kind, t.devices), cfg.backbone.name)
+    here = choose(probe_hardware(strategy_kind, t.devices), _family(cfg.backbone))
     if recorded is None:
         return here
     policy, reason = recorded
@@ -186,3 +186,14 @@ def resolve(cfg: Any, strategy_kind: str,
         note = (f"mixed precision: resuming with the run's recorded {policy}; auto would choose "
                 f"{here.policy} on this machine ({here.reason})")
     return Precision(policy, reason or "the resumed run's recorded policy", auto=True, note=note)
+
+
+def _family(backbone: Any) -> str:
+    """The registry name :data:`VERIFIED` knows: ``auto`` (a text preset whose family KerasHub's
+    files name) resolves to that family, as the build does."""
+    if backbone.name.lower() != "auto" or not backbone.preset:
+        return backbone.name
+    from kerasft.models.keras_hub import describe_preset
+
+    return describe_preset(backbone.preset, "auto")["family"]
+
