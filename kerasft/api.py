@@ -931,7 +931,12 @@ class FineTuner:
         """
         import keras
 
+        from kerasft.models.lora import lora_layers, merge_lora
+
         model = self.model
+        if lora_layers(model):  # a plain export: the adapters folded into the kernels
+            self.log(f"export: merged the LoRA adapters of {merge_lora(model)} layers into "
+                     "their kernels")
         mixed = self.config.training.mixed_precision != "none"
         if not mixed and not copy_always:
             return model, self.backbone

@@ -147,6 +147,9 @@ class StageConfig:
     batch_norm: str | None = None
     train_bn: bool | None = None  # alias of batch_norm (true = train, false = frozen)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # LoRA adapters instead of the backbone's own weights: ``{rank, alpha, layers}`` or a rank;
+    # validate() writes the resolved mapping here (see parse_lora).
+    lora: Any = None
 
 
 @dataclass
@@ -394,6 +397,46 @@ def parse_trainable(value: Any, key: str = "trainable") -> tuple[str, Any]:
     )
 
 
+LORA_KEYS = ("rank", "alpha", "layers")
+
+
+def parse_lora(value: Any, key: str = "lora") -> dict[str, Any] | None:
+    """Normalises a stage's ``lora`` to ``{rank, alpha, layers}`` (None: no LoRA).
+
+    ``lora: 8`` is ``{rank: 8}``; ``alpha`` defaults to the rank (Keras's default: the adapters'
+    update is scaled by alpha / rank = 1); ``layers`` (None: the backbone's
+    ``default_lora_layer_names()``, the attention query/value projections) names the Dense /
+    EinsumDense layers that get adapters.
+    """
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = {"rank": value}
+    if not isinstance(value, dict):
+        raise ConfigError(expected("a rank or a mapping {rank, alpha, layers}", key, value))
+    unknown = [k for k in value if k not in LORA_KEYS]
+    if unknown:
+        raise ConfigError(expected(f"a known config key (valid under {key}: "
+                                   f"{', '.join(LORA_KEYS)})", "unknown key",
+                                   f"{key}.{unknown[0]}") + _did_you_mean(str(unknown[0]),
+                                                                           LORA_KEYS))
+    rank = value.get("rank")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        raise ConfigError(expected("a positive integer", f"{key}.rank", rank))
+    alpha = value.get("alpha", rank)
+    if alpha is None:
+        alpha = rank
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+        raise ConfigError(expected("a positive number", f"{key}.alpha", alpha))
+    layers = value.get("layers")
+    if layers is not None and (
+            not isinstance(layers, list) or not layers
+            or not all(isinstance(n, str) and n.strip() for n in layers)):
+        raise ConfigError(expected("a non-empty list of layer names (e.g. [query, value])",
+                                   f"{key}.layers", layers))
+    return {"rank": rank, "alpha": alpha, "layers": layers}
+
+
 def head_task(head: HeadConfig) -> str | None:
     """The head's task: ``head.task`` or, unset, multi_label for ``activation: sigmoid``; None
     when it is left to the data (:func:`resolve_task`)."""
@@ -592,6 +635,11 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(expected("unique stage names", f"{key}.name", s.name))
         names.add(s.name)
         parse_trainable(s.trainable, f"{key}.trainable")
+        s.lora = parse_lora(s.lora, f"{key}.lora")
+        if s.lora is not None and s.trainable == "head":
+            raise ConfigError(expected(
+                "all, {top_n: N} or {from_layer: NAME} with lora (the backbone layers that get "
+                "adapters; a head stage has none)", f"{key}.trainable", s.trainable))
         _check_positive(s.epochs, f"{key}.epochs")
         _check_positive(s.learning_rate, f"{key}.learning_rate")
         _check_choice(s.optimizer, OPTIMIZERS, f"{key}.optimizer")

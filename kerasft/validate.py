@@ -147,7 +147,8 @@ def _build_network(cfg: BackboneConfig) -> Any:
 def _check_stages(cfg: Config) -> list[str]:
     from kerasft.training.stages import apply_trainable
 
-    needs_network = any(s.trainable not in ("head", "all") for s in cfg.stages)
+    needs_network = any(s.trainable not in ("head", "all") or s.lora is not None
+                        for s in cfg.stages)
     if not needs_network:
         return ["stages: OK"]
     backbone = _build_network(cfg.backbone)

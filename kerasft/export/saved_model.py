@@ -317,6 +317,10 @@ def export_saved_model(
                      "export.version", version) + f" ({final} exists; versions are never "
             "overwritten)"
         )
+    from kerasft.models.lora import lora_layers, merge_lora
+
+    if lora_layers(model):  # the export is a plain model: kernels with the adapters folded in
+        log(f"export: merged the LoRA adapters of {merge_lora(model)} layers into their kernels")
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
         module, signatures = _serving_module(model, backbone, spec)

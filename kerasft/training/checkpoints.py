@@ -14,6 +14,15 @@ end of every stage, ``<run>/checkpoints/`` receives in this order:
    early-stopping counters, the finished stages, the committed length of ``history.csv`` and the
    names of the files above.
 
+During a LoRA stage (kerasft/models/lora.py) an epoch's checkpoint holds only what trains:
+``ckpt-<n>.lora.npz``, the adapters and the head (every trainable variable, by path), while
+``weights`` keeps naming the full weights the stage started from (committed before the stage's
+first epoch when no checkpoint holds them yet); a resumed LoRA stage loads those, enables the
+adapters and loads the ``.lora.npz`` into them. An epoch that improves the monitored metric also
+writes its full weights (adapters merged: Keras's ``Dense`` / ``EinsumDense`` save merged
+kernels), since ``best.weights.h5`` is a model file a user loads. The stage's end commits the
+merged model's full weights, as a stage's end always may.
+
 Every file is written through :mod:`kerasft.io` (a temporary name ``.tmp-*``, flushed and
 fsynced, renamed with ``os.replace``, its folder fsynced). ``state.json`` only names complete
 files, and files it no longer names are deleted after the commit, so a ``kill -9`` at any moment
@@ -61,6 +70,7 @@ Log = Callable[[str], None]
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
 BEST_FILE = "best.weights.h5"
+LORA_SUFFIX = ".lora.npz"
 # Format 2 numbers epochs from 1, as Keras's progress bar and history.csv do; format 1 (0-based)
 # run folders are refused for resuming (their history.csv would mix both numberings).
 FORMAT = 2
@@ -106,6 +116,7 @@ class RunState:
     epoch: int = 0  # epochs completed so far = the next epoch's global index
     stopped: bool = False  # the stage in progress was stopped early (it is complete)
     weights: str | None = None
+    lora: str | None = None  # during a LoRA stage: the epoch's adapters and head (.lora.npz)
     arrays: str | None = None
     has_optimizer: bool = False  # arrays hold the optimizer of the stage in progress
     best: float | None = None
@@ -118,7 +129,7 @@ class RunState:
     data: dict[str, Any] = field(default_factory=dict)
 
     def referenced(self) -> set[str]:
-        names = {self.weights, self.arrays, self.best_source,
+        names = {self.weights, self.lora, self.arrays, self.best_source,
                  (self.early_stopping or {}).get("weights")}
         return {n for n in names if n}
 
@@ -388,6 +399,19 @@ class Checkpointer:
             save_model_weights(model, tmp)  # the optimizer goes to the .state.npz only
         return name
 
+    def _write_lora(self, model: Any, n: int, epoch: int) -> str:
+        """What trains in a LoRA stage (adapters and head), by variable path."""
+        import numpy as np
+
+        variables = model.trainable_variables
+        arrays = {f"w_{i}": np.asarray(v.numpy()) for i, v in enumerate(variables)}
+        arrays["paths"] = np.array([str(v.path) for v in variables])
+        name = f"ckpt-{n:06d}{LORA_SUFFIX}"
+        with atomic_path(self.dir / name, before_rename=lambda: pause_point("weights", epoch)) \
+                as tmp, open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        return name
+
     def _write_arrays(self, model: Any, optimizer: Any, n: int) -> str:
         import numpy as np
 
@@ -438,28 +462,36 @@ class Checkpointer:
                      epoch: int, logs: dict[str, Any], monitor: str, early_stopping: Any,
                      stopped: bool) -> None:
         """Checkpoints the end of global epoch `epoch` of stage `stage`."""
+        from kerasft.models.lora import lora_layers
+
         started = time.perf_counter()
         n = self.state.commit + 1
-        weights = self._write_weights(model, n, epoch)
+        lora = None
+        if lora_layers(model):  # the stage's starting weights stay in `weights`
+            lora = self._write_lora(model, n, epoch)
+            weights = self.state.weights
+        else:
+            weights = self._write_weights(model, n, epoch)
         arrays = self._write_arrays(model, optimizer, n)
         best, best_epoch, best_source = self.state.best, self.state.best_epoch, \
             self.state.best_source
         value = logs.get(monitor)
         if value is not None and math.isfinite(float(value)) and _is_better(monitor,
                                                                            float(value), best):
-            best, best_epoch, best_source = float(value), epoch, weights
+            best, best_epoch = float(value), epoch
+            best_source = weights if lora is None else self._write_weights(model, n)
         es_state = None
         if early_stopping is not None:
             es = early_stopping
             previous = (self.state.early_stopping or {}).get("weights")
-            es_weights = weights if (es.best_weights is not None and es.best_epoch == epoch) \
-                else previous
+            es_weights = (lora or weights) if (es.best_weights is not None
+                                               and es.best_epoch == epoch) else previous
             es_state = {"wait": int(es.wait), "best": None if es.best is None else float(es.best),
                         "best_epoch": int(es.best_epoch), "stopped_epoch": int(es.stopped_epoch),
                         "weights": es_weights}
         self._commit(("commit", epoch), stage=stage, stage_first_epoch=stage_first_epoch,
                      epoch=epoch + 1,
-                     stopped=stopped, weights=weights, arrays=arrays,
+                     stopped=stopped, weights=weights, lora=lora, arrays=arrays,
                      has_optimizer=optimizer is not None, best=best, best_epoch=best_epoch,
                      best_source=best_source, early_stopping=es_state,
                      last_logs={k: float(v) for k, v in logs.items()})
@@ -475,9 +507,18 @@ class Checkpointer:
             weights = self._write_weights(model, n)
         arrays = self._write_arrays(model, None, n)
         self._commit(("stage_end", stage), stage=stage + 1, stage_first_epoch=self.state.epoch,
-                     stopped=False, weights=weights, arrays=arrays, has_optimizer=False,
+                     stopped=False, weights=weights, lora=None, arrays=arrays,
+                     has_optimizer=False,
                      early_stopping=None, last_logs={},
                      stages_done=[*self.state.stages_done, result])
+        self.write_seconds += time.perf_counter() - started
+
+    def commit_base(self, model: Any, stage: int) -> None:
+        """Commits `model`'s full weights before LoRA stage `stage` starts (its epochs
+        checkpoint only the adapters and the head on top of these)."""
+        started = time.perf_counter()
+        weights = self._write_weights(model, self.state.commit + 1)
+        self._commit(("lora_base", stage), weights=weights)
         self.write_seconds += time.perf_counter() - started
 
     def finish(self) -> None:
@@ -523,6 +564,47 @@ class Checkpointer:
         for v, key in zip(seeds, saved, strict=True):
             v.assign(arrays[key])
 
+    def load_weights_file(self, model: Any, name: str) -> None:
+        """Loads checkpoint file `name` into `model`: full weights (``.weights.h5``) or, into a
+        model with this LoRA stage's adapters enabled, its adapters and head (``.lora.npz``,
+        matched by variable path; a mismatch is a one-line error)."""
+        path = self.dir / name
+        if not name.endswith(LORA_SUFFIX):
+            load_model_weights(model, path)
+            return
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as e:
+            raise KerasftError(f"{path}: expected a kerasft LoRA checkpoint of plain arrays. "
+                               f"Received: error={str(e).splitlines()[0]!r}") from None
+        saved = {str(p): i for i, p in enumerate(arrays.get("paths", []))}
+        variables = model.trainable_variables
+        current = [str(v.path) for v in variables]
+        missing = [k for k in current if k not in saved]
+        unexpected = sorted(set(saved) - set(current))
+        wrong_shape = [k for k, v in zip(current, variables, strict=True) if k in saved
+                       and tuple(arrays[f"w_{saved[k]}"].shape) != tuple(v.shape)]
+        if missing or unexpected or wrong_shape:
+            problems = ", ".join(f"{label}={items[:_MAX_SHOWN]}" for label, items in (
+                ("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong_shape))
+                if items)
+            raise KerasftError(f"{path}: expected the adapters and head of this LoRA stage's "
+                               f"{len(variables)} trainable variables, matched by path. "
+                               f"Received: {problems}")
+        for key, v in zip(current, variables, strict=True):
+            v.assign(arrays[f"w_{saved[key]}"])
+
+    def restore_lora(self, model: Any) -> bool:
+        """Loads the committed adapters and head of the LoRA stage in progress into `model`
+        (its adapters enabled); returns whether there were any."""
+        if not self.state.lora:
+            return False
+        self.load_weights_file(model, self.state.lora)
+        return True
+
     def restore_optimizer(self, fit_model: Any) -> bool:
         """Builds `fit_model`'s optimizer and loads the committed optimizer state into it (call
         inside the strategy scope, after compiling the stage). Returns whether it did."""
@@ -563,9 +645,10 @@ class Checkpointer:
         name = (self.state.early_stopping or {}).get("weights")
         if not name or not self.state.weights:
             return None
-        load_model_weights(model, self.dir / name)
+        self.load_weights_file(model, name)
         weights = fit_model.get_weights()
-        load_model_weights(model, self.dir / self.state.weights)
+        self.load_weights_file(model, self.state.lora if name.endswith(LORA_SUFFIX)
+                               else self.state.weights)
         return weights
 
 

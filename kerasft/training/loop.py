@@ -151,14 +151,22 @@ def run_stages(
         fit_model = head if use_cache else model
         with strategy_info.strategy.scope():
             unfrozen = apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
+            lora = unfrozen.get("lora")
+            if lora is not None:
+                _start_lora(ckpt, model, backbone, unfrozen, i)
             compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
                           strategy_info.replicas)
             if ckpt is not None:
                 ckpt.restore_optimizer(fit_model)
         trainable = count_params(model.trainable_weights)
+        if lora is not None:
+            layers = f"LoRA rank {lora['rank']} alpha {lora['alpha']:g} on " \
+                f"{len(unfrozen['lora_targets'])} layers in " \
+                f"{len(unfrozen['unfrozen_layers'])} backbone layers (the rest frozen)"
+        else:
+            layers = f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen"
         log(f"stage {i + 1}/{len(cfg.stages)} '{stage.name}': trainable={stage.trainable}"
-            f"{' (head on cached features)' if use_cache else ''}, "
-            f"{len(unfrozen['unfrozen_layers'])} backbone layers unfrozen, "
+            f"{' (head on cached features)' if use_cache else ''}, {layers}, "
             f"batch_norm={unfrozen['batch_norm']}, "
             f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
             f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
@@ -205,9 +213,16 @@ def run_stages(
             )
         elif ckpt is not None and (ckpt.state.early_stopping or {}).get("weights"):
             # Interrupted between the stage's last epoch and its end: restore as EarlyStopping.
-            load_model_weights(model, ckpt.dir / ckpt.state.early_stopping["weights"])
+            ckpt.load_weights_file(model, ckpt.state.early_stopping["weights"])
         if nan_state:
             raise _diverged(nan_state["nan"], cfg, best_path)
+        if lora is not None:  # later stages, weights files and the export see plain layers
+            from kerasft.models.lora import merge_lora
+
+            with strategy_info.strategy.scope():
+                merged = merge_lora(model)
+            log(f"stage '{stage.name}': merged the LoRA adapters of {merged} layers into "
+                "their kernels")
         ran, last_logs = _stage_outcome(ckpt, history, first)
         result = StageResult(
             name=stage.name, epochs_run=ran, first_epoch=first + 1, last_epoch=first + ran,
@@ -220,7 +235,7 @@ def run_stages(
         epoch = first + ran
         if ckpt is not None:
             ckpt.commit_stage_end(model, stage=i, result=asdict(result),
-                                  weights_changed=es_callback is not None)
+                                  weights_changed=es_callback is not None or lora is not None)
     if ckpt is not None and ckpt.state.best is not None:
         best_state.update(best=ckpt.state.best, epoch=ckpt.state.best_epoch)
     if cfg.training.restore_best and best_path.exists():
@@ -251,6 +266,21 @@ def _start(ckpt: Any, model: Any, cfg: Config, strategy_info: StrategyInfo,
         with strategy_info.strategy.scope():
             ckpt.restore_model(model)
     return ckpt.state.epoch, [StageResult(**r) for r in ckpt.state.stages_done]
+
+
+def _start_lora(ckpt: Any, model: Any, backbone: Any, unfrozen: dict[str, Any],
+                stage: int) -> None:
+    """Enables the stage's LoRA adapters (call inside the strategy scope). With per-epoch
+    checkpoints the stage's starting weights are committed first when no checkpoint holds them
+    (the stage's epochs checkpoint only what trains), and a resumed stage gets its adapters and
+    head back."""
+    from kerasft.models.lora import enable_lora
+
+    if ckpt is not None and ckpt.state.weights is None:
+        ckpt.commit_base(model, stage)
+    enable_lora(backbone.network, unfrozen["lora_targets"], unfrozen["lora"])
+    if ckpt is not None:
+        ckpt.restore_lora(model)
 
 
 def _stage_outcome(ckpt: Any, history: Any, first: int) -> tuple[int, dict[str, float]]:

@@ -26,6 +26,14 @@ schedule. A stage always recompiles the model: Keras only picks up a change of `
   minus BatchNorm layers when BN is frozen in the stage and minus layers the features do not use
   (BERT's ``pooled_dense`` under mean pooling); see ``kerasft backbones --layers NAME``.
 - ``{from_layer: NAME}``: layer NAME and every layer above it train.
+
+With ``lora`` (``{rank, alpha, layers}``), ``trainable`` picks backbone layers as above, but they
+do not train: their Dense / EinsumDense sublayers named in ``lora.layers`` (default: KerasHub's
+query / value projections) get LoRA adapters, and only the adapters and the head train. ``top_n``
+then counts the layers that will get adapters (BERT's transformer blocks): ``top_n: 2`` puts
+adapters into the top two blocks
+(kerasft/models/lora.py). run_stages enables them after :func:`apply_trainable` and merges them
+into the kernels at the stage's end, so a later stage starts from plain, merged weights.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from kerasft.config import (
     HeadConfig,
     StageConfig,
     head_task,
+    parse_lora,
     parse_trainable,
     resolve_batch_norm,
 )
@@ -88,6 +97,10 @@ def apply_trainable(
         network.trainable = False
         return {"trainable": "head", "unfrozen_layers": [], "batch_norm": batch_norm}
 
+    lora_key = key.removesuffix(".trainable") + ".lora" if key != "trainable" else "lora"
+    lora = parse_lora(stage.lora, lora_key)
+    if lora is not None:
+        return _lora_units(backbone, stage, kind, arg, lora, key, lora_key, batch_norm)
     network.trainable = True
     if kind == "all":
         chosen = list(network.layers)
@@ -125,6 +138,37 @@ def apply_trainable(
             "train only with batch_norm: train; use trainable: head to train the head alone)",
             key, stage.trainable, where=f"stage '{stage.name}'"))
     return {"trainable": stage.trainable, "unfrozen_layers": unfrozen, "batch_norm": batch_norm}
+
+
+def _lora_units(backbone: Backbone, stage: StageConfig, kind: str, arg: Any,
+                lora: dict[str, Any], key: str, lora_key: str, batch_norm: str) -> dict[str, Any]:
+    """apply_trainable for a LoRA stage: the backbone layers `trainable` picks among those that
+    can hold adapters (``top_n`` counts only those) and their adapter targets; the backbone
+    stays frozen until run_stages enables the adapters."""
+    from kerasft.models.lora import adapter_units
+
+    units = adapter_units(backbone, lora, lora_key)
+    backbone.network.trainable = False
+    if kind == "top_n":
+        if arg > len(units):
+            raise ConfigError(expected(
+                f"at most {len(units)} (the layers of {backbone.name} with LoRA targets)",
+                f"{key}.top_n", arg))
+        units = units[-arg:]
+    elif kind == "from_layer":
+        names = [layer.name for layer in backbone.network.layers]
+        if arg not in names:
+            raise ConfigError(expected(f"a layer of {backbone.name} (`kerasft backbones "
+                                       f"--layers {backbone.name}` lists them)",
+                                       f"{key}.from_layer", arg))
+        first = names.index(arg)
+        units = [(u, t) for u, t in units if names.index(u.name) >= first]
+        if not units:
+            raise ConfigError(expected("a layer at or below a layer with LoRA targets",
+                                       f"{key}.from_layer", arg))
+    return {"trainable": stage.trainable, "unfrozen_layers": [u.name for u, _ in units],
+            "batch_norm": batch_norm, "lora": lora,
+            "lora_targets": [t for _, targets in units for t in targets]}
 
 
 def batch_norm_mode(backbone: Backbone, stage: StageConfig, key: str = "trainable") -> str:
