@@ -72,7 +72,7 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
     steps = steps_per_epoch(sizes["train"], batch, drop)
     lr_scale = (replicas or 0) if cfg.training.lr_scaling == "linear" else 1
     stages = [{"name": s.name, "epochs": s.epochs, "steps": s.epochs * steps,
-               "learning_rate": s.learning_rate,
+               "learning_rate": s.learning_rate, "lora": s.lora,
                "effective_learning_rate": s.learning_rate * lr_scale if lr_scale else None}
               for s in cfg.stages]
     run_id = resolve_run_id(run_id, env)
@@ -151,8 +151,10 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
         if plan["lr_scaling"] == "linear":
             eff = s["effective_learning_rate"]
             lr += f" x replicas = {eff:g}" if eff is not None else " x replicas (linear)"
+        lora = s.get("lora")
+        lora_text = f", LoRA rank {lora['rank']} alpha {lora['alpha']:g}" if lora else ""
         lines.append(f"stage '{s['name']}': {s['epochs']} epochs x {plan['steps_per_epoch']} "
-                     f"steps = {s['steps']} steps, {lr}")
+                     f"steps = {s['steps']} steps, {lr}{lora_text}")
     lines.append(f"total: {plan['total_epochs']} epochs, {plan['total_steps']} steps")
     if plan["workers"] > 1 and not plan["run_id"]:
         lines.append(f"run folder: {plan['run_dir']} (named by the chief, shared with all "

@@ -138,6 +138,7 @@ def trained(tmp_path_factory):
     ft = build_finetuner(cfg, log=log)
     summary = ft.fit(resume=True, evaluate=False)
     return {"ft": ft, "summary": summary, "seen": seen, "cfg": cfg, "files": files,
+            "tmp": tmp_path,
             "steps": math.ceil(len(rows) / 8)}
 
 
@@ -208,7 +209,8 @@ def test_layers_missing_from_the_backbone_are_a_one_line_error(trained):
 def test_export_merges_adapters_into_a_plain_saved_model(trained):
     import tensorflow as tf
 
-    from kerasft.models.lora import enable_lora
+    from kerasft.export.saved_model import export_saved_model
+    from kerasft.models.lora import enable_lora, lora_layers
 
     ft = trained["ft"]
     # Adapters left enabled (an API user's own): the export folds them in.
@@ -219,7 +221,10 @@ def test_export_merges_adapters_into_a_plain_saved_model(trained):
     ft.model.predict_function = None  # traced before the adapters existed
     texts = ["a great movie", "terrible and awful", "", "i liked it"]
     expected = ft.predict(texts)
-    path = ft.export()
+    path = export_saved_model(ft.model, ft.backbone, ft.class_names, trained["tmp"] / "exports",
+                              "lora", verify=False, check_ops=False, warmup=False,
+                              log=lambda s: None)
+    assert not lora_layers(ft.model)  # merged in place
     names = [n for n, _ in tf.train.list_variables(str(path / "variables" / "variables"))]
     assert names and not [n for n in names if "lora" in n]
     params = sum(math.prod(v.shape) for v in ft.model.weights) * 4

@@ -7,6 +7,7 @@
   their builders (``keras_hub_images``: the ``hub_*`` KerasHub image families).
 - ``layers``: the inference-mode wrapper (BatchNorm call mode) and the layers stages unfreeze.
 - ``heads``, ``weights``: the new head; weights files without the optimizer.
+- ``lora``: LoRA adapters on KerasHub backbones (targets, enabling, merging).
 
 Lazy imports: every module here imports without TensorFlow, Keras or KerasHub. They are
 imported inside the function that uses them, and a Keras class is defined on first use by a

@@ -26,7 +26,12 @@ _MAX_SHOWN = 8
 
 
 def _adaptable(layer: Any) -> bool:
-    return hasattr(layer, "enable_lora") and bool(getattr(layer, "weights", None))
+    """A Dense / EinsumDense layer (Keras's Embedding has LoRA too, with other variables, which
+    merge_lora does not fold)."""
+    import keras
+
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and bool(
+        layer.weights)
 
 
 def default_targets(network: Any) -> list[str]:

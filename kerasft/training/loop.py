@@ -4,6 +4,8 @@ The strategy is chosen once (kerasft/training/strategy.py); the model is built a
 compiled inside its scope; ``data.batch_size`` is the global batch, split over the replicas. Each
 stage sets ``trainable``, recompiles with a fresh optimizer and continues the epoch counter
 (``initial_epoch``), so the progress bar, ``history.csv`` and TensorBoard form one curve.
+A stage with ``lora`` enables its adapters after setting ``trainable`` and merges them into the
+kernels when it ends (kerasft/models/lora.py), so the next stage compiles a plain model.
 
 Callbacks (all writing into the run folder; kerasft/training/callbacks.py): progress bar,
 EarlyStopping with best-weight restore (per stage, when ``early_stopping.patience`` > 0),
