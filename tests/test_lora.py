@@ -59,8 +59,9 @@ def test_lora_on_an_image_backbone_is_a_one_line_error():
 
 
 # ---------------------------------------------------------------------------------------------
-# One tiny BERT run: LoRA (top_n: 1, 2 epochs) -> all, interrupted in the LoRA stage's second
-# epoch and resumed.
+# One tiny BERT run: a LoRA stage (top_n: 1, 2 epochs) interrupted in its second epoch and
+# resumed. (One compile of a BERT train step costs seconds: what a later stage sees is checked
+# without fitting it.)
 
 
 def _config(tmp_path, preset, train):
@@ -71,7 +72,6 @@ def _config(tmp_path, preset, train):
         "stages": [
             {"name": "lora", "trainable": {"top_n": 1}, "lora": dict(LORA), "epochs": 2,
              "learning_rate": 0.01},
-            {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.001},
         ],
         "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",
                      "monitor": "loss"},
@@ -109,7 +109,7 @@ def trained(tmp_path_factory):
             raise Interrupted
 
     def first_log(line):
-        if line.startswith("stage 1/2"):
+        if line.startswith("stage 1/1"):
             seen["start"] = _backbone_weights(first)
 
     with pytest.MonkeyPatch.context() as mp:
@@ -128,7 +128,7 @@ def trained(tmp_path_factory):
 
     def log(line):
         seen["lines"].append(line)
-        if line.startswith("stage 1/2"):  # adapters enabled and restored, stage compiled
+        if line.startswith("stage 1/1"):  # adapters enabled and restored, stage compiled
             seen["before"] = (_backbone_weights(ft), _head_weights(ft))
             seen["resumed"] = {v.path: np.array(v.numpy()) for v in ft.model.trainable_variables}
             seen["iterations"] = int(ft.model.optimizer.iterations.numpy())
@@ -154,7 +154,7 @@ def test_lora_stage_trains_adapters_and_head_then_merges(trained):
     head = sum(v.size for v in seen["before"][1].values())
     stage = trained["summary"]["stages"][0]
     assert stage["trainable_params"] == adapters + head
-    line = next(s for s in seen["lines"] if s.startswith("stage 1/2"))
+    line = next(s for s in seen["lines"] if s.startswith("stage 1/1"))
     assert "LoRA rank 4 alpha 8 on 2 layers in 1 backbone layers" in line
     assert f"{adapters + head:,} trainable parameters" in line
 
@@ -168,11 +168,16 @@ def test_lora_stage_trains_adapters_and_head_then_merges(trained):
             np.testing.assert_array_equal(before[path], after[path], err_msg=path)
     assert any(not np.allclose(head_before[k], head_after[k]) for k in head_before)
 
-    # After the merge the model is plain again: no adapters, and the next stage trains it all.
+    # After the merge the model is plain again: no adapters, and a later `all` stage trains
+    # every weight of it (the merged kernels included).
     assert not [v.path for v in ft.model.weights if "lora_" in v.path]
-    assert trained["summary"]["stages"][1]["trainable_params"] == sum(
-        math.prod(v.shape) for v in ft.model.trainable_weights)
-    assert trained["summary"]["stages"][1]["trainable_params"] > 10 * (adapters + head)
+    from kerasft.config import StageConfig
+    from kerasft.training.stages import apply_trainable, count_params
+
+    apply_trainable(ft.backbone, StageConfig(name="all", trainable="all"))
+    assert count_params(ft.model.trainable_weights) == count_params(ft.model.weights)
+    assert {t.kernel.path for t in targets} <= {v.path for v in ft.model.trainable_weights}
+    ft.backbone.network.trainable = False
 
 
 @pytest.mark.slow
@@ -190,7 +195,7 @@ def test_lora_checkpoint_holds_only_what_trains_and_resume_restores_it(trained):
     assert seen["iterations"] == trained["steps"]
     for path, value in seen["before"][0].items():
         np.testing.assert_array_equal(value, seen["start"][path], err_msg=path)
-    assert [s["epochs_run"] for s in trained["summary"]["stages"]] == [2, 1]
+    assert [s["epochs_run"] for s in trained["summary"]["stages"]] == [2]
 
 
 @pytest.mark.slow

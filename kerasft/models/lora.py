@@ -118,5 +118,9 @@ def merge_lora(model: Any) -> int:
         layer.lora_enabled = False
         layer.lora_rank = None
         layer.lora_alpha = None
-        kernel.trainable = layer.trainable
+        # enable_lora froze the kernel and bias under a trainable layer; Keras's `trainable`
+        # setter skips a layer whose flag does not change, so later stages could never unfreeze
+        # them: give the variables the layer's flag back.
+        for v in layer.weights:
+            v.trainable = layer.trainable
     return len(layers)
