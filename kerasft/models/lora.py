@@ -81,7 +81,9 @@ def lora_layers(model: Any) -> list[Any]:
 def enable_lora(network: Any, targets: list[Any], lora: dict[str, Any]) -> None:
     """Freezes `network` and gives every layer of `targets` trainable adapters of
     ``lora["rank"]`` scaled by ``lora["alpha"] / rank`` (their kernels and biases stay frozen).
-    Takes effect at the next ``compile``."""
+    Takes effect at the next ``compile``. Adapters left from a stage that never ended (a fit
+    interrupted in this process) are merged first: Keras enables LoRA once per layer."""
+    merge_lora(network)
     network.trainable = True
     for layer in network._flatten_layers(include_self=False):
         layer.trainable = False
