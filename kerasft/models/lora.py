@@ -45,14 +45,17 @@ def adapter_units(backbone: Any, lora: dict[str, Any], key: str) -> list[tuple[A
     the transformer blocks with their ``query`` and ``value`` projections. This is what a LoRA
     stage's ``top_n`` counts (the layers that will train, as a stage without LoRA counts).
 
-    One-line errors: a backbone that is not a KerasHub ``Backbone`` (keras.applications image
-    models) and names that no layer of the backbone has (F-Net has no query/value projections).
+    One-line errors: an image backbone (keras.applications or KerasHub: LoRA is for the text
+    families here) or a network that is not a KerasHub ``Backbone``, and names that no layer of
+    the backbone has (F-Net has no query/value projections).
     """
     network = backbone.network
-    if not hasattr(network, "default_lora_layer_names"):
+    if backbone.task != "text" or not hasattr(network, "default_lora_layer_names"):
         raise ConfigError(expected(
-            f"a KerasHub text backbone for lora ({backbone.name} is a {backbone.task} "
-            "keras.applications model; remove lora from the stage)", key, backbone.name))
+            f"a KerasHub text backbone for lora ({backbone.name} is an image backbone; remove "
+            "lora from the stage)" if backbone.task != "text" else
+            f"a KerasHub text backbone for lora ({backbone.name}'s network has no LoRA "
+            "targets; remove lora from the stage)", key, backbone.name))
     names = lora.get("layers") or default_targets(network)
     present = sorted({layer.name for layer in network._flatten_layers(include_self=False)
                       if _adaptable(layer)})
