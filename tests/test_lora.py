@@ -238,3 +238,21 @@ def test_export_merges_adapters_into_a_plain_saved_model(trained):
     with SessionModel(str(path)) as served:
         out = served.run("serving_default", text=np.array(texts, dtype=object))
     np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+
+
+def test_f_net_without_query_value_layers_names_the_fix(tmp_path):
+    from kerasft.models.registry import build_backbone
+    from kerasft.training.stages import check_stages
+    from tests.hub_presets import write_tiny_hub_preset
+
+    preset = write_tiny_hub_preset(tmp_path / "fnet", "f_net")
+    cfg = load_config({"backbone": {"name": "f_net", "preset": preset},
+                       "stages": [{"name": "l", "trainable": "all", "lora": 2}]})
+    with pytest.raises(ConfigError, match=r"^expected layer names present in f_net \(Dense/"
+                                          r"EinsumDense layers: .*intermediate_dense.*\); set "
+                                          r"stages\[0\]\.lora\.layers to some of them\. "):
+        check_stages(build_backbone(cfg.backbone), cfg)
+    cfg = load_config({"backbone": {"name": "f_net", "preset": preset}, "stages": [
+        {"name": "l", "trainable": {"top_n": 1}, "lora": {"rank": 2,
+                                                          "layers": ["intermediate_dense"]}}]})
+    check_stages(build_backbone(cfg.backbone), cfg)  # the fix the message names works
