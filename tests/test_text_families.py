@@ -158,7 +158,8 @@ def test_tflite_text_export_is_bert_only():
     from kerasft.errors import ExportError
     from kerasft.export.tflite import export_tflite
 
-    ft = SimpleNamespace(model=None, backbone=SimpleNamespace(task="text", name="roberta"))
+    ft = SimpleNamespace(model=None, backbone=SimpleNamespace(task="text", name="roberta"),
+                         config=SimpleNamespace(head=SimpleNamespace(task="classification")))
     with pytest.raises(ExportError, match=r"a bert backbone for a TFLite text export.*"
                                           r"backbone.name='roberta'"):
         export_tflite(ft)
