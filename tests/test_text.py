@@ -176,3 +176,18 @@ def test_text_pipelines_share_one_tokenizer_trace(tmp_path, text_csvs):
     for split, training in ((data.train, True), (data.test, False)):
         next(iter(ft._pipeline(split, training=training)))
     assert ft._tokenizer().experimental_get_tracing_count() == 1
+
+
+def test_text_pipelines_run_without_the_autotuning_thread(tmp_path, text_csvs):
+    # Deleting an iterator waited for tf.data's autotuning thread to wake up: 39-45 s after the
+    # quickstart's fine-tuning epoch (docs/BENCHMARKS.md, "Where the quickstart's time goes").
+    from kerasft.api import FineTuner
+    from kerasft.config import load_config
+
+    preset = write_tiny_bert_preset(tmp_path / "kh")
+    ft = FineTuner(load_config(text_config(preset, *text_csvs, tmp_path)), log=lambda _: None)
+    data = ft.load_data(report=False)
+    ft.build(data.class_names)
+    for ds in (ft._pipeline(data.train, training=True, start_epoch=0),
+               ft._pipeline(data.test, training=False)):
+        assert ds.options().autotune.enabled is False

@@ -144,6 +144,11 @@ def make_pipeline(
     ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.deterministic = deterministic
+    if is_text:
+        # No autotuning model thread: deleting an iterator waits for that thread's sleep, which
+        # grows to a minute on long runs (the pause after each fit and predict). After the token
+        # cache a text batch is a gather and a slice: there is nothing for it to tune.
+        options.autotune.enabled = False
     return ds.with_options(options)
 
 
