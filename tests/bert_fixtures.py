@@ -139,16 +139,7 @@ def write_tiny_bert_preset(
         max_sequence_length=max_sequence_length,
         dropout=dropout,
     )
-    rng = np.random.default_rng(seed)
-    for var in backbone.weights:
-        name = var.path.rsplit("/", 1)[-1]
-        if name == "gamma":
-            value = np.ones(var.shape)
-        elif name in ("beta", "bias"):
-            value = np.zeros(var.shape)
-        else:
-            value = rng.normal(0.0, 0.2, size=var.shape)
-        var.assign(value.astype("float32"))
+    randomize_weights(backbone, seed)
 
     tokenizer = keras_hub.models.BertTokenizer(
         vocabulary=vocab, lowercase=lowercase, strip_accents=strip_accents
@@ -374,3 +365,18 @@ def write_tiny_hf_bert_dir(
             },
         )
     return path
+
+
+def randomize_weights(backbone, seed: int) -> None:
+    """Seeded tiny-backbone weights: gamma 1, beta and biases 0, the rest N(0, 0.2)."""
+    rng = np.random.default_rng(seed)
+    for var in backbone.weights:
+        name = var.path.rsplit("/", 1)[-1]
+        if name == "gamma":
+            value = np.ones(var.shape)
+        elif name in ("beta", "bias"):
+            value = np.zeros(var.shape)
+        else:
+            value = rng.normal(0.0, 0.2, size=var.shape)
+        var.assign(value.astype("float32"))
+

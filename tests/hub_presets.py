@@ -21,7 +21,7 @@ import io
 import os
 from typing import Any
 
-import numpy as np
+from tests.bert_fixtures import randomize_weights
 
 CORPUS = (
     "a good movie", "great film", "i loved this book", "very nice", "it was great",
@@ -140,16 +140,7 @@ def write_tiny_hub_preset(path: str | os.PathLike, family: str, *, sequence_leng
     os.makedirs(path, exist_ok=True)
     tokenizer = _tokenizer(family)
     backbone = _backbone(family, int(tokenizer.vocabulary_size()), max_sequence_length)
-    rng = np.random.default_rng(seed)
-    for var in backbone.weights:
-        name = var.path.rsplit("/", 1)[-1]
-        if name == "gamma":
-            value = np.ones(var.shape)
-        elif name in ("beta", "bias"):
-            value = np.zeros(var.shape)
-        else:
-            value = rng.normal(0.0, 0.2, size=var.shape)
-        var.assign(value.astype("float32"))
+    randomize_weights(backbone, seed)
     backbone.save_to_preset(path)
     if family == "electra":  # KerasHub 0.32 has no ElectraTextClassifierPreprocessor
         tokenizer.save_to_preset(path)
