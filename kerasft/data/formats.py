@@ -390,18 +390,29 @@ def _check_parquet_types(schema: Any, text_key: str, label_key: str, multi_label
 # Text folders.
 
 
-def read_text_folder(spec: str, name: str, cfg: DataConfig, report: dict[str, Any]) -> Part:
+def read_class_folders(spec: str, name: str, extensions: tuple[str, ...], *, example: str,
+                       files: tuple[str, str]) -> tuple[str, list[str], list[str], list[str],
+                                                        list[str]]:
+    """The folder ``data.<name>`` names, read by :func:`class_folders`: ``(root, classes,
+    paths, labels, ignored)``; one-line errors for a missing folder, no class subfolders (`example`
+    shows a layout) or no files (`files`: what they are, and the noun for the count)."""
     key = f"data.{name}"
     root = resolve_pkg_path(spec, key)
     if not os.path.isdir(root):
         raise DataError(expected("an existing folder with one subfolder per class", key, spec))
-    classes, paths, labels, ignored = class_folders(root, TEXT_FILE_EXTENSIONS)
+    classes, paths, labels, ignored = class_folders(root, extensions)
     if not classes:
-        raise DataError(expected("one subfolder per class (e.g. neg/1.txt, pos/2.txt)",
-                                 "subfolders", 0, where=root))
-    if not paths:
-        raise DataError(expected(".txt files in the class subfolders", "text files", 0,
+        raise DataError(expected(f"one subfolder per class (e.g. {example})", "subfolders", 0,
                                  where=root))
+    if not paths:
+        raise DataError(expected(f"{files[0]} in the class subfolders", files[1], 0, where=root))
+    return root, classes, paths, labels, ignored
+
+
+def read_text_folder(spec: str, name: str, cfg: DataConfig, report: dict[str, Any]) -> Part:
+    root, classes, paths, labels, ignored = read_class_folders(
+        spec, name, TEXT_FILE_EXTENSIONS, example="neg/1.txt, pos/2.txt",
+        files=(".txt files", "text files"))
     encoding = file_encoding(cfg)
     rows = TextRows(root, cfg, multi_label=False, kind="file")
     for path, label in zip(paths, labels, strict=True):

@@ -34,9 +34,9 @@ from kerasft.config import DataConfig
 from kerasft.data.datasets import read_tfds
 from kerasft.data.formats import (
     TextRows,
-    class_folders,
     file_encoding,
     find_column,
+    read_class_folders,
     read_jsonl,
     read_parquet,
     read_text_folder,
@@ -45,7 +45,6 @@ from kerasft.data.formats import (
 )
 from kerasft.data.splits import DEFAULT_VALIDATION_SPLIT, DataSplits, Part, finish, skip
 from kerasft.errors import DataError, expected
-from kerasft.io import resolve_pkg_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 FILE_SOURCES = "csv, jsonl, parquet, text_folder, image_folder"
@@ -186,17 +185,9 @@ def _decode_image(data: tf.Tensor) -> tf.Tensor:
 
 
 def _read_image_folder(spec: str, name: str, report: dict[str, Any]) -> Part:
-    key = f"data.{name}"
-    root = resolve_pkg_path(spec, key)
-    if not os.path.isdir(root):
-        raise DataError(expected("an existing folder with one subfolder per class", key, spec))
-    classes, paths, labels, ignored = class_folders(root, IMAGE_EXTENSIONS)
-    if not classes:
-        raise DataError(expected("one subfolder per class (e.g. cat/1.jpg, dog/2.jpg)",
-                                 "subfolders", 0, where=root))
-    if not paths:
-        raise DataError(expected(f"image files ({' '.join(IMAGE_EXTENSIONS)}) in the class "
-                                 "subfolders", "images", 0, where=root))
+    root, classes, paths, labels, ignored = read_class_folders(
+        spec, name, IMAGE_EXTENSIONS, example="cat/1.jpg, dog/2.jpg",
+        files=(f"image files ({' '.join(IMAGE_EXTENSIONS)})", "images"))
     readable = _readable(paths)
     skipped: dict[str, dict[str, Any]] = {}
     for i in np.flatnonzero(~readable):
