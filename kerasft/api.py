@@ -256,21 +256,6 @@ class FineTuner:
 
         return preprocess_and_trim
 
-    def _tokenizer(self) -> Callable[[Any], Any]:
-        """The backbone's text preprocessing as one traced function, shared by every pipeline.
-
-        Each ``Dataset.map`` traces its function anew; a KerasHub tokenizer is a large graph, so
-        the five or so text pipelines of a run (features, validation, fine-tuning, test) would
-        trace it five times. Called inside a map, this function reuses its one trace.
-        """
-        if getattr(self, "_tokenize_fn", None) is None or self._tokenize_owner is not self.backbone:
-            import tensorflow as tf
-
-            self._tokenize_fn = tf.function(
-                self.backbone.preprocess, input_signature=[tf.TensorSpec([None], tf.string)])
-            self._tokenize_owner = self.backbone
-        return self._tokenize_fn
-
     def _pipeline(self, split: Any, training: bool, shuffle: bool | None = None,
                   start_epoch: int | None = None) -> Any:
         from kerasft.data.pipeline import make_pipeline
@@ -283,7 +268,7 @@ class FineTuner:
             training=training if shuffle is None else shuffle,
             seed=self.config.seed,
             # text: tokenized once before the cache, then trimmed per batch
-            tokenize=self._tokenizer() if text else None,
+            tokenize=self.backbone.preprocess if text else None,
             preprocess=self._trim() if text else self.backbone.preprocess,
             image_size=self.backbone.image_size,
             augmentation=self.config.data.augmentation if training else None,
