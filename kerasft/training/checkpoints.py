@@ -583,14 +583,8 @@ class Checkpointer:
         saved = {str(p): i for i, p in enumerate(arrays.get("paths", []))}
         variables = model.trainable_variables
         current = [str(v.path) for v in variables]
-        missing = [k for k in current if k not in saved]
-        unexpected = sorted(set(saved) - set(current))
-        wrong_shape = [k for k, v in zip(current, variables, strict=True) if k in saved
-                       and tuple(arrays[f"w_{saved[k]}"].shape) != tuple(v.shape)]
-        if missing or unexpected or wrong_shape:
-            problems = ", ".join(f"{label}={items[:_MAX_SHOWN]}" for label, items in (
-                ("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong_shape))
-                if items)
+        problems = _path_mismatch(current, variables, saved, arrays, "w_")
+        if problems:
             raise KerasftError(f"{path}: expected the adapters and head of this LoRA stage's "
                                f"{len(variables)} trainable variables, matched by path. "
                                f"Received: {problems}")
@@ -620,14 +614,8 @@ class Checkpointer:
         # "adam_1", ...): a resumed process that skips finished stages numbers it differently.
         saved = {_optimizer_key(p): i for i, p in enumerate(saved_paths)}
         current = [_optimizer_key(v.path) for v in variables]
-        missing = [k for k in current if k not in saved]
-        unexpected = sorted(set(saved) - set(current))
-        wrong_shape = [k for k, v in zip(current, variables, strict=True) if k in saved
-                       and tuple(arrays[f"opt_{saved[k]}"].shape) != tuple(v.shape)]
-        if missing or unexpected or wrong_shape:
-            problems = ", ".join(f"{name}={items[:_MAX_SHOWN]}" for name, items in (
-                ("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong_shape))
-                if items)
+        problems = _path_mismatch(current, variables, saved, arrays, "opt_")
+        if problems:
             message = (f"{self.dir / str(self.state.arrays)}: expected the optimizer state of "
                        f"this stage's {len(variables)} variables, matched by path. Received: "
                        f"{problems}")
@@ -724,3 +712,15 @@ def callbacks() -> dict[str, type]:
 
 def pause_requested() -> bool:
     return bool(os.environ.get(PAUSE_ENV, "").startswith("epoch@"))
+
+
+def _path_mismatch(current: list[str], variables: list[Any], saved: dict[str, int],
+                   arrays: Any, prefix: str) -> str:
+    """How saved arrays (``<prefix><i>``, index by path in `saved`) fail to match `variables`
+    (paths `current`): ``missing=[...], unexpected=[...], wrong_shape=[...]``, or ""."""
+    missing = [k for k in current if k not in saved]
+    unexpected = sorted(set(saved) - set(current))
+    wrong_shape = [k for k, v in zip(current, variables, strict=True) if k in saved
+                   and tuple(arrays[f"{prefix}{saved[k]}"].shape) != tuple(v.shape)]
+    return ", ".join(f"{label}={items[:_MAX_SHOWN]}" for label, items in (
+        ("missing", missing), ("unexpected", unexpected), ("wrong_shape", wrong_shape)) if items)
