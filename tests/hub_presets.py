@@ -21,6 +21,8 @@ import io
 import os
 from typing import Any
 
+import numpy as np
+
 from tests.bert_fixtures import randomize_weights
 
 CORPUS = (
@@ -158,4 +160,37 @@ def write_tiny_hub_preset(path: str | os.PathLike, family: str, *, sequence_leng
     preprocessor = getattr(keras_hub.models, preprocessor_cls)(
         tokenizer=tokenizer, sequence_length=sequence_length)
     preprocessor.save_to_preset(path)
+    return path
+
+
+# MobileNet's ImageNet mean/std as scale/offset: per-channel preprocessing read from the preset.
+IMAGENET_MEAN, IMAGENET_STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+
+
+def tiny_vit_preset(path: str | os.PathLike) -> str | os.PathLike:
+    """A 1-layer ViT preset (16x16 images) with its image converter, at `path`."""
+    import keras_hub
+
+    keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
+                                 num_heads=2, hidden_dim=16, mlp_dim=32).save_to_preset(path)
+    keras_hub.layers.ViTImageConverter(image_size=(16, 16), scale=1 / 127.5,
+                                       offset=-1.0).save_to_preset(path)
+    return path
+
+
+def tiny_mobilenet_v3_preset(path: str | os.PathLike) -> str | os.PathLike:
+    """A one-block MobileNetV3 preset (16x16 images, ImageNet mean/std), at `path`."""
+    import keras_hub
+
+    keras_hub.models.MobileNetBackbone(
+        stackwise_expansion=[[16]], stackwise_num_blocks=[1], stackwise_num_filters=[[8]],
+        stackwise_kernel_size=[[3]], stackwise_num_strides=[[2]], stackwise_se_ratio=[[0.25]],
+        stackwise_activation=[["hard_swish"]], stackwise_padding=[[1]],
+        output_num_filters=16, depthwise_filters=8, depthwise_stride=1,
+        depthwise_residual=False, last_layer_filter=16, squeeze_and_excite=0.5,
+    ).save_to_preset(path)
+    keras_hub.layers.MobileNetImageConverter(
+        image_size=(16, 16), scale=list(1 / (255 * IMAGENET_STD)),
+        offset=list(-IMAGENET_MEAN / IMAGENET_STD),
+    ).save_to_preset(path)
     return path

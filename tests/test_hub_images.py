@@ -11,43 +11,17 @@ import pytest
 
 from kerasft.config import BackboneConfig, ConfigError
 from tests.conftest import make_image_arrays
+from tests.hub_presets import IMAGENET_MEAN as MEAN
+from tests.hub_presets import IMAGENET_STD as STD
+from tests.hub_presets import tiny_mobilenet_v3_preset, tiny_vit_preset
 from tests.session_loader import SessionModel
-
-# MobileNet's ImageNet mean/std as scale/offset: per-channel preprocessing read from the preset.
-MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-
-
-def _tiny_vit(path):
-    import keras_hub
-
-    keras_hub.models.ViTBackbone(image_shape=(16, 16, 3), patch_size=4, num_layers=1,
-                                 num_heads=2, hidden_dim=16, mlp_dim=32).save_to_preset(path)
-    keras_hub.layers.ViTImageConverter(image_size=(16, 16), scale=1 / 127.5,
-                                       offset=-1.0).save_to_preset(path)
-    return path
-
-
-def _tiny_mobilenet_v3(path):
-    import keras_hub
-
-    keras_hub.models.MobileNetBackbone(
-        stackwise_expansion=[[16]], stackwise_num_blocks=[1], stackwise_num_filters=[[8]],
-        stackwise_kernel_size=[[3]], stackwise_num_strides=[[2]], stackwise_se_ratio=[[0.25]],
-        stackwise_activation=[["hard_swish"]], stackwise_padding=[[1]],
-        output_num_filters=16, depthwise_filters=8, depthwise_stride=1,
-        depthwise_residual=False, last_layer_filter=16, squeeze_and_excite=0.5,
-    ).save_to_preset(path)
-    keras_hub.layers.MobileNetImageConverter(
-        image_size=(16, 16), scale=list(1 / (255 * STD)), offset=list(-MEAN / STD),
-    ).save_to_preset(path)
-    return path
 
 
 @pytest.fixture(scope="module")
 def presets(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub_presets")
-    return {"hub_vit": _tiny_vit(root / "vit"),
-            "hub_mobilenet_v3": _tiny_mobilenet_v3(root / "mobilenet_v3")}
+    return {"hub_vit": tiny_vit_preset(root / "vit"),
+            "hub_mobilenet_v3": tiny_mobilenet_v3_preset(root / "mobilenet_v3")}
 
 
 def _bn_moments(network):
