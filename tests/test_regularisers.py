@@ -119,11 +119,19 @@ def test_regulariser_config_errors():
         assert "\n" not in str(e.value)
 
 
+class Interrupted(Exception):
+    pass
+
+
 @pytest.mark.slow
-def test_mixup_and_ema_run_trains_evaluates_and_exports_the_averages(image_arrays, tmp_path,
-                                                                   monkeypatch):
+def test_mixup_and_ema_run_resumes_and_exports_the_averages(image_arrays, tmp_path,
+                                                            monkeypatch):
+    """One mixup + EMA stage (2 epochs), interrupted at its second epoch's commit and resumed;
+    every step's raw weights are recorded, and the averages recomputed from them."""
+    import kerasft.training.checkpoints as checkpoints
     import kerasft.training.loop as loop
     from kerasft.api import build_finetuner
+    from kerasft.models.weights import load_model_weights
     from kerasft.training.callbacks import callback_classes
 
     raw: list[list[np.ndarray]] = []  # the trained weights after every step
@@ -136,48 +144,66 @@ def test_mixup_and_ema_run_trains_evaluates_and_exports_the_averages(image_array
 
     classes["NaNGuard"] = Recorder
     monkeypatch.setattr(loop, "callback_classes", lambda: classes)
+
+    def interrupt(point, epoch):
+        if (point, epoch) == ("commit", 1):
+            raise Interrupted()
+
     momentum = 0.8
-    x, y = image_arrays
-    ft = build_finetuner({
+    cfg = {
         "name": "reg", "seed": 0, "backbone": {"name": "tiny_cnn", "weights": "none"},
         "data": {"source": "arrays", "batch_size": 16, "validation_split": 0.2,
                  "augmentation": {"mixup": {"alpha": 0.4}}},
-        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent"},
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",
+                     "restore_best": False},
         "stages": [{"name": "all", "trainable": "all", "epochs": 2, "learning_rate": 0.05,
                     "label_smoothing": 0.1, "ema": {"momentum": momentum}}],
         "export": {"dir": str(tmp_path / "saved_models")},
-    }, log=lambda s: None)
-    ft.fit(x, y, output_dir=tmp_path / "runs", evaluate=False)
+    }
+    x, y = image_arrays
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "pause_point", interrupt)
+        with pytest.raises(Interrupted):
+            build_finetuner(cfg, log=lambda s: None).fit(x, y, output_dir=tmp_path / "runs",
+                                                         evaluate=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    ft = build_finetuner(cfg, log=lambda s: None)
+    ft.fit(x, y, output_dir=tmp_path / "runs", resume=run_dir, evaluate=False)
 
     # The training pipeline mixes; the validation pipeline gives raw pixels and class ids.
-    (xt, yt), = ft._pipeline(ft.data.train, training=True, start_epoch=0).take(1)
+    (_, yt), = ft._pipeline(ft.data.train, training=True, start_epoch=0).take(1)
     assert yt.shape == (16, 3) and np.allclose(yt.numpy().sum(1), 1.0)
-    (xv, yv), = ft._pipeline(ft.data.validation, training=False).take(1)
+    (_, yv), = ft._pipeline(ft.data.validation, training=False).take(1)
     assert yv.shape.rank == 1
 
-    steps = len(raw) // 2
+    steps = len(raw) // 3  # epoch 1, epoch 2 (lost: never committed), epoch 2 again
+    kept = raw[:steps] + raw[2 * steps:]
     averages, e = [], None
-    for t, weights in enumerate(raw):
+    for t, weights in enumerate(kept):
         e = [w.copy() for w in weights] if t == 0 else [
             momentum * a + (1 - momentum) * w for a, w in zip(e, weights)]
         if (t + 1) % steps == 0:
             averages.append(e)
-    final = [np.array(v) for v in ft.model.trainable_weights]
 
     def close(a, b):
         return all(np.allclose(u, v, atol=1e-5) for u, v in zip(a, b))
 
-    # The model holds an epoch end's averages (restore_best keeps the best epoch's), not the
-    # raw weights; epoch 2 trained on from the raw weights, not from epoch 1's averages.
-    assert any(close(final, a) for a in averages)
-    assert not close(final, raw[steps - 1]) and not close(final, raw[-1])
-    jump = sum(np.abs(a - b).sum() for a, b in zip(raw[steps], raw[steps - 1]))
-    from_average = sum(np.abs(a - b).sum() for a, b in zip(raw[steps], averages[0]))
+    # The model holds the last epoch's averages, not the raw weights; the resumed epoch trained
+    # on from epoch 1's raw weights (not from its averages, which the checkpoint's model file
+    # holds) and its averages continued from epoch 1's.
+    final = [np.array(v) for v in ft.model.trainable_weights]
+    assert close(final, averages[-1]) and not close(final, kept[-1])
+    jump = sum(np.abs(a - b).sum() for a, b in zip(kept[steps], kept[steps - 1]))
+    from_average = sum(np.abs(a - b).sum() for a, b in zip(kept[steps], averages[0]))
     assert jump < from_average
 
-    path = ft.export(verify=False)  # checked below with the session loader
+    path = ft.export(verify=False)  # checked here with the session loader
     with SessionModel(str(path)) as served:
         first = served.run("serving_default", image=x[:6].astype("float32"))["probabilities"]
         again = served.run("serving_default", image=x[:6].astype("float32"))["probabilities"]
     np.testing.assert_array_equal(first, again)  # no augmentation in the export
     np.testing.assert_allclose(first, ft.predict(x[:6]), atol=1e-5)
+
+    load_model_weights(ft.model, run_dir / "checkpoints" / "best.weights.h5")
+    best = [np.array(v) for v in ft.model.trainable_weights]
+    assert any(close(best, a) for a in averages)  # the best epoch's averages
