@@ -207,3 +207,34 @@ def test_mixup_and_ema_run_resumes_and_exports_the_averages(image_arrays, tmp_pa
     load_model_weights(ft.model, run_dir / "checkpoints" / "best.weights.h5")
     best = [np.array(v) for v in ft.model.trainable_weights]
     assert any(close(best, a) for a in averages)  # the best epoch's averages
+
+
+def test_ema_weights_stay_after_an_early_stop():
+    """A stage stopped before its last epoch ends with the averages in the model (Keras's fit
+    would otherwise write the raw weights back at its end)."""
+    import keras
+
+    from kerasft.training.callbacks import callback_classes
+
+    classes = callback_classes()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5, use_ema=True, ema_momentum=0.5),
+                  loss="mse")
+    raw = []
+
+    class Stop(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([np.array(v) for v in self.model.trainable_weights])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = True  # as EarlyStopping does, after epoch 1 of 3
+
+    ema = classes["EMAWeights"]()
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    model.fit(x, x[:, :2] * 3.0, batch_size=4, epochs=3, verbose=0, shuffle=False,
+              callbacks=[ema, Stop(), classes["EMAStop"](ema)])
+    average = [0.5 * a + 0.5 * b for a, b in zip(*raw)]  # first average = first step's weights
+    for w, expected, last in zip(model.trainable_weights, average, raw[-1]):
+        np.testing.assert_allclose(np.array(w), expected, atol=1e-6)
+        assert not np.allclose(np.array(w), last)
