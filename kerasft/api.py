@@ -29,8 +29,10 @@ import numpy as np
 from kerasft.config import (
     Config,
     check_export_quantize,
+    check_mixing,
     head_task,
     load_config,
+    mixes_labels,
     resolve_task,
     save_config,
 )
@@ -276,6 +278,8 @@ class FineTuner:
             shuffle_buffer=self.config.data.shuffle_buffer,
             drop_remainder=training and drops_remainder(self.strategy_info.kind),
             num_classes=len(self.class_names) if self.multi_label else None,
+            mix_classes=len(self.class_names) if training and mixes_labels(
+                self.config.data.augmentation) else None,
             start_epoch=start_epoch,
             # trimmed text: training batches also grouped by length
             group_by_length=self.config.data.bucket_multiple if self._trims() else None,
@@ -453,6 +457,7 @@ class FineTuner:
         from kerasft.data.class_weights import class_weight_line, class_weights
         from kerasft.training.stages import check_stages
 
+        check_mixing(self.config, self.backbone.task)
         check_stages(self.backbone, self.config)
         weights = class_weights(self.config.data.class_weight, self.class_names,
                                 data.train.labels)

@@ -52,7 +52,14 @@ LR_SCALING = ("none", "linear")
 BATCH_NORM_MODES = ("frozen", "train")
 # export.quantize (the SavedModel): int8 = Keras's weight quantization (kerasft/export/quantize.py).
 EXPORT_QUANTIZE = ("none", "int8")
-AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness",
+                 "rand_augment", "mixup", "cutmix")
+#: Augmentations that mix two examples, labels included: the training labels become soft.
+MIXING_AUGMENTATIONS = ("mixup", "cutmix")
+MIXING_PARAMETERS = {"mixup": "alpha", "cutmix": "factor"}  # keras.layers.MixUp / CutMix's
+MIXING_DEFAULTS = {"mixup": 0.2, "cutmix": 1.0}  # Keras's defaults
+RAND_AUGMENT_DEFAULTS = {"num_ops": 2, "factor": 0.5}  # keras.layers.RandAugment's
+EMA_MOMENTUM = 0.99  # Keras's ema_momentum
 
 
 @dataclass
@@ -150,6 +157,9 @@ class StageConfig:
     # LoRA adapters instead of the backbone's own weights: ``{rank, alpha, layers}`` or a rank;
     # validate() writes the resolved mapping here (see parse_lora).
     lora: Any = None
+    # Weight EMA (Keras's use_ema): ``true``, a momentum or ``{momentum}``; validate() writes the
+    # resolved ``{momentum}`` here (see parse_ema).
+    ema: Any = None
 
 
 @dataclass
@@ -437,6 +447,115 @@ def parse_lora(value: Any, key: str = "lora") -> dict[str, Any] | None:
     return {"rank": rank, "alpha": alpha, "layers": layers}
 
 
+def parse_ema(value: Any, key: str = "ema") -> dict[str, float] | None:
+    """Normalises a stage's ``ema`` to ``{momentum}`` (None: no weight EMA).
+
+    ``ema: true`` is Keras's default momentum (0.99); ``ema: 0.999`` or ``{momentum: 0.999}``
+    sets it. false / null: off.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {"momentum": EMA_MOMENTUM}
+    if _is_number(value):
+        value = {"momentum": value}
+    if not isinstance(value, dict):
+        raise ConfigError(expected("true, a momentum or a mapping {momentum}", key, value))
+    unknown = [k for k in value if k != "momentum"]
+    if unknown:
+        raise ConfigError(expected(f"a known config key (valid under {key}: momentum)",
+                                   "unknown key", f"{key}.{unknown[0]}")
+                          + _did_you_mean(str(unknown[0]), ["momentum"]))
+    momentum = value.get("momentum", EMA_MOMENTUM)
+    if not _is_number(momentum) or not 0.0 < momentum < 1.0:
+        raise ConfigError(expected("a momentum in (0, 1)", f"{key}.momentum", momentum))
+    return {"momentum": float(momentum)}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _enabled(value: Any) -> bool:
+    return not (value is None or value is False or (_is_number(value) and value == 0))
+
+
+def parse_mixing(key: str, value: Any, where: str) -> float | None:
+    """``data.augmentation.mixup``: true, an alpha or ``{alpha}`` (the mixing weights are
+    Beta(alpha, alpha), keras.layers.MixUp's); ``cutmix``: true, a factor or ``{factor}`` in
+    (0, 1] (keras.layers.CutMix's: each batch draws its alpha from [0, factor]). Returns the
+    number (None: off)."""
+    if not _enabled(value):
+        return None
+    name = MIXING_PARAMETERS[key]
+    if value is True:
+        return MIXING_DEFAULTS[key]
+    if isinstance(value, dict):
+        unknown = [k for k in value if k != name]
+        if unknown:
+            raise ConfigError(expected(f"a known config key (valid under {where}: {name})",
+                                       "unknown key", f"{where}.{unknown[0]}")
+                              + _did_you_mean(str(unknown[0]), [name]))
+        value = value.get(name, MIXING_DEFAULTS[key])
+        where = f"{where}.{name}"
+    if key == "cutmix":
+        if not _is_number(value) or not 0.0 < value <= 1.0:
+            raise ConfigError(expected("true, a factor in (0, 1] or a mapping {factor}", where,
+                                       value))
+    elif not _is_number(value) or value <= 0:
+        raise ConfigError(expected("true, a positive alpha or a mapping {alpha}", where, value))
+    return float(value)
+
+
+def parse_rand_augment(value: Any, where: str) -> dict[str, Any] | None:
+    """``data.augmentation.rand_augment``: true or ``{num_ops, factor}`` (None: off)."""
+    if not _enabled(value):
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ConfigError(expected("true or a mapping {num_ops, factor}", where, value))
+    unknown = [k for k in value if k not in RAND_AUGMENT_DEFAULTS]
+    if unknown:
+        raise ConfigError(expected(f"a known config key (valid under {where}: num_ops, factor)",
+                                   "unknown key", f"{where}.{unknown[0]}")
+                          + _did_you_mean(str(unknown[0]), list(RAND_AUGMENT_DEFAULTS)))
+    out = {**RAND_AUGMENT_DEFAULTS, **value}
+    ops = out["num_ops"]
+    if not isinstance(ops, int) or isinstance(ops, bool) or ops <= 0:
+        raise ConfigError(expected("a positive integer", f"{where}.num_ops", ops))
+    factor = out["factor"]
+    if not _is_number(factor) or not 0.0 < factor <= 1.0:
+        raise ConfigError(expected("a factor in (0, 1]", f"{where}.factor", factor))
+    return {"num_ops": ops, "factor": float(factor)}
+
+
+def mixes_labels(augmentation: dict[str, Any] | None) -> bool:
+    """Whether ``data.augmentation`` mixes examples (mixup / cutmix): training labels are then
+    soft (one-hot, mixed) while evaluation labels stay class ids."""
+    return any(_enabled((augmentation or {}).get(k)) for k in MIXING_AUGMENTATIONS)
+
+
+def check_mixing(cfg: Config, task: str | None) -> None:
+    """MixUp / CutMix need image inputs and one-label classification (`task`: the backbone's
+    ``text`` / ``image``, or None when unknown)."""
+    aug = cfg.data.augmentation
+    if not mixes_labels(aug):
+        return
+    on = [k for k in MIXING_AUGMENTATIONS if _enabled(aug.get(k))]
+    key = f"data.augmentation.{on[0]}"
+    if len(on) > 1:
+        raise ConfigError(expected("mixup or cutmix, not both (each mixes every training "
+                                   "batch)", "data.augmentation", ", ".join(on)))
+    if task == "text":
+        raise ConfigError(expected(f"an image backbone for {on[0]} (it mixes pixels; backbone "
+                                   f"{cfg.backbone.name} reads text)", key, aug[on[0]]))
+    kind = head_task(cfg.head)
+    if kind in ("multi_label", "regression"):
+        raise ConfigError(expected(f"head.task classification with {on[0]} (its mixed labels "
+                                   "are class probabilities)", "head.task", kind))
+
+
 def head_task(head: HeadConfig) -> str | None:
     """The head's task: ``head.task`` or, unset, multi_label for ``activation: sigmoid``; None
     when it is left to the data (:func:`resolve_task`)."""
@@ -463,6 +582,7 @@ def resolve_task(cfg: Config, regression_labels: bool) -> str:
             raise ConfigError(expected("0 with head.task regression (no classes to smooth)",
                                        f"stages[{i}].label_smoothing", s.label_smoothing))
     _check_monitor(cfg.training.monitor, h.task, "training.monitor")
+    check_mixing(cfg, None)
     return h.task
 
 
@@ -620,6 +740,11 @@ def validate(cfg: Config) -> Config:
                                    "data.tfds_name", d.tfds_name))
     for aug in d.augmentation:
         _check_choice(aug, AUGMENTATIONS, f"data.augmentation.{aug}")
+        if aug in MIXING_AUGMENTATIONS:
+            parse_mixing(aug, d.augmentation[aug], f"data.augmentation.{aug}")
+        elif aug == "rand_augment":
+            parse_rand_augment(d.augmentation[aug], f"data.augmentation.{aug}")
+    check_mixing(cfg, "text" if d.source in ("csv", "jsonl", "parquet", "text_folder") else None)
     _check_class_weight(d.class_weight, cfg.head.activation)
     if h.task == "regression" and d.source not in ("csv", "arrays"):  # arrays: fit() says
         raise ConfigError(expected("csv with head.task regression (the other sources' labels are "
@@ -636,6 +761,7 @@ def validate(cfg: Config) -> Config:
         names.add(s.name)
         parse_trainable(s.trainable, f"{key}.trainable")
         s.lora = parse_lora(s.lora, f"{key}.lora")
+        s.ema = parse_ema(s.ema, f"{key}.ema")
         if s.lora is not None and s.trainable == "head":
             raise ConfigError(expected(
                 "all, {top_n: N} or {from_layer: NAME} with lora (the backbone layers that get "

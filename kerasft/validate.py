@@ -20,6 +20,7 @@ from kerasft.config import (
     BackboneConfig,
     Config,
     ConfigError,
+    check_mixing,
     head_task,
     load_config,
 )
@@ -32,6 +33,7 @@ def check_data_source(cfg: Config) -> None:
     from kerasft.models.registry import get_entry
 
     task = get_entry(cfg.backbone.name).task
+    check_mixing(cfg, task)
     text_sources = ("csv", "jsonl", "parquet", "text_folder")
     wrong = {"text": ("image_folder",), "image": text_sources}.get(task, ())
     if cfg.data.source in wrong:

@@ -4,7 +4,8 @@
 :func:`epoch_batches` gives resumable per-epoch shuffles; :func:`length_grouped_batches` and
 :func:`trim_padding` cut text batches to the length they need (:func:`token_lengths`);
 :func:`length_order` and :func:`reordered` sort a text split by length for prediction;
-:func:`build_augmentation` makes the image augmentation of ``data.augmentation``.
+:func:`build_augmentation` makes the image augmentation of ``data.augmentation`` and
+:func:`build_mixing` its MixUp / CutMix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from kerasft.config import parse_mixing, parse_rand_augment
 from kerasft.data.splits import Split
 from kerasft.errors import ConfigError, DataError, expected
 
@@ -44,6 +46,7 @@ def make_pipeline(
     shuffle_buffer: int = 10000,
     drop_remainder: bool = False,
     num_classes: int | None = None,
+    mix_classes: int | None = None,
     start_epoch: int | None = None,
     group_by_length: int | None = None,
     tokenize: Callable[[tf.Tensor], Any] | None = None,
@@ -65,7 +68,10 @@ def make_pipeline(
     orders as an uninterrupted one. Evaluation pipelines (``training=False``) keep
     the split's order, so predictions line up with ``split.labels``; training pipelines are
     deterministic when `seed` is not None. With `num_classes`, multi-hot labels get the static
-    shape ``[num_classes]`` (int labels stay sparse).
+    shape ``[num_classes]`` (int labels stay sparse). With `mix_classes` (training images with
+    ``mixup`` / ``cutmix`` in `augmentation`) the batch's class ids become one-hot rows of
+    `mix_classes`, then examples and labels are mixed (:func:`build_mixing`): the labels are
+    soft, each row sums to 1.
 
     With `group_by_length` (text, training, no `drop_remainder`), batches are cut from windows of
     ``LENGTH_GROUP_BATCHES`` shuffled batches sorted by token length, and each is trimmed to its
@@ -130,11 +136,14 @@ def make_pipeline(
             return preprocess(x), y
     else:
         augment = build_augmentation(augmentation, seed) if training else None
+        mix = build_mixing(augmentation, seed) if training and mix_classes else None
 
         def apply(x: tf.Tensor, y: tf.Tensor) -> tuple[Any, tf.Tensor]:
             x = tf.cast(x, tf.float32)
             if augment is not None:
                 x = augment(x)
+            if mix is not None:
+                x, y = mix(x, tf.one_hot(tf.cast(tf.reshape(y, [-1]), tf.int32), mix_classes))
             return preprocess(x), y
 
     ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -258,8 +267,10 @@ def build_augmentation(
 
     Keys: ``flip`` ('horizontal', 'vertical', 'horizontal_and_vertical' or true), ``rotation``
     (fraction of a full turn), ``zoom``, ``translation`` (fractions of the size), ``contrast``,
-    ``brightness`` (fractions of the 0..255 range). A number ``f`` means ``[-f, f]``; a pair
-    ``[low, high]`` is passed on. false / null / 0 turns an entry off. Returns None when empty.
+    ``brightness`` (fractions of the 0..255 range), ``rand_augment`` (``{num_ops, factor}``,
+    keras.layers.RandAugment on the 0..255 range). A number ``f`` means ``[-f, f]``; a pair
+    ``[low, high]`` is passed on. false / null / 0 turns an entry off. ``mixup`` / ``cutmix``
+    are left to :func:`build_mixing` (they need the labels). Returns None when empty.
     """
     if not augmentation:
         return None
@@ -270,6 +281,13 @@ def build_augmentation(
         name = f"data.augmentation.{key}"
         layer_seed = None if seed is None else seed + i
         if value is None or value is False or (_is_number(value) and value == 0):
+            continue
+        if key in ("mixup", "cutmix"):
+            continue
+        if key == "rand_augment":
+            options = parse_rand_augment(value, name)
+            layers.append(keras.layers.RandAugment(value_range=(0, 255), seed=layer_seed,
+                                                   **options))
             continue
         if key == "flip":
             mode = "horizontal" if value is True else value
@@ -292,7 +310,8 @@ def build_augmentation(
             )
         else:
             raise ConfigError(expected("one of flip, rotation, zoom, translation, contrast, "
-                                       "brightness", "data.augmentation", key))
+                                       "brightness, rand_augment, mixup, cutmix",
+                                       "data.augmentation", key))
     if not layers:
         return None
 
@@ -302,6 +321,32 @@ def build_augmentation(
         return x
 
     return augment
+
+
+def build_mixing(
+    augmentation: dict | None, seed: int | None
+) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]] | None:
+    """keras.layers.MixUp (``mixup: {alpha}``) or CutMix (``cutmix: {alpha}``, Keras's
+    ``factor``) for ``data.augmentation``: ``(images, one-hot labels) -> (mixed images, soft
+    labels)``, each example mixed with another of its batch. None when neither is on."""
+    import keras
+
+    for i, (key, value) in enumerate((augmentation or {}).items()):
+        if key not in ("mixup", "cutmix"):
+            continue
+        alpha = parse_mixing(key, value, f"data.augmentation.{key}")
+        if alpha is None:
+            continue
+        layer_seed = None if seed is None else seed + i
+        layer = (keras.layers.MixUp(alpha=alpha, seed=layer_seed) if key == "mixup"
+                 else keras.layers.CutMix(factor=alpha, seed=layer_seed))
+
+        def mix(x: tf.Tensor, y: tf.Tensor, layer: Any = layer) -> tuple[tf.Tensor, tf.Tensor]:
+            out = layer({"images": x, "labels": tf.cast(y, tf.float32)}, training=True)
+            return out["images"], out["labels"]
+
+        return mix
+    return None
 
 
 def _is_number(value: Any) -> bool:

@@ -3,7 +3,9 @@
 :func:`callback_classes` builds the classes on first use, so importing this module needs no Keras:
 ``StageCSVLogger`` (``history.csv``, one row per epoch across every stage), ``BestWeights`` (the
 best-weights checkpoint across stages, without per-epoch checkpoints), ``NaNGuard`` (stops at the
-first NaN/Inf loss and records where) and ``EpochTensorBoard``. The per-epoch checkpoint callbacks
+first NaN/Inf loss and records where), ``EpochTensorBoard`` and, for a stage with ``ema``,
+``EMAWeights`` / ``EMAStop`` (the optimizer's weight averages are what is validated, kept as
+best, checkpointed and left in the model). The per-epoch checkpoint callbacks
 live with the checkpoints (:func:`kerasft.training.checkpoints.callbacks`).
 :func:`higher_is_better` is the one place that decides whether a larger value of a monitored
 metric is better, for ``BestWeights`` and for the checkpoints' best-so-far value alike.
@@ -33,8 +35,8 @@ def higher_is_better(monitor: str) -> bool:
 
 @functools.cache
 def callback_classes() -> dict[str, type]:
-    """``StageCSVLogger``, ``BestWeights``, ``NaNGuard`` and ``EpochTensorBoard`` (see the module
-    docstring)."""
+    """``StageCSVLogger``, ``BestWeights``, ``NaNGuard``, ``EpochTensorBoard``, ``EMAWeights`` and
+    ``EMAStop`` (see the module docstring)."""
     import keras
     import numpy as np
 
@@ -138,8 +140,38 @@ def callback_classes() -> dict[str, type]:
         def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
             super().on_train_batch_end(batch, logs if self.update_freq != "epoch" else None)
 
+    class EMAWeights(keras.callbacks.SwapEMAWeights):
+        """A stage with ``ema``: the optimizer's averages are in the model for validation and
+        from each epoch's end to the next epoch's start (``swap_on_epoch``), so callbacks after
+        this one (first in the list) keep, checkpoint and restore the averaged weights; the raw
+        weights go on training. Keras's fit then leaves the averages in the model."""
+
+        def __init__(self) -> None:
+            super().__init__(swap_on_epoch=True)
+
+        def swap(self, model: Any) -> None:
+            """Exchanges `model`'s weights and its optimizer's averages (a resumed stage's
+            checkpoint holds them swapped, as saved at an epoch's end)."""
+            self.set_model(model)
+            self._swap_variables()
+
+    class EMAStop(Callback):
+        """After early stopping: an epoch that ends a stage before its last epoch leaves the raw
+        weights in the averages' place, and Keras's fit would then write them back into the
+        model (``finalize_variable_values``); copy the averages there as SwapEMAWeights does at
+        the last epoch. Comes after EarlyStopping, which sets ``stop_training``."""
+
+        def __init__(self, ema: Any) -> None:
+            super().__init__()
+            self.ema = ema
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            if (self.model.stop_training and self.ema._ema_weights_in_model
+                    and epoch != self.params["epochs"] - 1):
+                self.ema._finalize_ema_values()
+
     return dict(StageCSVLogger=StageCSVLogger, BestWeights=BestWeights, NaNGuard=NaNGuard,
-                    EpochTensorBoard=EpochTensorBoard)
+                EpochTensorBoard=EpochTensorBoard, EMAWeights=EMAWeights, EMAStop=EMAStop)
 
 
 def _iterations(optimizer: Any) -> int | None:

@@ -6,6 +6,9 @@ stage sets ``trainable``, recompiles with a fresh optimizer and continues the ep
 (``initial_epoch``), so the progress bar, ``history.csv`` and TensorBoard form one curve.
 A stage with ``lora`` enables its adapters after setting ``trainable`` and merges them into the
 kernels when it ends (kerasft/models/lora.py), so the next stage compiles a plain model.
+A stage with ``ema`` trains with Keras's ``use_ema``: its weight averages are what is validated,
+kept as the best weights, checkpointed and left in the model at the stage's end, and the next
+stage starts from them (``EMAWeights``; a resumed stage gets its raw weights back).
 
 Callbacks (all writing into the run folder; kerasft/training/callbacks.py): progress bar,
 EarlyStopping with best-weight restore (per stage, when ``early_stopping.patience`` > 0),
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from kerasft.config import Config, StageConfig
+from kerasft.config import Config, StageConfig, mixes_labels
 from kerasft.errors import KerasftError
 from kerasft.models.weights import load_model_weights
 from kerasft.training.callbacks import callback_classes
@@ -72,12 +75,13 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
     if stage.weight_decay and stage.weight_decay_exclude:
         optimizer.exclude_from_weight_decay(
             var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
+    soft = mixes_labels(cfg.data.augmentation)  # mixup / cutmix training labels
     model.compile(
         optimizer=optimizer,
-        loss=make_loss(cfg.head, num_classes, stage.label_smoothing),
+        loss=make_loss(cfg.head, num_classes, stage.label_smoothing, soft_labels=soft),
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
-        weighted_metrics=make_metrics(cfg.head),
+        weighted_metrics=make_metrics(cfg.head, num_classes, soft_labels=soft),
         jit_compile=cfg.training.jit_compile,
         steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )
@@ -158,8 +162,10 @@ def run_stages(
                 _start_lora(ckpt, model, backbone, unfrozen, i)
             compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
                           strategy_info.replicas)
-            if ckpt is not None:
-                ckpt.restore_optimizer(fit_model)
+            restored = ckpt is not None and ckpt.restore_optimizer(fit_model)
+            ema = classes["EMAWeights"]() if stage.ema else None
+            if ema is not None and restored:  # saved at an epoch's end: averages in the model
+                ema.swap(fit_model)
         trainable = count_params(model.trainable_weights)
         if lora is not None:
             layers = f"LoRA rank {lora['rank']} alpha {lora['alpha']:g} on " \
@@ -172,9 +178,11 @@ def run_stages(
             f"batch_norm={unfrozen['batch_norm']}, "
             f"{trainable:,} trainable parameters, epochs {first + 1}-{first + stage.epochs}"
             f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
-            f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})")
+            f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})"
+            + (f", weight EMA momentum {stage.ema['momentum']:g}" if stage.ema else ""))
         es_callback = _early_stopping(stage, val_ds is not None, ckpt, model, fit_model)
         callbacks = [c for c in (
+            ema,  # first: the callbacks below see the averaged weights at an epoch's end
             bn_sync,
             classes["NaNGuard"](stage.name, nan_state),
             classes["StageCSVLogger"](run_dir / "history.csv", stage.name),
@@ -183,6 +191,7 @@ def run_stages(
             classes["BestWeights"](best_path, monitor, best_state, target=model)
             if ckpt is None else None,
             es_callback,
+            classes["EMAStop"](ema) if ema is not None else None,
             classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard"))
             if cfg.training.tensorboard else None,
         ) if c is not None]

@@ -46,6 +46,7 @@ from kerasft.config import (
     HeadConfig,
     StageConfig,
     head_task,
+    parse_ema,
     parse_lora,
     parse_trainable,
     resolve_batch_norm,
@@ -269,6 +270,9 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
     }
     if gradient_accumulation_steps and gradient_accumulation_steps > 1:
         kwargs["gradient_accumulation_steps"] = gradient_accumulation_steps
+    ema = parse_ema(stage.ema)
+    if ema is not None:  # run_stages swaps the averages in for evaluation and saving
+        kwargs.update(use_ema=True, ema_momentum=ema["momentum"])
     if stage.optimizer == "adamw":
         return keras.optimizers.AdamW(weight_decay=stage.weight_decay or 0.0, **kwargs)
     if stage.weight_decay:
@@ -306,9 +310,15 @@ def weight_decay_excluded(model: Any, exclude: list[str]) -> list[Any]:
     return list(chosen.values())
 
 
-def make_loss(head: HeadConfig, num_classes: int, label_smoothing: float) -> Any:
+def make_loss(head: HeadConfig, num_classes: int, label_smoothing: float,
+              soft_labels: bool = False) -> Any:
     """Cross-entropy for integer labels (classification) or multi-hot labels (multi_label);
-    ``head.loss`` (mean squared error or Huber) for regression targets."""
+    ``head.loss`` (mean squared error or Huber) for regression targets.
+
+    With `soft_labels` (MixUp / CutMix: training batches carry class probabilities, evaluation
+    batches class ids) the loss takes both: rows of `num_classes` probabilities as they are,
+    class ids one-hot encoded, then categorical cross-entropy (with `label_smoothing`).
+    """
     import keras
 
     task = head_task(head) or "classification"
@@ -318,21 +328,35 @@ def make_loss(head: HeadConfig, num_classes: int, label_smoothing: float) -> Any
         return keras.losses.MeanSquaredError()
     if task == "multi_label":
         return keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
-    if not label_smoothing:
+    if not label_smoothing and not soft_labels:
         return keras.losses.SparseCategoricalCrossentropy()
     smoothed = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
 
     def sparse_categorical_crossentropy_smoothed(y_true: Any, y_pred: Any) -> Any:
-        from keras import ops
-
-        labels = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes)
-        return smoothed(labels, y_pred)
+        return smoothed(class_probabilities(y_true, num_classes), y_pred)
 
     return sparse_categorical_crossentropy_smoothed
 
 
-def make_metrics(head: HeadConfig) -> list[Any]:
-    """What ``fit`` logs besides the loss (kerasft.config.logged_metrics names them)."""
+def class_probabilities(y_true: Any, num_classes: int) -> Any:
+    """Labels as rows of class probabilities: soft labels (``[batch, num_classes]``, floats)
+    as they are, class ids (``[batch]`` or ``[batch, 1]``) one-hot. Decided on the static
+    shape, so a train step (soft) and a test step (ids) each trace their own branch."""
+    from keras import ops
+
+    shape = tuple(y_true.shape)
+    if len(shape) == 2 and shape[-1] == num_classes and num_classes > 1:
+        return ops.cast(y_true, "float32")
+    return ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), num_classes)
+
+
+def make_metrics(head: HeadConfig, num_classes: int | None = None,
+                 soft_labels: bool = False) -> list[Any]:
+    """What ``fit`` logs besides the loss (kerasft.config.logged_metrics names them).
+
+    With `soft_labels` (and `num_classes`), accuracy on a mixed training batch counts a
+    prediction right when it is the label's largest class (the example that got the larger
+    share); evaluation batches hold class ids, so validation accuracy is the usual one."""
     import keras
 
     task = head_task(head) or "classification"
@@ -341,4 +365,10 @@ def make_metrics(head: HeadConfig) -> list[Any]:
     if task == "multi_label":  # Keras compares `y_pred > threshold`, as metrics and exports do
         return [keras.metrics.BinaryAccuracy(name="accuracy", threshold=head.threshold),
                 keras.metrics.AUC(name="auc", multi_label=True)]
+    if soft_labels and num_classes:
+        def accuracy(y_true: Any, y_pred: Any) -> Any:
+            return keras.metrics.categorical_accuracy(
+                class_probabilities(y_true, num_classes), y_pred)
+
+        return [keras.metrics.MeanMetricWrapper(accuracy, name="accuracy")]
     return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
