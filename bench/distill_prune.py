@@ -38,7 +38,11 @@ def train(config: str, out: Path, run_id: str, sets: list[str]) -> tuple[Path, P
         cmd += ["--set", s]
     print("$", " ".join(cmd[1:]), flush=True)
     started = time.time()
-    log = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    log_file = out / f"{run_id}.log"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w", encoding="utf-8") as f:  # a file: the run outlives this script
+        subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, check=True)
+    log = log_file.read_text(encoding="utf-8")
     print(f"  {time.time() - started:.0f} s", flush=True)
     (run,) = (out / "runs").glob(f"*-{run_id}")
     (export,) = (out / "exports" / run_id).glob("*/*")
@@ -78,6 +82,8 @@ def main() -> None:
     parser.add_argument("--teacher-export")
     parser.add_argument("--teacher-run")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--skip", action="append", default=[],
+                        help="student-hard / pruned: leave that run out")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="kerasft-distill-"))
     sets = [f"data.max_examples={args.max_examples}"]
@@ -90,9 +96,12 @@ def main() -> None:
     teacher = f"stages.1.distill.teacher={runs['teacher'][1]}"
     runs["student (distill)"] = train("configs/distill_student.yaml", out, "student",
                                       sets + [teacher])
-    runs["student (hard labels)"] = train("configs/distill_student.yaml", out, "student-hard",
-                                          sets + [teacher, "stages.1.distill.alpha=1.0"])
-    runs["pruned 0.5"] = train("configs/prune.yaml", out, "pruned", sets)
+    if "student-hard" not in args.skip:
+        runs["student (hard labels)"] = train("configs/distill_student.yaml", out,
+                                              "student-hard",
+                                              sets + [teacher, "stages.1.distill.alpha=1.0"])
+    if "pruned" not in args.skip:
+        runs["pruned 0.5"] = train("configs/prune.yaml", out, "pruned", sets)
 
     sys.path.insert(0, str(ROOT))
     from kerasft.api import FineTuner

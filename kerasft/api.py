@@ -454,6 +454,9 @@ class FineTuner:
         from kerasft.training.stages import check_stages
 
         check_stages(self.backbone, self.config)
+        for i, stage in enumerate(self.config.stages):  # before any stage trains
+            if stage.distill is not None:
+                _teacher_kind(stage.distill["teacher"], f"stages[{i}].distill.teacher")
         weights = class_weights(self.config.data.class_weight, self.class_names,
                                 data.train.labels)
         if weights is not None:  # in the data report, train.log and data.json
@@ -569,7 +572,7 @@ class FineTuner:
         import tensorflow as tf
 
         folder = Path(path)
-        if (folder / "saved_model.pb").is_file():
+        if _teacher_kind(path, key) == "export":
             try:
                 import tensorflow_text  # noqa: F401 - registers the ops of text exports
             except ImportError:
@@ -580,9 +583,6 @@ class FineTuner:
             return np.concatenate([serve(**{name: tf.cast(x, serve.structured_input_signature[
                 1][name].dtype)})["probabilities"].numpy()
                 for x, _ in split.dataset.batch(256)])
-        if not (folder / "config.yaml").is_file():
-            raise KerasftError(expected("a kerasft export (saved_model.pb) or run folder "
-                                        "(config.yaml)", key, path))
         teacher = FineTuner.from_run(folder, log=lambda line: None)
         if teacher.class_names != self.class_names:
             raise KerasftError(expected(f"a teacher trained on the labels {self.class_names}",
@@ -1022,6 +1022,17 @@ class FineTuner:
         ft._model.load_weights(run_dir / weights)
         ft.run_dir = run_dir
         return ft
+
+
+def _teacher_kind(path: str, key: str) -> str:
+    """``export`` or ``run`` for a distill stage's teacher; a one-line error otherwise."""
+    folder = Path(path)
+    if (folder / "saved_model.pb").is_file():
+        return "export"
+    if (folder / "config.yaml").is_file() and (folder / WEIGHTS_FILE).is_file():
+        return "run"
+    raise KerasftError(expected("a kerasft export (saved_model.pb) or a finished run folder "
+                                f"(config.yaml, {WEIGHTS_FILE})", key, path))
 
 
 def build_finetuner(config: str | os.PathLike | dict[str, Any] | Config | None = None,

@@ -43,6 +43,18 @@ def test_distill_and_prune_config_is_validated():
         load_config({"backbone": {"name": "bert", "preset": "x", "num_layers": 0}})
 
 
+def test_a_missing_teacher_is_a_one_line_error_before_training(tmp_path):
+    from kerasft.api import _teacher_kind
+    from kerasft.errors import KerasftError
+
+    with pytest.raises(KerasftError, match=r"^expected a kerasft export \(saved_model\.pb\) or "
+                                           r"a finished run folder .*Received: "
+                                           r"stages\[1\]\.distill\.teacher='nowhere'$"):
+        _teacher_kind("nowhere", "stages[1].distill.teacher")
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    assert _teacher_kind(str(tmp_path), "k") == "export"
+
+
 def test_distill_loss_is_the_hand_computed_mix_on_one_batch():
     from kerasft.training.distill import distill_loss, distill_metrics
 
