@@ -459,6 +459,9 @@ class FineTuner:
 
         check_mixing(self.config, self.backbone.task)
         check_stages(self.backbone, self.config)
+        for i, stage in enumerate(self.config.stages):  # before any stage trains
+            if stage.distill is not None:
+                _teacher_kind(stage.distill["teacher"], f"stages[{i}].distill.teacher")
         weights = class_weights(self.config.data.class_weight, self.class_names,
                                 data.train.labels)
         if weights is not None:  # in the data report, train.log and data.json
@@ -500,7 +503,7 @@ class FineTuner:
             self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
-            class_weight=weights,
+            class_weight=weights, distill_data=self._distill_data(data),
         )
         from kerasft.models.weights import save_model_weights
 
@@ -546,6 +549,54 @@ class FineTuner:
                          strategy_info=self.strategy_info)
         plan["lines"] = plan_lines(plan)
         return plan
+
+    def _distill_data(self, data: Any) -> Callable[[int, Any], Callable[[int], Any]]:
+        """For a distill stage: the epoch-keyed training pipeline with the teacher's
+        probabilities in the labels (kerasft/training/distill.py). The teacher predicts the
+        training split once per teacher path, also after a resume (its path is in config.yaml)."""
+        from kerasft.training.distill import check_teacher, packed_split
+
+        teachers: dict[str, Any] = {}
+
+        def for_stage(i: int, stage: Any) -> Callable[[int], Any]:
+            path = stage.distill["teacher"]
+            if path not in teachers:
+                key = f"stages[{i}].distill.teacher"
+                probs = check_teacher(self._teacher_predictions(path, data.train, key),
+                                      len(self.class_names), key)
+                teachers[path] = packed_split(data.train, probs)
+            split = teachers[path]
+            return lambda epoch: self._pipeline(split, training=True, start_epoch=epoch)
+
+        return for_stage
+
+    def _teacher_predictions(self, path: str, split: Any, key: str) -> np.ndarray:
+        """The probabilities of the teacher at `path` (a kerasft export or run folder) for
+        every example of `split`, in order."""
+        import keras
+        import tensorflow as tf
+
+        folder = Path(path)
+        if _teacher_kind(path, key) == "export":
+            try:
+                import tensorflow_text  # noqa: F401 - registers the ops of text exports
+            except ImportError:
+                pass
+            serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
+            (name,) = serve.structured_input_signature[1]
+            self.log(f"distill: the teacher export {folder} predicts {split.size} examples")
+            return np.concatenate([serve(**{name: tf.cast(x, serve.structured_input_signature[
+                1][name].dtype)})["probabilities"].numpy()
+                for x, _ in split.dataset.batch(256)])
+        teacher = FineTuner.from_run(folder, log=lambda line: None)
+        if teacher.class_names != self.class_names:
+            raise KerasftError(expected(f"a teacher trained on the labels {self.class_names}",
+                                        key, f"{path} (labels {teacher.class_names})"))
+        self.log(f"distill: the teacher run {folder} predicts {split.size} examples")
+        try:
+            return teacher._predict_split(teacher.model, split)
+        finally:  # the teacher set the global policy (and seeds) for itself
+            keras.mixed_precision.set_global_policy(self.precision.keras_policy)
 
     def _feature_cache(self, data: Any) -> Callable[..., dict[str, Any]] | None:
         """Features of the frozen backbone for head-only stages, computed on first use and again
@@ -976,6 +1027,17 @@ class FineTuner:
         ft._model.load_weights(run_dir / weights)
         ft.run_dir = run_dir
         return ft
+
+
+def _teacher_kind(path: str, key: str) -> str:
+    """``export`` or ``run`` for a distill stage's teacher; a one-line error otherwise."""
+    folder = Path(path)
+    if (folder / "saved_model.pb").is_file():
+        return "export"
+    if (folder / "config.yaml").is_file() and (folder / WEIGHTS_FILE).is_file():
+        return "run"
+    raise KerasftError(expected("a kerasft export (saved_model.pb) or a finished run folder "
+                                f"(config.yaml, {WEIGHTS_FILE})", key, path))
 
 
 def build_finetuner(config: str | os.PathLike | dict[str, Any] | Config | None = None,

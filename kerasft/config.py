@@ -71,6 +71,8 @@ class BackboneConfig:
     preset: str | None = None
     sequence_length: int | None = None
     input_shape: list[int] | None = None
+    # Keep only the lower N transformer layers of a text preset (a distillation student).
+    num_layers: int | None = None
 
 
 @dataclass
@@ -160,6 +162,11 @@ class StageConfig:
     # Weight EMA (Keras's use_ema): ``true``, a momentum or ``{momentum}``; validate() writes the
     # resolved ``{momentum}`` here (see parse_ema).
     ema: Any = None
+    # Soft labels from a teacher, ``{teacher, temperature, alpha}`` (kerasft/training/distill.py),
+    # and magnitude pruning, ``{sparsity, schedule, begin_step, end_step, frequency}``
+    # (kerasft/training/prune.py); validate() writes the resolved mappings here.
+    distill: Any = None
+    prune: Any = None
 
 
 @dataclass
@@ -554,6 +561,82 @@ def check_mixing(cfg: Config, task: str | None) -> None:
     if kind in ("multi_label", "regression"):
         raise ConfigError(expected(f"head.task classification with {on[0]} (its mixed labels "
                                    "are class probabilities)", "head.task", kind))
+DISTILL_KEYS = ("teacher", "temperature", "alpha")
+PRUNE_KEYS = ("sparsity", "schedule", "begin_step", "end_step", "frequency")
+PRUNE_SCHEDULES = ("polynomial", "constant")
+
+
+def _mapping(value: Any, keys: typing.Sequence[str], key: str, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(expected(what, key, value))
+    unknown = [k for k in value if k not in keys]
+    if unknown:
+        raise ConfigError(expected(f"a known config key (valid under {key}: {', '.join(keys)})",
+                                   "unknown key", f"{key}.{unknown[0]}")
+                          + _did_you_mean(str(unknown[0]), keys))
+    return value
+
+
+def _number(value: Any, key: str, what: str, ok: typing.Callable[[float], bool]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise ConfigError(expected(what, key, value))
+    return float(value)
+
+
+def parse_distill(value: Any, key: str = "distill") -> dict[str, Any] | None:
+    """Normalises a stage's ``distill`` to ``{teacher, temperature, alpha}`` (None: none).
+
+    ``distill: PATH`` is ``{teacher: PATH}``. ``teacher``: a kerasft run folder (config.yaml,
+    labels, weights) or a kerasft export (``saved_model.pb``), relative to where the command
+    runs; ``temperature`` (default 2) softens both distributions; ``alpha`` (default 0.5) is the
+    weight of the hard-label loss, ``1 - alpha`` that of the soft-label loss.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"teacher": value}
+    value = _mapping(value, DISTILL_KEYS, key, "a teacher path or a mapping "
+                                              "{teacher, temperature, alpha}")
+    teacher = value.get("teacher")
+    if not isinstance(teacher, str) or not teacher.strip():
+        raise ConfigError(expected("a kerasft run folder or export", f"{key}.teacher", teacher))
+    temperature = _number(value.get("temperature", 2.0), f"{key}.temperature",
+                          "a positive number", lambda v: v > 0)
+    alpha = _number(value.get("alpha", 0.5), f"{key}.alpha", "a number in [0, 1]",
+                    lambda v: 0.0 <= v <= 1.0)
+    return {"teacher": teacher, "temperature": temperature, "alpha": alpha}
+
+
+def parse_prune(value: Any, key: str = "prune") -> dict[str, Any] | None:
+    """Normalises a stage's ``prune`` to ``{sparsity, schedule, begin_step, end_step,
+    frequency}`` (None: no pruning).
+
+    ``prune: 0.5`` is ``{sparsity: 0.5}``. Steps count from the stage's first step;
+    ``end_step`` None is the stage's last step; ``polynomial`` ramps the sparsity from 0 at
+    ``begin_step`` to ``sparsity`` at ``end_step`` (cubic, as tfmot's PolynomialDecay),
+    ``constant`` prunes to ``sparsity`` from ``begin_step`` on; masks are recomputed every
+    ``frequency`` steps until ``end_step``.
+    """
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {"sparsity": value}
+    value = _mapping(value, PRUNE_KEYS, key, "a sparsity or a mapping "
+                                            "{sparsity, schedule, begin_step, end_step, frequency}")
+    sparsity = _number(value.get("sparsity"), f"{key}.sparsity", "a fraction in (0, 1)",
+                       lambda v: 0.0 < v < 1.0)
+    schedule = value.get("schedule", "polynomial")
+    _check_choice(schedule, PRUNE_SCHEDULES, f"{key}.schedule")
+    steps = {}
+    for name, default, low in (("begin_step", 0, 0), ("end_step", None, 1), ("frequency", 100, 1)):
+        v = value.get(name, default)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(expected(f"an integer >= {low}", f"{key}.{name}", v))
+        steps[name] = v
+    if steps["end_step"] is not None and steps["end_step"] <= steps["begin_step"]:
+        raise ConfigError(expected(f"an end_step after begin_step {steps['begin_step']}",
+                                   f"{key}.end_step", steps["end_step"]))
+    return {"sparsity": sparsity, "schedule": schedule, **steps}
 
 
 def head_task(head: HeadConfig) -> str | None:
@@ -670,6 +753,7 @@ def validate(cfg: Config) -> Config:
                                    ""))
     if b.sequence_length is not None:
         _check_positive(b.sequence_length, "backbone.sequence_length")
+    _check_positive(b.num_layers, "backbone.num_layers", allow_none=True)
     if b.input_shape is not None and (
         len(b.input_shape) != 3 or b.input_shape[2] != 3 or min(b.input_shape) <= 0
     ):
@@ -766,6 +850,19 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(expected(
                 "all, {top_n: N} or {from_layer: NAME} with lora (the backbone layers that get "
                 "adapters; a head stage has none)", f"{key}.trainable", s.trainable))
+        s.distill = parse_distill(s.distill, f"{key}.distill")
+        if s.distill is not None and head_task(cfg.head) not in (None, "classification"):
+            raise ConfigError(expected("a classification head with distill (soft labels are "
+                                       "class probabilities)", "head.task", cfg.head.task))
+        if s.distill is not None and mixes_labels(cfg.data.augmentation):
+            raise ConfigError(expected(
+                "no mixup / cutmix with a distill stage (the teacher's soft labels are per "
+                "example; mixed batches would need mixed teacher answers)", f"{key}.distill",
+                s.distill["teacher"]))
+        s.prune = parse_prune(s.prune, f"{key}.prune")
+        if s.prune is not None and s.lora is not None:
+            raise ConfigError(expected("no lora in a prune stage (the adapters are merged into "
+                                       "the kernels after the masks)", f"{key}.lora", s.lora))
         _check_positive(s.epochs, f"{key}.epochs")
         _check_positive(s.learning_rate, f"{key}.learning_rate")
         _check_choice(s.optimizer, OPTIMIZERS, f"{key}.optimizer")

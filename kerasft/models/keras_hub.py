@@ -297,6 +297,27 @@ def _load(family: TextFamily, path: str, load_weights: bool, seq_len: int | None
     return network, preprocessor
 
 
+def lower_layers(network: Any, num_layers: int) -> Any:
+    """A copy of the KerasHub backbone `network` with only its lower `num_layers` transformer
+    layers, each weight copied from `network` by layer name (embeddings, those layers, the
+    pooler): a distillation student that starts from the teacher's own lower layers. KerasHub
+    rebuilds a backbone from its config; a preset's weights file cannot be loaded into fewer
+    layers."""
+    have = int(getattr(network, "num_layers", 0) or 0)
+    if not 0 < num_layers <= have:
+        raise ConfigError(expected(f"1 to {have} (the preset's transformer layers)",
+                                   "backbone.num_layers", num_layers))
+    if num_layers == have:
+        return network
+    config = dict(network.get_config(), num_layers=num_layers)
+    small = type(network).from_config(config)
+    source = {layer.name: layer for layer in network.layers}
+    for layer in small.layers:
+        if layer.weights:
+            layer.set_weights(source[layer.name].get_weights())
+    return small
+
+
 def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -> Backbone:
     """Builds a KerasHub text backbone of `family` (or the preset's own family for ``auto``)
     with pooled features: ``cls`` (the pooled output where the family has one, else the first
@@ -319,6 +340,8 @@ def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -
                                   cfg.preset, source["kind"])
     if weights_path:
         network.load_weights(weights_path)
+    if cfg.num_layers is not None:
+        network = lower_layers(network, int(cfg.num_layers))
     max_len = getattr(network, "max_sequence_length", None)  # RoFormerV2: rotary, no maximum
     max_len = int(max_len) if max_len else None
     # KerasHub's preprocessor defaults to 512 when a preset does not say: never above the max.

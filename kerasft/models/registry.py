@@ -62,6 +62,9 @@ def build_backbone(cfg: BackboneConfig, pooling: str = "auto") -> Backbone:
     entry = get_entry(cfg.name)
     if cfg.weights not in BACKBONE_WEIGHTS:
         check_weights_file(cfg.weights)  # for every entry, before it builds anything
+    if cfg.num_layers is not None and entry.task != "text":
+        raise ConfigError(expected("a text (KerasHub transformer) backbone with "
+                                   "backbone.num_layers", "backbone.name", cfg.name))
     return entry.build(cfg, pooling)
 
 

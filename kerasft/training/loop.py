@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasft.config import Config, StageConfig, mixes_labels
-from kerasft.errors import KerasftError
+from kerasft.errors import KerasftError, expected
 from kerasft.models.weights import load_model_weights
 from kerasft.training.callbacks import callback_classes
 from kerasft.training.strategy import StrategyInfo
@@ -76,12 +76,21 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         optimizer.exclude_from_weight_decay(
             var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
     soft = mixes_labels(cfg.data.augmentation)  # mixup / cutmix training labels
+    if stage.distill is not None:
+        from kerasft.training.distill import distill_loss, distill_metrics
+
+        loss = distill_loss(stage.distill["temperature"], stage.distill["alpha"], num_classes,
+                            stage.label_smoothing)
+        metrics = distill_metrics(num_classes)
+    else:
+        loss = make_loss(cfg.head, num_classes, stage.label_smoothing, soft_labels=soft)
+        metrics = make_metrics(cfg.head, num_classes, soft_labels=soft)
     model.compile(
         optimizer=optimizer,
-        loss=make_loss(cfg.head, num_classes, stage.label_smoothing, soft_labels=soft),
+        loss=loss,
         # Weighted: identical without sample weights; tpu/multi_worker evaluation batches are
         # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
-        weighted_metrics=make_metrics(cfg.head, num_classes, soft_labels=soft),
+        weighted_metrics=metrics,
         jit_compile=cfg.training.jit_compile,
         steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )
@@ -113,6 +122,7 @@ def run_stages(
     cached_features: Callable[..., dict[str, Any]] | None = None,
     checkpoint: Any = None,
     class_weight: dict[int, float] | None = None,
+    distill_data: Callable[[int, StageConfig], Any] | None = None,
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
@@ -128,6 +138,10 @@ def run_stages(
     `class_weight` (class id -> weight, ``data.class_weight``) goes to every stage's ``fit``, on
     cached features too: Keras turns it into per-example weights of the training loss (and of
     the weighted training metrics); validation is not weighted.
+    A ``distill`` stage trains on ``distill_data(i, stage)`` instead of `train_ds` (the same
+    epoch-keyed pipeline with the teacher's probabilities packed into the labels,
+    kerasft/training/distill.py); a ``prune`` stage adds the magnitude-pruning callback
+    (kerasft/training/prune.py).
     """
     from kerasft.training.stages import apply_trainable, count_params
 
@@ -148,12 +162,14 @@ def run_stages(
     ckpt = checkpoint
     epoch, results = _start(ckpt, model, cfg, strategy_info, best_state, log)
     features_stale = False  # a stage trained the backbone since the features were computed
+    pruned: dict[str, Any] = {}  # the last prune stage's kernels and masks
     for i, stage in enumerate(cfg.stages):
         if ckpt is not None and i < ckpt.state.stage:
             continue  # finished before the interruption
         first = ckpt.state.stage_first_epoch if ckpt is not None else epoch
         remaining = 0 if ckpt is not None and ckpt.state.stopped else first + stage.epochs - epoch
-        use_cache = stage.trainable == "head" and cached_features is not None and head is not None
+        use_cache = stage.trainable == "head" and cached_features is not None and head is not None \
+            and stage.distill is None
         fit_model = head if use_cache else model
         with strategy_info.strategy.scope():
             unfrozen = apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
@@ -195,6 +211,11 @@ def run_stages(
             classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard"))
             if cfg.training.tensorboard else None,
         ) if c is not None]
+        prune_state: dict[str, Any] = {}
+        if stage.prune is not None:  # before the checkpoint: it saves the masked kernels
+            from kerasft.training.prune import pruning_callback_class
+
+            callbacks.append(pruning_callback_class()(fit_model, stage.prune, first, prune_state))
         if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
             callbacks += _checkpoint_callbacks(ckpt, model, i, first, monitor, nan_state,
                                                es_callback)
@@ -208,6 +229,13 @@ def run_stages(
                     "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
                     "validation_data": features.get("val"), "shuffle": False,
                 }
+            elif stage.distill is not None:
+                if distill_data is None:
+                    raise KerasftError(expected("a teacher's predictions (FineTuner.fit) for a "
+                                                "distill stage", f"stages[{i}].distill",
+                                                stage.distill))
+                fit_data = {"x": distill_data(i, stage)(epoch), "steps_per_epoch": steps_per_epoch,
+                            "validation_data": val_ds, "shuffle": False}
             elif callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
                 fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
                             "validation_data": val_ds, "shuffle": False}
@@ -227,6 +255,12 @@ def run_stages(
             ckpt.load_weights_file(model, ckpt.state.early_stopping["weights"])
         if nan_state:
             raise _diverged(nan_state["nan"], cfg, best_path)
+        if stage.prune is not None and prune_state.get("masks"):
+            from kerasft.training.prune import describe, reapply
+
+            reapply(prune_state)  # EarlyStopping may have restored an earlier epoch
+            pruned = prune_state
+            log(describe(stage.name, prune_state))
         if lora is not None:  # later stages, weights files and the export see plain layers
             from kerasft.models.lora import merge_lora
 
@@ -253,6 +287,11 @@ def run_stages(
         load_model_weights(model, best_path)
         log(f"restored the best weights ({monitor}={best_state.get('best'):.4f} at epoch "
             f"{best_state.get('epoch', 0) + 1}) from {best_path}")
+        if pruned:
+            from kerasft.training.prune import reapply
+
+            reapply(pruned)
+            log("re-applied the last prune stage's masks to the restored weights")
     if ckpt is not None and ckpt.write_seconds:
         log(f"checkpoints: {ckpt.write_seconds:.1f} s writing per-epoch checkpoints "
             f"(commit {ckpt.state.commit})")
