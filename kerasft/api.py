@@ -9,10 +9,10 @@
     ft.model                      # the Keras model (backbone + head)
 
 Why this module is long: :class:`FineTuner` is the one object a Keras user holds, and each of its
-public methods (``fit``, ``plan``, ``evaluate``, ``predict``, ``export``, ``from_run``) wires the
-floors below for one task; the work itself lives in them (kerasft.data, kerasft.models,
-kerasft.training, kerasft.evaluation, kerasft.export). What remains here is the state they share:
-the model, the class names, the run folder and the cached head features.
+public methods (``fit``, ``plan``, ``lr_find``, ``evaluate``, ``predict``, ``export``,
+``from_run``) wires the floors below for one task; the work itself lives in them (kerasft.data,
+kerasft.models, kerasft.training, kerasft.evaluation, kerasft.export). What remains here is the
+state they share: the model, the class names, the run folder and the cached head features.
 """
 
 from __future__ import annotations
