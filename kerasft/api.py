@@ -9,10 +9,10 @@
     ft.model                      # the Keras model (backbone + head)
 
 Why this module is long: :class:`FineTuner` is the one object a Keras user holds, and each of its
-public methods (``fit``, ``plan``, ``evaluate``, ``predict``, ``export``, ``from_run``) wires the
-floors below for one task; the work itself lives in them (kerasft.data, kerasft.models,
-kerasft.training, kerasft.evaluation, kerasft.export). What remains here is the state they share:
-the model, the class names, the run folder and the cached head features.
+public methods (``fit``, ``plan``, ``lr_find``, ``evaluate``, ``predict``, ``export``,
+``from_run``) wires the floors below for one task; the work itself lives in them (kerasft.data,
+kerasft.models, kerasft.training, kerasft.evaluation, kerasft.export). What remains here is the
+state they share: the model, the class names, the run folder and the cached head features.
 """
 
 from __future__ import annotations
@@ -340,7 +340,10 @@ class FineTuner:
                     if resume is True else Path(resume))
 
         def reopen(folder: Path) -> Checkpointer:
+            from kerasft.training.lr_find import adopt_found_rates
+
             self.log.path = folder / "train.log"  # what resuming logs goes to the run's log
+            adopt_found_rates(self.config, folder / "config.yaml", self.log)
             try:
                 return Checkpointer.resume(folder, self.config, data, self.log, force)
             except KerasftError:
@@ -597,6 +600,107 @@ class FineTuner:
             return teacher._predict_split(teacher.model, split)
         finally:  # the teacher set the global policy (and seeds) for itself
             keras.mixed_precision.set_global_policy(self.precision.keras_policy)
+    def lr_find(self, stage: int | None = None, x: Any = None, y: Any = None,
+                output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Sweeps the learning rate of stage `stage` (numbered from 1, as the logs number
+        stages; default: the first with ``learning_rate: auto``, else the first) and suggests
+        one (kerasft/training/lr_find.py); ``kerasft lr-find``.
+
+        The sweep starts from the backbone's starting weights (earlier stages do not train
+        first; ``learning_rate: auto`` in a run sweeps at the stage's real start instead) with
+        the stage's ``trainable``, optimizer and LR multipliers, and restores every weight
+        afterwards. Writes config.yaml, lr_find.csv, lr_find.png and lr_find.log into a new
+        folder ``<output_dir>/<name>-lr-find-<time>``. Returns suggestion, rule, steepest,
+        minimum_over_10, steps, seconds, stage and run_dir.
+        """
+        import time
+
+        from kerasft.data.class_weights import class_weights
+        from kerasft.training.distribution import drops_remainder
+        from kerasft.training.distribution import steps_per_epoch as count_steps
+        from kerasft.training.loop import compile_stage
+        from kerasft.training.lr_find import run_sweep, write_sweep
+        from kerasft.training.lr_groups import stage_multipliers
+        from kerasft.training.run_folder import open_run_folder
+        from kerasft.training.stages import apply_trainable, check_stages
+        from kerasft.training.strategy import placement
+
+        stages = self.config.stages
+        if stage is None:
+            stage = next((n for n, s in enumerate(stages, 1) if s.learning_rate == "auto"), 1)
+        if isinstance(stage, bool) or not isinstance(stage, int) \
+                or not 1 <= stage <= len(stages):
+            raise KerasftError(expected(f"a stage number from 1 to {len(stages)} (as the logs "
+                                        "number stages)", "--stage", stage))
+        i, st = stage - 1, stages[stage - 1]
+        self._prepare_runtime()
+        if x is None and self.data is None:
+            from kerasft.validate import check_data_source
+
+            check_data_source(self.config)
+            data = self.load_data(report=False)
+        else:
+            data = self.data if x is None else self._data_from(x, y, None, None)
+        self.data = data
+        if self._model is None:
+            self.build(data.class_names)
+        check_stages(self.backbone, self.config)
+        where = placement(self.strategy_info.kind, os.environ)
+        self._run_folder = open_run_folder(output_dir or self.config.output_dir,
+                                           f"{self.config.name}-lr-find", None, where,
+                                           self.strategy_info.strategy)
+        self.run_dir = folder = self._run_folder.write_dir
+        self.log.path = folder / "lr_find.log"
+        save_config(self.config, folder / "config.yaml")
+        for line in self._run_folder.describe(where):
+            self.log(line)
+        strategy = self.strategy_info.strategy
+        with strategy.scope():
+            unfrozen = apply_trainable(self.backbone, st, key=f"stages[{i}].trainable")
+            if unfrozen.get("lora") is not None:
+                from kerasft.models.lora import enable_lora
+
+                enable_lora(self.backbone.network, unfrozen["lora_targets"], unfrozen["lora"])
+            multipliers, summary = stage_multipliers(self.model, self.backbone, st,
+                                                     f"stages[{i}]")
+        steps = max(1, count_steps(data.train.size, self.config.data.batch_size,
+                                   drops_remainder(self.strategy_info.kind)))
+        self.log(f"lr-find: stage {stage} '{st.name}' (trainable={st.trainable}, "
+                 f"{st.optimizer}), learning rate {self.config.training.lr_find.min_lr:g} to "
+                 f"{self.config.training.lr_find.max_lr:g} over at most "
+                 f"{min(steps, self.config.training.lr_find.steps)} steps"
+                 + (f"; multipliers: {', '.join(summary)}" if summary else ""))
+        started = time.perf_counter()
+        try:
+            result = run_sweep(
+                self.model,
+                lambda schedule: compile_stage(self.model, st, self.config, steps,
+                                               len(self.class_names), self.strategy_info.replicas,
+                                               multipliers, sweep=schedule),
+                self._pipeline(data.train, training=True, start_epoch=0), steps,
+                self.config.training.lr_find, strategy,
+                class_weights(self.config.data.class_weight, self.class_names,
+                              data.train.labels))
+        finally:
+            if unfrozen.get("lora") is not None:  # adapters restored to their start: no-op merge
+                from kerasft.models.lora import merge_lora
+
+                with strategy.scope():
+                    merge_lora(self.model)
+            check_stages(self.backbone, self.config)  # frozen again, inference mode
+        written = write_sweep(result, folder)
+        for note in result.notes:
+            self.log(note)
+        self.log(result.line())
+        self.log(f"lr-find: {', '.join(str(p) for p in written)} "
+                 f"({time.perf_counter() - started:.1f} s in all)")
+        out = {"suggestion": result.suggestion, "rule": result.rule,
+               "steepest": result.steepest, "minimum_over_10": result.minimum_over_10,
+               "steps": len(result.lrs), "seconds": result.seconds, "stage": stage,
+               "run_dir": str(self._run_folder.run_dir)}
+        if self._run_folder.temporary:
+            self._run_folder.close()
+        return out
 
     def _feature_cache(self, data: Any) -> Callable[..., dict[str, Any]] | None:
         """Features of the frozen backbone for head-only stages, computed on first use and again

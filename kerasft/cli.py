@@ -177,6 +177,28 @@ def train(config: str, sets: tuple[str, ...], output_dir: str | None, no_export:
     click.echo(f"run folder: {summary['run_dir']}")
 
 
+@main.command("lr-find")
+@debug_option
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--stage", "stage", type=int, default=None, metavar="N",
+              help="Stage to sweep, numbered from 1 as the logs number stages (default: the "
+                   "first with learning_rate: auto, else 1).")
+@set_option
+@click.option("--output-dir", type=click.Path(file_okay=False), default=None,
+              help="Parent folder of the <name>-lr-find-<time> folder (default: output_dir).")
+@_handle_errors
+def lr_find(config: str, stage: int | None, sets: tuple[str, ...],
+            output_dir: str | None) -> None:
+    """Sweep the learning rate of one stage of CONFIG and suggest one (writes lr_find.png)."""
+    from kerasft.api import build_finetuner
+    from kerasft.config import load_config
+
+    cfg = load_config(config, _parse_sets(sets))
+    result = build_finetuner(cfg, log=click.echo).lr_find(stage=stage, output_dir=output_dir)
+    click.echo(f"suggested learning_rate: {result['suggestion']:.3g} ({result['rule']})")
+    click.echo(f"lr-find folder: {result['run_dir']}")
+
+
 def _config_and_resume(config: str | None, resume: str | None) -> tuple[str, str | None]:
     """``train --resume CONFIG`` means CONFIG plus the newest run (Click gives --resume CONFIG's
     value, since --resume takes an optional RUN_DIR)."""

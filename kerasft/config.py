@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ SCHEDULES = ("constant", "cosine", "exponential", "linear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
 MIXED_PRECISION = ("auto", "none", "mixed_float16", "mixed_bfloat16")
 LR_SCALING = ("none", "linear")
+LR_FIND_SUGGESTIONS = ("steepest", "minimum")
 BATCH_NORM_MODES = ("frozen", "train")
 # export.quantize (the SavedModel): int8 = Keras's weight quantization (kerasft/export/quantize.py).
 EXPORT_QUANTIZE = ("none", "int8")
@@ -142,7 +144,9 @@ class StageConfig:
     trainable: Any = "head"
     epochs: int = 1
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    # A number, or ``auto``: an LR sweep at the stage's start picks it (kerasft/training/lr_find.py)
+    # and the run's config.yaml records the value found.
+    learning_rate: float | str = 1e-3
     schedule: str = "constant"
     warmup_steps: int | None = None
     warmup_ratio: float | None = None
@@ -151,6 +155,11 @@ class StageConfig:
     label_smoothing: float = 0.0
     clipnorm: float | None = None
     momentum: float = 0.9
+    # Layer-wise learning rates (kerasft/training/lr_groups.py): the top backbone block gets
+    # LR x decay, the next x decay^2, ..., the embeddings / stem the lowest; the head the full LR.
+    layer_lr_decay: float | None = None
+    # Regular expression on a variable's path (re.search) -> LR multiplier; first match wins.
+    lr_multipliers: dict[str, float] | None = None
     # None = default_batch_norm(); validate() writes the resolved mode here, so a run's
     # config.yaml says which one ran.
     batch_norm: str | None = None
@@ -167,6 +176,16 @@ class StageConfig:
     # (kerasft/training/prune.py); validate() writes the resolved mappings here.
     distill: Any = None
     prune: Any = None
+
+
+@dataclass
+class LRFindConfig:
+    """The learning-rate sweep of ``kerasft lr-find`` and of ``learning_rate: auto``."""
+
+    min_lr: float = 1e-7
+    max_lr: float = 1.0
+    steps: int = 100  # at most; one pass over the training batches caps it
+    suggestion: str = "steepest"  # steepest descent of the smoothed loss, or minimum / 10
 
 
 @dataclass
@@ -189,6 +208,7 @@ class TrainingConfig:
     monitor: str = "val_loss"
     tensorboard: bool = True
     verbose: str = "auto"
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
 
 @dataclass
@@ -369,6 +389,30 @@ def _check_positive(value: float | int | None, key: str, allow_none: bool = Fals
         return
     if value is None or value <= 0:
         raise ConfigError(expected("a positive number", key, value))
+
+
+def _check_lr_groups(s: StageConfig, key: str) -> None:
+    """``layer_lr_decay`` in (0, 1]; ``lr_multipliers`` regular expressions that compile, each
+    to a number >= 0."""
+    if s.layer_lr_decay is not None and not 0.0 < s.layer_lr_decay <= 1.0:
+        raise ConfigError(expected("a number in (0, 1]", f"{key}.layer_lr_decay",
+                                   s.layer_lr_decay))
+    for pattern, mult in (s.lr_multipliers or {}).items():
+        where = f"{key}.lr_multipliers[{pattern!r}]"
+        try:
+            re.compile(str(pattern))
+        except re.error as e:
+            raise ConfigError(expected("a regular expression on variable paths (e.g. "
+                                       "'^conv1' or 'embedding')", where, pattern)
+                              + f" ({e})") from None
+        if isinstance(mult, str):
+            try:
+                mult = float(mult)
+            except ValueError:
+                pass
+        if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult < 0:
+            raise ConfigError(expected("a multiplier >= 0", where, mult))
+        s.lr_multipliers[pattern] = float(mult)
 
 
 def _check_fraction(value: float | None, key: str) -> None:
@@ -864,7 +908,13 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(expected("no lora in a prune stage (the adapters are merged into "
                                        "the kernels after the masks)", f"{key}.lora", s.lora))
         _check_positive(s.epochs, f"{key}.epochs")
-        _check_positive(s.learning_rate, f"{key}.learning_rate")
+        if isinstance(s.learning_rate, str):
+            if s.learning_rate != "auto":
+                raise ConfigError(expected("a positive number or auto", f"{key}.learning_rate",
+                                           s.learning_rate))
+        else:
+            _check_positive(s.learning_rate, f"{key}.learning_rate")
+        _check_lr_groups(s, key)
         _check_choice(s.optimizer, OPTIMIZERS, f"{key}.optimizer")
         _check_choice(s.schedule, SCHEDULES, f"{key}.schedule")
         if s.warmup_steps is not None and s.warmup_ratio is not None:
@@ -909,6 +959,15 @@ def validate(cfg: Config) -> Config:
     _check_choice(t.cache_features, ("auto", "on", "off"), "training.cache_features")
     _check_monitor(t.monitor, head_task(cfg.head), "training.monitor")
     _check_positive(d.bucket_multiple, "data.bucket_multiple")
+    f = t.lr_find
+    _check_positive(f.min_lr, "training.lr_find.min_lr")
+    _check_positive(f.max_lr, "training.lr_find.max_lr")
+    if f.max_lr <= f.min_lr:
+        raise ConfigError(expected(f"a number above training.lr_find.min_lr ({f.min_lr:g})",
+                                   "training.lr_find.max_lr", f.max_lr))
+    if f.steps < 5:
+        raise ConfigError(expected("at least 5 steps", "training.lr_find.steps", f.steps))
+    _check_choice(f.suggestion, LR_FIND_SUGGESTIONS, "training.lr_find.suggestion")
 
     e = cfg.export
     if e.version != "auto" and not (

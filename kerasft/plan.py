@@ -73,7 +73,8 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
     lr_scale = (replicas or 0) if cfg.training.lr_scaling == "linear" else 1
     stages = [{"name": s.name, "epochs": s.epochs, "steps": s.epochs * steps,
                "learning_rate": s.learning_rate, "lora": s.lora,
-               "effective_learning_rate": s.learning_rate * lr_scale if lr_scale else None}
+               "effective_learning_rate": s.learning_rate * lr_scale
+               if lr_scale and s.learning_rate != "auto" else None}
               for s in cfg.stages]
     run_id = resolve_run_id(run_id, env)
     base = Path(output_dir or cfg.output_dir)
@@ -147,8 +148,9 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
     lines.append(f"steps per epoch: {plan['steps_per_epoch']} training, "
                  f"{plan['validation_steps']} validation")
     for s in plan["stages"]:
-        lr = f"lr {s['learning_rate']:g}"
-        if plan["lr_scaling"] == "linear":
+        lr = "lr auto (an LR sweep at the stage's start)" if s["learning_rate"] == "auto" \
+            else f"lr {s['learning_rate']:g}"
+        if plan["lr_scaling"] == "linear" and s["learning_rate"] != "auto":
             eff = s["effective_learning_rate"]
             lr += f" x replicas = {eff:g}" if eff is not None else " x replicas (linear)"
         lora = s.get("lora")

@@ -147,15 +147,21 @@ def _build_network(cfg: BackboneConfig) -> Any:
 
 
 def _check_stages(cfg: Config) -> list[str]:
+    import dataclasses
+
+    from kerasft.training.lr_groups import stage_multipliers
     from kerasft.training.stages import apply_trainable
 
     needs_network = any(s.trainable not in ("head", "all") or s.lora is not None
-                        for s in cfg.stages)
+                        or s.layer_lr_decay is not None for s in cfg.stages)
     if not needs_network:
         return ["stages: OK"]
     backbone = _build_network(cfg.backbone)
     for i, stage in enumerate(cfg.stages):
         apply_trainable(backbone, stage, key=f"stages[{i}].trainable")
+        # the blocks layer_lr_decay needs (lr_multipliers also match the head: checked at fit)
+        stage_multipliers(backbone.network, backbone,
+                          dataclasses.replace(stage, lr_multipliers=None), f"stages[{i}]")
     return [f"stages: OK (checked against {backbone.name}'s layers)"]
 
 

@@ -364,7 +364,7 @@ def render_model_card(info: ModelCardInfo,
         shown = ", ".join(f"{k} {v:.4g}" for k, v in final.items() if isinstance(v, float))
         rows.append([stage["name"], stage["trainable"],
                      f"{stage.get('epochs_run', '?')}/{stage['epochs']}",
-                     f"{stage['optimizer']} {stage['learning_rate']:g} ({stage['schedule']})",
+                     f"{stage['optimizer']} {_rate(stage['learning_rate'])} ({stage['schedule']})",
                      stage.get("trainable_params", ""), shown])
     lines += _table(["stage", "trainable", "epochs run", "optimizer", "trainable params",
                      "last epoch"], rows)
@@ -448,3 +448,7 @@ def model_card_hook(ft: Any, quantized: Any = None) -> Callable[[Path], None]:
         write_model_card(export_dir, info, check)
 
     return write
+
+
+def _rate(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)

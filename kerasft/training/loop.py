@@ -60,8 +60,12 @@ def _verbose(setting: str) -> int | str:
 
 
 def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: int,
-                  num_classes: int, replicas: int = 1) -> None:
-    """Compiles `model` for `stage` (call inside the strategy scope)."""
+                  num_classes: int, replicas: int = 1,
+                  multipliers: dict[int, float] | None = None, sweep: Any = None) -> None:
+    """Compiles `model` for `stage` (call inside the strategy scope): `multipliers` are the
+    per-variable LR factors (kerasft/training/lr_groups.py); `sweep` (the LR finder's schedule)
+    replaces the stage's learning rate, without gradient accumulation, one step per
+    execution."""
     from kerasft.training.stages import (
         make_loss,
         make_metrics,
@@ -71,7 +75,9 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
 
     lr_scale = float(replicas) if cfg.training.lr_scaling == "linear" else 1.0
     optimizer = make_optimizer(stage, steps_per_epoch, lr_scale,
-                               cfg.training.gradient_accumulation_steps)
+                               None if sweep is not None
+                               else cfg.training.gradient_accumulation_steps,
+                               multipliers=multipliers, learning_rate=sweep)
     if stage.weight_decay and stage.weight_decay_exclude:
         optimizer.exclude_from_weight_decay(
             var_list=weight_decay_excluded(model, stage.weight_decay_exclude))
@@ -92,7 +98,8 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         # padded with weight-0 rows (kerasft.training.distribution.pad_to_full_batches).
         weighted_metrics=metrics,
         jit_compile=cfg.training.jit_compile,
-        steps_per_execution=execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
+        steps_per_execution=1 if sweep is not None
+        else execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )
 
 
@@ -143,6 +150,7 @@ def run_stages(
     kerasft/training/distill.py); a ``prune`` stage adds the magnitude-pruning callback
     (kerasft/training/prune.py).
     """
+    from kerasft.training.lr_groups import stage_multipliers
     from kerasft.training.stages import apply_trainable, count_params
 
     classes = callback_classes()
@@ -176,8 +184,22 @@ def run_stages(
             lora = unfrozen.get("lora")
             if lora is not None:
                 _start_lora(ckpt, model, backbone, unfrozen, i)
+            multipliers, lr_summary = stage_multipliers(model, backbone, stage, f"stages[{i}]")
+        stage_train = train_ds
+        if stage.distill is not None:
+            if distill_data is None:
+                raise KerasftError(expected("a teacher's predictions (FineTuner.fit) for a "
+                                            "distill stage", f"stages[{i}].distill",
+                                            stage.distill))
+            stage_train = distill_data(i, stage)  # epoch-keyed, teacher answers in the labels
+        fit_data = _fit_data(use_cache, cached_features, features_stale, cfg, epoch, stage_train,
+                             val_ds, steps_per_epoch) if remaining > 0 else None
+        if stage.learning_rate == "auto":
+            _resolve_auto(fit_model, stage, i, cfg, fit_data, steps_per_epoch, num_classes,
+                          strategy_info, multipliers, class_weight, run_dir, log)
+        with strategy_info.strategy.scope():
             compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
-                          strategy_info.replicas)
+                          strategy_info.replicas, multipliers)
             restored = ckpt is not None and ckpt.restore_optimizer(fit_model)
             ema = classes["EMAWeights"]() if stage.ema else None
             if ema is not None and restored:  # saved at an epoch's end: averages in the model
@@ -196,6 +218,8 @@ def run_stages(
             f"{f' (resuming at epoch {epoch + 1})' if epoch > first and remaining else ''}, "
             f"{stage.optimizer} lr={stage.learning_rate:g} ({stage.schedule})"
             + (f", weight EMA momentum {stage.ema['momentum']:g}" if stage.ema else ""))
+        if lr_summary:
+            log(f"stage '{stage.name}': learning-rate multipliers: {', '.join(lr_summary)}")
         es_callback = _early_stopping(stage, val_ds is not None, ckpt, model, fit_model)
         callbacks = [c for c in (
             ema,  # first: the callbacks below see the averaged weights at an epoch's end
@@ -222,26 +246,7 @@ def run_stages(
         history = None
         if remaining > 0:
             if use_cache:
-                features = cached_features(refresh=features_stale)
                 features_stale = False
-                fit_data: dict[str, Any] = {
-                    "x": _feature_batches(features, cfg, epoch),
-                    "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
-                    "validation_data": features.get("val"), "shuffle": False,
-                }
-            elif stage.distill is not None:
-                if distill_data is None:
-                    raise KerasftError(expected("a teacher's predictions (FineTuner.fit) for a "
-                                                "distill stage", f"stages[{i}].distill",
-                                                stage.distill))
-                fit_data = {"x": distill_data(i, stage)(epoch), "steps_per_epoch": steps_per_epoch,
-                            "validation_data": val_ds, "shuffle": False}
-            elif callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
-                fit_data = {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
-                            "validation_data": val_ds, "shuffle": False}
-            else:
-                fit_data = {"x": train_ds, "validation_data": val_ds,
-                            "shuffle": False}  # the tf.data pipeline shuffles (seeded)
             history = fit_model.fit(
                 **fit_data,
                 epochs=first + stage.epochs,
@@ -299,7 +304,54 @@ def run_stages(
 
 
 # ---------------------------------------------------------------------------------------------
-# Pieces of run_stages: resume bookkeeping, early stopping, divergence.
+# Pieces of run_stages: data, LR sweep, resume bookkeeping, early stopping, divergence.
+
+
+def _fit_data(use_cache: bool, cached_features: Any, features_stale: bool, cfg: Config,
+              epoch: int, train_ds: Any, val_ds: Any, steps_per_epoch: int) -> dict[str, Any]:
+    """``fit``'s data arguments for a stage starting at `epoch`."""
+    if use_cache:
+        features = cached_features(refresh=features_stale)
+        return {"x": _feature_batches(features, cfg, epoch),
+                "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
+                "validation_data": features.get("val"), "shuffle": False}
+    if callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
+        return {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
+                "validation_data": val_ds, "shuffle": False}
+    return {"x": train_ds, "validation_data": val_ds,
+            "shuffle": False}  # the tf.data pipeline shuffles (seeded)
+
+
+def _resolve_auto(fit_model: Any, stage: StageConfig, i: int, cfg: Config,
+                  fit_data: dict[str, Any] | None, steps_per_epoch: int, num_classes: int,
+                  strategy_info: StrategyInfo, multipliers: dict[int, float],
+                  class_weight: dict[int, float] | None, run_dir: Path, log: Log) -> None:
+    """``learning_rate: auto``: sweeps (kerasft/training/lr_find.py) from the stage's starting
+    weights, sets the stage's rate to the suggestion and records it in the run's config.yaml
+    (which ``--resume`` reads back)."""
+    from kerasft.config import save_config
+    from kerasft.training.lr_find import run_sweep, write_sweep
+
+    if fit_data is None:  # nothing left to train: no sweep needed, any rate compiles
+        stage.learning_rate = cfg.training.lr_find.min_lr
+        return
+    lr_scale = float(strategy_info.replicas) if cfg.training.lr_scaling == "linear" else 1.0
+    result = run_sweep(
+        fit_model,
+        lambda schedule: compile_stage(fit_model, stage, cfg, steps_per_epoch, num_classes,
+                                       strategy_info.replicas, multipliers, sweep=schedule),
+        fit_data["x"], fit_data.get("steps_per_epoch", steps_per_epoch), cfg.training.lr_find,
+        strategy_info.strategy, class_weight)
+    written = write_sweep(result, run_dir, f"lr_find_stage{i + 1}")
+    for note in result.notes:
+        log(note)
+    log(f"stage {i + 1} '{stage.name}': {result.line()}; "
+        f"plot and CSV: {', '.join(str(p) for p in written)}")
+    # The sweep ran at the rate training uses; training.lr_scaling multiplies the config's.
+    stage.learning_rate = float(f"{result.suggestion / lr_scale:.3g}")
+    save_config(cfg, run_dir / "config.yaml")
+    log(f"stage {i + 1} '{stage.name}': learning_rate auto = {stage.learning_rate:g} "
+        "(recorded in config.yaml)")
 
 
 def _start(ckpt: Any, model: Any, cfg: Config, strategy_info: StrategyInfo,

@@ -245,7 +245,11 @@ _SCHEDULE: type | None = None
 
 
 def make_schedule(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1.0) -> Any:
-    """The stage's learning rate: a float (constant, no warmup) or a schedule."""
+    """The stage's learning rate: a float (constant, no warmup) or a schedule (``auto`` must
+    have been resolved to a number first: kerasft/training/lr_find.py)."""
+    if not isinstance(stage.learning_rate, (int, float)):
+        raise ValueError(f"stage '{stage.name}': learning_rate {stage.learning_rate!r} is not "
+                         "resolved to a number")
     global _SCHEDULE
     total = max(1, steps_per_epoch * stage.epochs)
     warmup = stage.warmup_steps
@@ -260,12 +264,19 @@ def make_schedule(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1.
 
 
 def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1.0,
-                   gradient_accumulation_steps: int | None = None) -> Any:
-    """A fresh Keras optimizer for `stage` (one per stage: state does not leak across)."""
+                   gradient_accumulation_steps: int | None = None,
+                   multipliers: dict[int, float] | None = None,
+                   learning_rate: Any = None) -> Any:
+    """A fresh Keras optimizer for `stage` (one per stage: state does not leak across).
+
+    With `multipliers` (``id(variable) -> factor``, kerasft/training/lr_groups.py) each
+    variable's updates use the learning rate times its factor; `learning_rate` (a float or a
+    schedule) replaces the stage's own (the LR sweep's schedule)."""
     import keras
 
     kwargs: dict[str, Any] = {
-        "learning_rate": make_schedule(stage, steps_per_epoch, lr_scale),
+        "learning_rate": learning_rate if learning_rate is not None
+        else make_schedule(stage, steps_per_epoch, lr_scale),
         "clipnorm": stage.clipnorm,
     }
     if gradient_accumulation_steps and gradient_accumulation_steps > 1:
@@ -274,12 +285,20 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
     if ema is not None:  # run_stages swaps the averages in for evaluation and saving
         kwargs.update(use_ema=True, ema_momentum=ema["momentum"])
     if stage.optimizer == "adamw":
-        return keras.optimizers.AdamW(weight_decay=stage.weight_decay or 0.0, **kwargs)
-    if stage.weight_decay:
+        cls, kwargs["weight_decay"] = keras.optimizers.AdamW, stage.weight_decay or 0.0
+    elif stage.optimizer == "sgd":
+        cls, kwargs["momentum"] = keras.optimizers.SGD, stage.momentum
+    else:
+        cls = keras.optimizers.Adam
+    if stage.weight_decay and stage.optimizer != "adamw":
         kwargs["weight_decay"] = stage.weight_decay
-    if stage.optimizer == "sgd":
-        return keras.optimizers.SGD(momentum=stage.momentum, **kwargs)
-    return keras.optimizers.Adam(**kwargs)
+    if not multipliers:
+        return cls(**kwargs)
+    from kerasft.training.lr_groups import layerwise_class
+
+    optimizer = layerwise_class(cls)(**kwargs)
+    optimizer.set_lr_multipliers(multipliers)
+    return optimizer
 
 
 def weight_decay_excluded(model: Any, exclude: list[str]) -> list[Any]:
