@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +109,7 @@ def run_stages(
     cached_features: Callable[..., dict[str, Any]] | None = None,
     checkpoint: Any = None,
     class_weight: dict[int, float] | None = None,
+    extra_callbacks: Sequence[Any] = (),
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
@@ -123,7 +124,8 @@ def run_stages(
     continues at its committed stage and epoch (see kerasft/training/checkpoints.py).
     `class_weight` (class id -> weight, ``data.class_weight``) goes to every stage's ``fit``, on
     cached features too: Keras turns it into per-example weights of the training loss (and of
-    the weighted training metrics); validation is not weighted.
+    the weighted training metrics); validation is not weighted. `extra_callbacks` join every
+    stage's callbacks, after the run's own (kerasft tune's pruning callback).
     """
     from kerasft.training.stages import apply_trainable, count_params
 
@@ -186,6 +188,7 @@ def run_stages(
             classes["EpochTensorBoard"](log_dir=str(run_dir / "tensorboard"))
             if cfg.training.tensorboard else None,
         ) if c is not None]
+        callbacks += list(extra_callbacks)
         if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
             callbacks += _checkpoint_callbacks(ckpt, model, i, first, monitor, nan_state,
                                                es_callback)
