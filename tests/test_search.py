@@ -75,6 +75,15 @@ def test_tune_params_are_checked_against_the_config():
         load_config({"tune": {"metric": "val_macro_f2"}})
 
 
+def test_a_run_resumes_whatever_its_tune_section_says():
+    from kerasft.training.checkpoints import config_differences
+
+    run = load_config({}).to_dict()
+    run.pop("tune")  # a run folder from before tune: existed
+    now = load_config({"tune": TUNE, "head": {"dropout": 0.2}}).to_dict()
+    assert config_differences(run, now) == ["head.dropout=0.2 (run: 0.1)"]
+
+
 def test_missing_optuna_is_one_line_naming_the_extra(tmp_path, monkeypatch):
     import sys
 
