@@ -122,6 +122,39 @@ def test_pruning_callback_reports_each_epoch_and_prunes():
     assert logged.reported == [(4, 0.5)]
 
 
+def test_pruned_and_failed_trials_are_marked_and_the_search_goes_on(tmp_path, monkeypatch):
+    import optuna
+
+    from kerasft.api import FineTuner
+    from kerasft.errors import KerasftError
+    from kerasft.search.tune import run_search
+
+    outcomes = iter(["pruned", "failed", 0.25])
+
+    def fit(self, **kwargs):  # what a trial's run ends with, without training
+        assert kwargs["run_id"].startswith("trial") and len(kwargs["callbacks"]) == 1
+        outcome = next(outcomes)
+        if outcome == "pruned":
+            raise optuna.TrialPruned("pruned at epoch 1: val_loss=9")
+        if outcome == "failed":
+            raise KerasftError("stage 'head' diverged")
+        return {"run_dir": "r", "stages": [{"final_logs": {"val_loss": outcome}}],
+                "metrics": None}
+
+    monkeypatch.setattr(FineTuner, "fit", fit)
+    lines = []
+    cfg = {"name": "fake", "tune": {"metric": "val_loss", "params": TUNE["params"]}}
+    result = run_search(cfg, trials=3, directory=tmp_path / "s", log=lines.append)
+    assert [(t["trial"], t["state"]) for t in result["trials"]] == [
+        (0, "PRUNED"), (1, "FAIL"), (2, "COMPLETE")]
+    assert result["direction"] == "minimize"  # auto, from val_loss
+    assert result["best"]["trial"] == 2 and result["best"]["value"] == 0.25
+    assert result["trials"][1]["error"] == "stage 'head' diverged"
+    assert "tune: trial 1 failed: stage 'head' diverged" in lines
+    assert load_config(tmp_path / "s" / "best.yaml").head.dropout == \
+        result["best"]["params"]["head.dropout"]
+
+
 # -- folds ---------------------------------------------------------------------------------
 
 
