@@ -122,6 +122,7 @@ def test_pruning_callback_reports_each_epoch_and_prunes():
     assert logged.reported == [(4, 0.5)]
 
 
+@pytest.mark.slow  # Optuna's SQLite storage (SQLAlchemy, Alembic) takes seconds to set up
 def test_pruned_and_failed_trials_are_marked_and_the_search_goes_on(tmp_path, monkeypatch):
     import optuna
 
