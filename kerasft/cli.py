@@ -489,7 +489,13 @@ def tune(config: str, sets: tuple[str, ...], trials: int | None, directory: str 
     from kerasft.search.tune import import_optuna, run_search
 
     import_optuna()  # before any TensorFlow import: the missing extra is one line
-    run_search(config, _parse_sets(sets), trials=trials, directory=directory, log=click.echo)
+    try:
+        run_search(config, _parse_sets(sets), trials=trials, directory=directory,
+                   log=click.echo)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Run the same command again to continue the search (the "
+                   "interrupted trial runs again with the same values).", err=True)
+        sys.exit(130)
 
 
 @main.command()

@@ -733,7 +733,6 @@ def tune_direction(metric: str, direction: str = "auto") -> str:
 
 def _tune_path(cfg: Config, dotted: str) -> None:
     """Checks that the dotted `dotted` (as ``--set`` takes it) names a key of `cfg`."""
-    key = f"tune.params.{dotted}"
     parts = dotted.split(".")
     if not dotted or any(not p for p in parts):
         raise ConfigError(expected("a dotted config key such as head.dropout", "tune.params",
@@ -746,14 +745,16 @@ def _tune_path(cfg: Config, dotted: str) -> None:
         if dataclasses.is_dataclass(node):
             names = [f.name for f in dataclasses.fields(node) if f.name != "tune"]
             if part not in names:
+                prefix = f"{where}." if where else ""
                 raise ConfigError(
                     expected(f"a known config key (valid{' under ' + where if where else ''}: "
-                             f"{', '.join(names)})", key, ".".join(parts[:i + 1]))
-                    + _did_you_mean(part, names))
+                             f"{', '.join(names)})", "tune.params", dotted)
+                    + _did_you_mean(part, names).replace(" '", f" '{prefix}", 1))
             node = getattr(node, part)
         elif isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(expected(f"an index below {len(node)} of {where}", key, part))
+                raise ConfigError(expected(f"an index below {len(node)} ({where} has "
+                                           f"{len(node)})", "tune.params", dotted))
             node = node[int(part)]
         else:  # a free mapping (data.augmentation) or an unset value: the values check it
             return

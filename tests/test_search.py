@@ -60,7 +60,7 @@ def test_tune_params_are_checked_against_the_config():
     ok = load_config({"tune": TUNE})
     assert ok.tune.params["head.dropout"] == {"choices": [0.0, 0.2]}
     cases = {
-        "head.dropuot": ({"choices": [0.1]}, "Did you mean 'dropout'?"),
+        "head.dropuot": ({"choices": [0.1]}, "Did you mean 'head.dropout'?"),
         "stages.3.learning_rate": ({"low": 1e-4, "high": 1e-2}, "an index below 1"),
         "head.dropout": ({"choices": [0.1, 1.5]}, "the value 1.5 is not valid"),
         "stages.0.learning_rate": ({"low": 1e-4, "hihg": 1e-2}, "Did you mean 'high'?"),
