@@ -414,6 +414,7 @@ class FineTuner:
         run_id: str | None = None,
         resume: bool | str | os.PathLike = False,
         force: bool = False,
+        callbacks: list[Any] | None = None,
     ) -> dict[str, Any]:
         """Runs every stage; returns a summary (stages, metrics, run folder).
 
@@ -426,7 +427,9 @@ class FineTuner:
         config unless `force` (see kerasft/training/checkpoints.py); ``training.mixed_precision:
         auto`` takes
         the run's recorded policy. Nothing is written before the data, the
-        backbone and every stage's ``trainable`` were checked.
+        backbone and every stage's ``trainable`` were checked. `callbacks`: more Keras
+        callbacks for every stage's ``fit`` (epochs are numbered across stages; a head stage on
+        cached features fits the head alone).
         """
         from kerasft.training.distribution import distribution_notes, drops_remainder
         from kerasft.training.distribution import steps_per_epoch as count_steps
@@ -507,6 +510,7 @@ class FineTuner:
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
             head=self.head, cached_features=self._feature_cache(data), checkpoint=checkpoint,
             class_weight=weights, distill_data=self._distill_data(data),
+            extra_callbacks=callbacks or (),
         )
         from kerasft.models.weights import save_model_weights
 

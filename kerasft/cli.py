@@ -500,6 +500,46 @@ def compare(run_dirs: tuple[str, ...], out: str) -> None:
 @debug_option
 @click.argument("config", type=click.Path(dir_okay=False))
 @set_option
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="Total trials of the search (default: tune.trials); running the command "
+                   "again continues the search up to this many.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="The search folder (default: tune.dir, else <output_dir>/<name>-tune).")
+@_handle_errors
+def tune(config: str, sets: tuple[str, ...], trials: int | None, directory: str | None) -> None:
+    """Search CONFIG's tune.params with Optuna (pip install 'kerasft[tune]'); writes best.yaml."""
+    from kerasft.search.tune import import_optuna, run_search
+
+    import_optuna()  # before any TensorFlow import: the missing extra is one line
+    try:
+        run_search(config, _parse_sets(sets), trials=trials, directory=directory,
+                   log=click.echo)
+    except KeyboardInterrupt:
+        click.echo("Interrupted. Run the same command again to continue the search (the "
+                   "interrupted trial runs again with the same values).", err=True)
+        sys.exit(130)
+
+
+@main.command()
+@debug_option
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True,
+              help="Number of stratified, seeded folds over train + validation.")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="The cross-validation folder (default: <output_dir>/<name>-cv-<time>).")
+@_handle_errors
+def cv(config: str, sets: tuple[str, ...], folds: int, directory: str | None) -> None:
+    """Cross-validate CONFIG: one run per fold, the test split scored by each; cv_summary.json."""
+    from kerasft.search.cv import run_cv
+
+    run_cv(config, _parse_sets(sets), folds=folds, directory=directory, log=click.echo)
+
+
+@main.command()
+@debug_option
+@click.argument("config", type=click.Path(dir_okay=False))
+@set_option
 @_handle_errors
 def validate(config: str, sets: tuple[str, ...]) -> None:
     """Check CONFIG fully (keys, types, files, preset, labels) without training."""

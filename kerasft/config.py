@@ -62,6 +62,16 @@ MIXING_PARAMETERS = {"mixup": "alpha", "cutmix": "factor"}  # keras.layers.MixUp
 MIXING_DEFAULTS = {"mixup": 0.2, "cutmix": 1.0}  # Keras's defaults
 RAND_AUGMENT_DEFAULTS = {"num_ops": 2, "factor": 0.5}  # keras.layers.RandAugment's
 EMA_MOMENTUM = 0.99  # Keras's ema_momentum
+# tune: (kerasft/search/tune.py) a trial's objective is a validation metric: what the validation
+# split's report holds (kerasft.evaluation.metrics) or what fit logs per epoch.
+TUNE_REPORT_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1",
+                       "mae", "rmse", "r2", "pearson", "spearman")
+TUNE_METRICS = ("auto", "val_loss", "val_auc",
+                *(f"val_{m}" for m in TUNE_REPORT_METRICS))
+TUNE_DIRECTIONS = ("auto", "maximize", "minimize")
+TUNE_PRUNERS = ("median", "none")
+TUNE_SAMPLERS = ("tpe", "random")
+TUNE_SPEC_KEYS = ("low", "high", "log", "step", "choices")
 
 
 @dataclass
@@ -221,6 +231,21 @@ class ExportConfig:
     verify: bool = True
     quantize: str = "none"
 
+@dataclass
+class TuneConfig:
+    """``kerasft tune``: the search space (``params``: dotted config keys, as ``--set`` takes
+    them, to ``{low, high[, log][, step]}`` or ``{choices: [...]}``) and its objective. Ignored
+    by ``kerasft train``."""
+
+    metric: str = "auto"  # val_macro_f1 (classification, multi_label), val_mae (regression)
+    direction: str = "auto"  # from the metric: minimize loss / mae / rmse, maximize the rest
+    trials: int = 10  # kerasft tune --trials overrides it
+    pruner: str = "median"  # Optuna's MedianPruner at epoch ends, or none
+    sampler: str = "tpe"
+    dir: str | None = None  # the search folder; default <output_dir>/<name>-tune
+    params: dict[str, Any] = field(default_factory=dict)
+
+
 STEPS_PER_EXECUTION_BUG = (
     "Keras 3 multi-step execution under MultiWorkerMirroredStrategy fails with 'You must feed "
     "a value for placeholder tensor' from the gradient all-reduce inside its while loop, see "
@@ -245,6 +270,7 @@ class Config:
     stages: list[StageConfig] = field(default_factory=_default_stages)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -975,7 +1001,104 @@ def validate(cfg: Config) -> Config:
     ):
         raise ConfigError(expected("'auto' or a positive integer", "export.version", e.version))
     check_export_quantize(e.quantize, "export.quantize")
+    _validate_tune(cfg)
     return cfg
+
+
+def tune_direction(metric: str, direction: str = "auto") -> str:
+    """``tune.direction``, or for ``auto`` the metric's: minimize a loss or an error."""
+    if direction != "auto":
+        return direction
+    lower = ("loss", "mae", "rmse")
+    return "minimize" if any(metric.endswith(k) for k in lower) else "maximize"
+
+
+def _tune_path(cfg: Config, dotted: str) -> None:
+    """Checks that the dotted `dotted` (as ``--set`` takes it) names a key of `cfg`."""
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise ConfigError(expected("a dotted config key such as head.dropout", "tune.params",
+                                   dotted))
+    if parts[0] == "tune":
+        raise ConfigError(expected("a key outside tune", "tune.params", dotted))
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i])
+        if dataclasses.is_dataclass(node):
+            names = [f.name for f in dataclasses.fields(node) if f.name != "tune"]
+            if part not in names:
+                prefix = f"{where}." if where else ""
+                raise ConfigError(
+                    expected(f"a known config key (valid{' under ' + where if where else ''}: "
+                             f"{', '.join(names)})", "tune.params", dotted)
+                    + _did_you_mean(part, names).replace(" '", f" '{prefix}", 1))
+            node = getattr(node, part)
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(expected(f"an index below {len(node)} ({where} has "
+                                           f"{len(node)})", "tune.params", dotted))
+            node = node[int(part)]
+        else:  # a free mapping (data.augmentation) or an unset value: the values check it
+            return
+
+
+def _tune_values(spec: Any, key: str) -> list[Any]:
+    """The candidate values of one ``tune.params`` entry to check against the config."""
+    if not isinstance(spec, dict) or not spec:
+        raise ConfigError(expected("{low: A, high: B[, log: true][, step: S]} or "
+                                   "{choices: [...]}", key, spec))
+    for name in spec:
+        if name not in TUNE_SPEC_KEYS:
+            raise ConfigError(expected(f"one of {', '.join(TUNE_SPEC_KEYS)}", f"{key}.{name}",
+                                       name) + _did_you_mean(str(name), TUNE_SPEC_KEYS))
+    if "choices" in spec:
+        extra = sorted(set(spec) - {"choices"})
+        if extra:
+            raise ConfigError(expected("choices alone (or low / high without choices)",
+                                       f"{key}.{extra[0]}", spec[extra[0]]))
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(expected("a non-empty list", f"{key}.choices", choices))
+        return list(choices)
+    low, high = spec.get("low"), spec.get("high")
+    for name, value in (("low", low), ("high", high), ("step", spec.get("step", 1))):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(expected("a number", f"{key}.{name}", value))
+    if not low < high:
+        raise ConfigError(expected("low < high", f"{key}.high", high) + f" (low {low})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(expected("true or false", f"{key}.log", log))
+    if log and low <= 0:
+        raise ConfigError(expected("low > 0 with log: true", f"{key}.low", low))
+    if "step" in spec and (log or spec["step"] <= 0):
+        raise ConfigError(expected("a positive step, without log: true", f"{key}.step",
+                                   spec["step"]))
+    return [low, high]
+
+
+def _validate_tune(cfg: Config) -> None:
+    t = cfg.tune
+    _check_choice(t.metric, TUNE_METRICS, "tune.metric")
+    _check_choice(t.direction, TUNE_DIRECTIONS, "tune.direction")
+    _check_choice(t.pruner, TUNE_PRUNERS, "tune.pruner")
+    _check_choice(t.sampler, TUNE_SAMPLERS, "tune.sampler")
+    _check_positive(t.trials, "tune.trials")
+    if not t.params:
+        return
+    base = cfg.to_dict()
+    base["tune"] = dataclasses.asdict(TuneConfig())  # the candidates are checked without it
+    for dotted, spec in t.params.items():
+        dotted = str(dotted)
+        key = f"tune.params.{dotted}"
+        _tune_path(cfg, dotted)
+        for value in _tune_values(spec, key):
+            data = copy.deepcopy(base)
+            apply_override(data, dotted.split("."), value)
+            try:
+                validate(_build(Config, data, ""))
+            except ConfigError as e:
+                raise ConfigError(f"{key}: the value {value!r} is not valid: {e}") from None
 
 
 def check_export_quantize(value: Any, key: str) -> str:

@@ -26,7 +26,8 @@ def run(*args: str):
 
 
 def test_help_for_every_command():
-    for command in ("train", "evaluate", "export", "predict", "validate", "backbones"):
+    for command in ("train", "evaluate", "export", "predict", "validate", "backbones", "tune",
+                    "cv"):
         result = run(command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.output
 

@@ -7,6 +7,7 @@
 - :mod:`kerasft.data.datasets`: tfds and the user's ``tf.data`` datasets (``from_datasets``).
 - :mod:`kerasft.data.arrays`: in-memory arrays (``from_arrays``).
 - :mod:`kerasft.data.splits`: the label vocabulary, the stratified splits, the report.
+- :mod:`kerasft.data.folds`: stratified, seeded cross-validation folds (``kerasft cv``).
 - :mod:`kerasft.data.class_weights`: the class weights of ``data.class_weight``.
 - :mod:`kerasft.data.targets`: regression targets, and the rule that picks regression when
   ``head.task`` is unset.

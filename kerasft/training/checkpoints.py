@@ -76,6 +76,8 @@ LORA_SUFFIX = ".lora.npz"
 FORMAT = 2
 # Keys that may differ between the run's config.yaml and the resumed config.
 IGNORED_KEYS = ("output_dir", "training.verbose", "training.mixed_precision_reason")
+# kerasft tune's search space: it never changes what a run trains.
+IGNORED_SECTIONS = ("tune.",)
 SEED_STATE = "seed_generator_state"
 # Test hooks: KERASFT_TEST_PAUSE="<point>@<epoch>" makes the process create the file named by
 # KERASFT_TEST_PAUSE_FILE and sleep at that point, so a test can kill it there. Points, with the
@@ -229,7 +231,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         flat["backbone.weights"] = WEIGHTS_ALIASES.get(weights, weights)
     diffs = []
     for key in sorted(set(old) | set(new)):
-        if key in IGNORED_KEYS or old.get(key) == new.get(key):
+        if key in IGNORED_KEYS or key.startswith(IGNORED_SECTIONS) or old.get(key) == new.get(key):
             continue
         diffs.append(f"{key}={new.get(key)!r} (run: {old.get(key)!r})")
     return diffs

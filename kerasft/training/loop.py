@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,7 @@ def run_stages(
     checkpoint: Any = None,
     class_weight: dict[int, float] | None = None,
     distill_data: Callable[[int, StageConfig], Any] | None = None,
+    extra_callbacks: Sequence[Any] = (),
 ) -> list[StageResult]:
     """Runs every stage of `cfg` in order; returns what each stage did.
 
@@ -149,6 +150,8 @@ def run_stages(
     epoch-keyed pipeline with the teacher's probabilities packed into the labels,
     kerasft/training/distill.py); a ``prune`` stage adds the magnitude-pruning callback
     (kerasft/training/prune.py).
+    the weighted training metrics); validation is not weighted. `extra_callbacks` join every
+    stage's callbacks, after the run's own (kerasft tune's pruning callback).
     """
     from kerasft.training.lr_groups import stage_multipliers
     from kerasft.training.stages import apply_trainable, count_params
@@ -240,6 +243,7 @@ def run_stages(
             from kerasft.training.prune import pruning_callback_class
 
             callbacks.append(pruning_callback_class()(fit_model, stage.prune, first, prune_state))
+        callbacks += list(extra_callbacks)
         if ckpt is not None:  # last: it records the CSV length and the early-stopping counters
             callbacks += _checkpoint_callbacks(ckpt, model, i, first, monitor, nan_state,
                                                es_callback)
