@@ -175,7 +175,10 @@ def _post(url: str, body: str) -> dict:
 
 @pytest.mark.slow
 def test_tiny_bert_pair_run_exports_a_two_input_signature(tmp_path):
+    from click.testing import CliRunner
+
     from kerasft.api import build_finetuner
+    from kerasft.cli import main
     from kerasft.export.warmup import read_warmup_requests
     from tests.tf_serving_stub import TFServingStub
 
@@ -226,3 +229,10 @@ def test_tiny_bert_pair_run_exports_a_two_input_signature(tmp_path):
         np.testing.assert_allclose([r["probabilities"] for r in rows_out], want, atol=1e-5)
         outputs = _post(url, columnar_body)["outputs"]
         np.testing.assert_allclose(outputs["probabilities"], want, atol=1e-5)
+        # `kerasft predict --pair`, on the server and on the export folder alone.
+        label = ft.class_names[int(expected[0].argmax())]
+        for where in (["--server", stub.url, "--model", "pairs"], [str(path)]):
+            result = CliRunner().invoke(main, ["predict", *where, "--pair", *pairs[0]])
+            assert result.exit_code == 0, result.output
+            line = result.output.strip().splitlines()[-1]
+            assert line.startswith(f"{label}\t[") and line.endswith("a good movie | very bad")
