@@ -84,6 +84,17 @@ def test_pairs_read_from_csv_jsonl_and_parquet(tmp_path):
         assert data.report["skipped"]["train"]["empty text"]["count"] == 1, source
 
 
+def test_pairs_from_arrays():
+    from kerasft.data.arrays import from_arrays
+
+    x = [("a good movie", "very bad"), ("great film", "nice"), ("awful film", ""), ("a", "b")]
+    data = from_arrays(x, ["different", "same", "same", "different"], validation_split=0)
+    assert data.train.dataset.element_spec[0].shape == [2]
+    assert data.train.size == 3 and data.report["skipped"]["train"]["empty text"]["count"] == 1
+    with pytest.raises(DataError, match=r"expected texts \[n\] or text pairs \[n, 2\]"):
+        from_arrays([("a", "b", "c")] * 2, ["x", "y"], validation_split=0)
+
+
 def test_a_missing_pair_column_names_the_file_and_the_column(tmp_path):
     from kerasft.data.sources import load_data
 
