@@ -35,6 +35,7 @@ from kerasft.config import (
     mixes_labels,
     resolve_task,
     save_config,
+    text_columns,
 )
 from kerasft.errors import ExportError, KerasftError, expected
 from kerasft.io import atomic_write
@@ -165,7 +166,8 @@ class FineTuner:
         from kerasft.models.heads import build_head_model
         from kerasft.models.registry import build_backbone
 
-        backbone = build_backbone(backbone_cfg, self.config.head.pooling)
+        backbone = build_backbone(backbone_cfg, self.config.head.pooling,
+                                  segments=len(text_columns(self.config.data)))
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
                                 self.config.head, self.target_stats)
         model = keras.Model(backbone.inputs, head(backbone.features),
@@ -460,6 +462,16 @@ class FineTuner:
         if data.task != self.backbone.task:
             raise KerasftError(expected(f"{self.backbone.task} data for backbone "
                                         f"{self.backbone.name}", "data task", data.task))
+        if data.task == "text":
+            shape = data.train.dataset.element_spec[0].shape
+            rank = shape.rank
+            segments = self.backbone.segments
+            if rank != (0 if segments == 1 else 1):
+                raise KerasftError(expected(
+                    "one text per example" if segments == 1 else
+                    "a pair of texts per example ([n, 2]; data.text_column names two columns)",
+                    "data.text_column", self.config.data.text_column,
+                    where="fit") + f" (examples of shape {shape})")
         from kerasft.data.class_weights import class_weight_line, class_weights
         from kerasft.training.stages import check_stages
 
@@ -888,6 +900,8 @@ class FineTuner:
 
     def _predict_rows(self, inputs: Any) -> tuple[np.ndarray, bool]:
         """`inputs` as a batch for the backbone, and whether they were one example."""
+        if self.backbone.task == "text" and self.backbone.segments == 2:
+            return self._predict_pairs(inputs)
         if self.backbone.task == "text":
             if isinstance(inputs, (str, bytes)):
                 inputs, single = [inputs], True
@@ -927,11 +941,32 @@ class FineTuner:
             rows = rows[..., :3]
         return rows, single
 
+    @staticmethod
+    def _predict_pairs(inputs: Any) -> tuple[np.ndarray, bool]:
+        """Sentence pairs as a ``[n, 2]`` batch: one pair ``(a, b)`` or a list of pairs."""
+        def text(v: Any) -> bool:
+            return isinstance(v, (str, bytes))
+
+        single = isinstance(inputs, tuple) and len(inputs) == 2 and all(map(text, inputs))
+        rows = [inputs] if single else inputs
+        try:
+            rows = np.asarray(rows, dtype=object)
+        except ValueError:
+            rows = np.empty(0)
+        if rows.ndim != 2 or rows.shape[1] != 2 or not len(rows) or not all(
+                text(v) for v in rows.ravel()):
+            raise KerasftError(expected(
+                "one pair of strings (a, b) or a non-empty list of pairs", "inputs shape",
+                tuple(rows.shape), where="predict") + f" ({type(inputs).__name__})")
+        decoded = [v.decode("utf-8") if isinstance(v, bytes) else v for v in rows.ravel()]
+        return np.array(decoded, dtype=object).reshape(rows.shape), single
+
     def predict(self, inputs: Any, batch_size: int | None = None,
                 return_labels: bool = False) -> Any:
-        """Probabilities for raw inputs: one example (a string, or an image ``[h, w, 3]`` of any
-        size, pixels 0..255) gives ``[num_classes]``, a batch (strings, images ``[n, h, w, 3]``)
-        gives ``[n, num_classes]``.
+        """Probabilities for raw inputs: one example (a string, a pair ``(a, b)`` of strings
+        for a sentence-pair model, or an image ``[h, w, 3]`` of any size, pixels 0..255) gives
+        ``[num_classes]``, a batch (strings, pairs, images ``[n, h, w, 3]``) gives
+        ``[n, num_classes]``.
 
         With `return_labels`, returns ``(probabilities, labels)``: the class name (multi-label:
         the list of names above the threshold) of the example, or a list of them for a batch.

@@ -350,6 +350,9 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
                    "(unavailable) and 429 (batch queue full). Never retried: 504 (the server's "
                    "deadline), other 4xx and 5xx answers, and --timeout.")
 @click.option("--text", "texts", multiple=True, help="A text to classify. Repeatable.")
+@click.option("--pair", "pairs", multiple=True, nargs=2, metavar="TEXT_A TEXT_B",
+              help="A sentence pair to classify (a model trained with two data.text_column "
+                   "columns). Repeatable.")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False),
               help="An image file to classify. Repeatable.")
 @click.option("--input", "input_csv", type=click.Path(dir_okay=False), default=None,
@@ -359,7 +362,8 @@ def export(run_dir: str, export_dir: str | None, version: str | None, no_verify:
 @_handle_errors
 def predict(export_dir: str | None, server: str | None, model_name: str | None,
             model_version: int | None, version_label: str | None, use_grpc: bool,
-            timeout: float, retries: int, texts: tuple[str, ...], images: tuple[str, ...],
+            timeout: float, retries: int, texts: tuple[str, ...],
+            pairs: tuple[tuple[str, str], ...], images: tuple[str, ...],
             input_csv: str | None, column: str, top: int) -> None:
     """Classify with an exported SavedModel (EXPORT_DIR = .../<name>/<version>, or .../<name>
     for its newest version) alone, or with a TF Serving server (--server URL --model NAME)."""
@@ -382,15 +386,17 @@ def predict(export_dir: str | None, server: str | None, model_name: str | None,
     elif export_dir is None:
         raise click.UsageError("give EXPORT_DIR (a SavedModel version folder) or --server URL "
                                "--model NAME")
-    inputs: list[str] = list(texts) or list(images)
-    kind = "image" if images else "text"
+    if pairs and (texts or images or input_csv):
+        raise click.UsageError("give --pair alone (not with --text, --image or --input)")
+    inputs: list[Any] = list(texts) or list(images) or [tuple(p) for p in pairs]
+    kind = "image" if images else "pair" if pairs else "text"
     if input_csv:
         inputs += _read_column(input_csv, column)
         if inputs and Path(inputs[0]).suffix.lower() in (".jpg", ".jpeg", ".png", ".gif",
                                                          ".bmp"):
             kind = "image"
     if not inputs:
-        raise click.UsageError("give --text, --image or --input")
+        raise click.UsageError("give --text, --pair, --image or --input")
     if server is not None:
         from kerasft.serving.client import format_rows, predict_on_server
 

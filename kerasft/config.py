@@ -115,7 +115,8 @@ class DataConfig:
     test: str | None = None
     validation_split: float | None = None
     test_split: float | None = None
-    text_column: str = "text"
+    # One column, or two ([premise, hypothesis]) for sentence-pair tasks (text_columns()).
+    text_column: str | list[str] = "text"
     label_column: str = "label"
     label_separator: str = "|"
     encoding: str = "utf-8"
@@ -813,6 +814,33 @@ def upgrade_saved_config(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+#: Sources that read a pair of text columns (``data.text_column: [a, b]``).
+PAIR_SOURCES = ("csv", "jsonl", "parquet", "arrays")
+#: The names of a sentence-pair export's two ``serving_default`` inputs, whatever the columns are
+#: called (column names need not be valid TensorFlow input names).
+PAIR_INPUTS = ("text_a", "text_b")
+
+
+def text_columns(d: DataConfig) -> tuple[str, ...]:
+    """``data.text_column`` as a tuple: one name, or two for sentence pairs."""
+    return (d.text_column,) if isinstance(d.text_column, str) else tuple(d.text_column)
+
+
+def _check_text_column(d: DataConfig) -> None:
+    if isinstance(d.text_column, str):
+        if not d.text_column.strip():
+            raise ConfigError(expected("a column name", "data.text_column", d.text_column))
+        return
+    names = d.text_column
+    if len(names) != 2 or any(not n.strip() for n in names) or names[0] == names[1]:
+        raise ConfigError(expected("one column name or a list of two different ones (a sentence "
+                                   "pair, e.g. [premise, hypothesis])", "data.text_column", names))
+    if d.source not in PAIR_SOURCES:
+        raise ConfigError(expected(f"one column name for data.source: {d.source} (pairs are "
+                                   f"read from {', '.join(PAIR_SOURCES)})", "data.text_column",
+                                   names))
+
+
 def validate(cfg: Config) -> Config:
     """Checks values and combinations that the types alone do not catch. Returns `cfg`."""
     if not cfg.name or "/" in cfg.name or "\\" in cfg.name or cfg.name in (".", ".."):
@@ -889,6 +917,7 @@ def validate(cfg: Config) -> Config:
             "data: expected data.validation_split + data.test_split < 1. "
             f"Received: data.validation_split={d.validation_split}, data.test_split={d.test_split}"
         )
+    _check_text_column(d)
     if d.source == "tfds" and not d.tfds_name:
         raise ConfigError(expected("a tfds dataset name when data.source is tfds",
                                    "data.tfds_name", d.tfds_name))

@@ -23,6 +23,7 @@ from kerasft.config import (
     check_mixing,
     head_task,
     load_config,
+    text_columns,
 )
 from kerasft.errors import expected
 
@@ -42,6 +43,10 @@ def check_data_source(cfg: Config) -> None:
         raise ConfigError(expected(f"{'a text' if task == 'text' else 'an image'} data source "
                                    f"for backbone {cfg.backbone.name} ({sources})",
                                    "data.source", cfg.data.source))
+    if task != "text" and len(text_columns(cfg.data)) > 1:
+        raise ConfigError(expected(f"one data.text_column for backbone {cfg.backbone.name} "
+                                   "(sentence pairs need a text backbone)", "data.text_column",
+                                   cfg.data.text_column))
 
 
 def validate_config(config: str | os.PathLike | dict[str, Any] | Config,

@@ -43,13 +43,14 @@ def from_arrays(
 ) -> DataSplits:
     """Builds splits from in-memory arrays.
 
-    `x` is a sequence of strings (text) or images ``[n, h, w, 3]`` (``uint8``, or floats in
-    0..255; ``[n, h, w]`` / ``[n, h, w, 1]`` grayscale and RGBA are converted to RGB). `y` holds
-    labels as strings or ints (ints are class ids 0..K-1: they index `class_names` when it is
-    given, else the class names are ``"0".."K-1"`` and every id must occur in `y_train`; other
-    integers are refused, see :func:`integer_class_names`), or ``[n, C]`` one-hot /
-    multi-hot rows; with `multi_label` a label may also be a list of labels or a string of labels
-    joined by `label_separator` (``"a|b"``, ``data.label_separator``, as in CSV files).
+    `x` is a sequence of strings (text), of string pairs ``[n, 2]`` (a sentence-pair task: the
+    backbone must be built for pairs, ``data.text_column: [a, b]``) or images ``[n, h, w, 3]``
+    (``uint8``, or floats in 0..255; ``[n, h, w]`` / ``[n, h, w, 1]`` grayscale and RGBA are
+    converted to RGB). `y` holds labels as strings or ints (ints are class ids 0..K-1: they index
+    `class_names` when it is given, else the class names are ``"0".."K-1"`` and every id must occur
+    in `y_train`; other integers are refused, see :func:`integer_class_names`), or ``[n, C]``
+    one-hot / multi-hot rows; with `multi_label` a label may also be a list of labels or a string of
+    labels joined by `label_separator` (``"a|b"``, ``data.label_separator``, as in CSV files).
     Without `x_val`, a stratified `validation_split` (default 0.1; 0 for none) of the training
     arrays becomes the validation split; `test_split` does the same for the test split. Texts that
     are empty and labels that are missing are skipped and counted in the report.
@@ -120,6 +121,9 @@ def _array_part(name: str, x: Any, y: Any, class_names: list[str] | None, multi_
         y_arr = np.asarray(y)
     if isinstance(x, (list, tuple)) and x and isinstance(x[0], (str, bytes)):
         x = np.asarray(x, dtype=object)
+    elif isinstance(x, (list, tuple)) and x and isinstance(x[0], (list, tuple)) \
+            and x[0] and isinstance(x[0][0], (str, bytes)):
+        x = np.asarray(x, dtype=object)  # sentence pairs: [n, 2]
     x = np.asarray(x)
     n = len(x)
     if len(y_arr) != n:
@@ -128,10 +132,17 @@ def _array_part(name: str, x: Any, y: Any, class_names: list[str] | None, multi_
     raw = _raw_labels(y_arr, class_names, multi_label, where, label_separator)
     skipped: dict[str, dict[str, Any]] = {}
     if x.dtype.kind in "USO":
-        texts = [t.decode("utf-8") if isinstance(t, bytes) else t for t in x]
+        if x.ndim == 2 and x.shape[1] == 2:  # sentence pairs: (text_a, text_b) per example
+            texts = [tuple(_decoded(t) for t in row) for row in x]
+        elif x.ndim == 1:
+            texts = [_decoded(t) for t in x]
+        else:
+            raise DataError(expected("texts [n] or text pairs [n, 2]", f"x_{name} shape",
+                                     x.shape, where="from_arrays"))
         keep = []
         for i, (text, label) in enumerate(zip(texts, raw, strict=True)):
-            if not isinstance(text, str) or not text.strip():
+            segments = text if isinstance(text, tuple) else (text,)
+            if not all(isinstance(t, str) and t.strip() for t in segments):
                 skip(skipped, "empty text", i)
             elif not label:
                 skip(skipped, "missing label", i)
@@ -248,3 +259,7 @@ def _images_uint8(x: np.ndarray, where: str) -> np.ndarray:
     elif x.shape[-1] == 4:
         x = x[..., :3]
     return np.ascontiguousarray(x)
+
+
+def _decoded(text: Any) -> Any:
+    return text.decode("utf-8") if isinstance(text, bytes) else text

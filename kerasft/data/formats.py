@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerasft.config import DataConfig
+from kerasft.config import DataConfig, text_columns
 from kerasft.data.splits import SHOWN, Part, duplicates, skip
 from kerasft.errors import DataError, expected, one_line
 from kerasft.io import resolve_pkg_path
@@ -117,6 +117,13 @@ def find_column(names: list[str], column: str, key: str, where: str,
                              stripped, where=where))
 
 
+def find_text_columns(names: list[str], cfg: DataConfig, where: str,
+                      kind: str = "column") -> list[int]:
+    """The indices of ``data.text_column``'s one or two columns among `names`."""
+    return [find_column(names, column, "data.text_column", where, kind)
+            for column in text_columns(cfg)]
+
+
 def parse_label(value: Any, multi_label: bool, separator: str) -> Any:
     """A label field -> the label (single-label) or a tuple of labels (multi-label: a string
     split at `separator`, or a list). Empty results mean "no label"."""
@@ -133,29 +140,32 @@ class TextRows:
 
     def __init__(self, path: str, cfg: DataConfig, multi_label: bool, kind: str = "column"):
         self.path, self.cfg, self.multi_label, self.kind = path, cfg, multi_label, kind
-        self.texts: list[str] = []
+        self.texts: list[Any] = []  # strings, or (text_a, text_b) tuples for pairs
         self.labels: list[Any] = []
         self.lines: list[Any] = []
         self.skipped: dict[str, dict[str, Any]] = {}
         self.rows = 0
 
-    def add(self, line: Any, text: str | None, label: Any,
+    def add(self, line: Any, text: str | tuple[str | None, ...] | None, label: Any,
             missing: tuple[str, str, Any] | None = None) -> None:
-        """One row at `line`. `text` / `label` None: the field is absent (`missing` = what the
-        strict error then says: expected, key, received); "" / None values inside a present field
-        are passed as "" (empty)."""
+        """One row at `line`. `text` is a string, or a tuple of the pair's two texts
+        (``data.text_column: [a, b]``). `text` / `label` None (or None in the tuple): the field
+        is absent (`missing` = what the strict error then says: expected, key, received); "" /
+        None values inside a present field are passed as "" (empty)."""
         self.rows += 1
         where = (os.path.join(self.path, line) if self.kind == "file"
                  else f"{self.path}:{line}")
-        if text is None or label is None:
+        if text is None or label is None or (isinstance(text, tuple) and None in text):
             if self.cfg.strict:
                 what, key, value = missing or ("both fields", "fields", None)
                 raise DataError(expected(f"{what} (data.strict: true)", key, value, where=where))
             skip(self.skipped, "missing fields" if self.kind == "column" else "missing keys", line)
             return
         column = None
-        if not text.strip():
-            column, value = self.cfg.text_column, text
+        segments = text if isinstance(text, tuple) else (text,)
+        empty = [i for i, segment in enumerate(segments) if not segment.strip()]
+        if empty:
+            column, value = text_columns(self.cfg)[empty[0]], segments[empty[0]]
         else:
             parsed = parse_label(label, self.multi_label, self.cfg.label_separator)
             if parsed:
@@ -168,7 +178,7 @@ class TextRows:
             what = ("a non-empty text" if self.kind == "file"
                     else f"a non-empty value in {self.kind} {column!r}")
             raise DataError(expected(f"{what} (data.strict: true)", "value", value, where=where))
-        skip(self.skipped, "empty text" if column == self.cfg.text_column else "empty label",
+        skip(self.skipped, "empty text" if column in text_columns(self.cfg) else "empty label",
              line)
 
     def part(self, spec: str, name: str, report: dict[str, Any]) -> Part:
@@ -185,6 +195,8 @@ class TextRows:
         texts = self.texts
 
         def build(indices: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
+            # A pair is one [2] string example: the pipeline and the token cache stay as they
+            # are, and the backbone's preprocess splits the two columns.
             x = tf.constant([texts[i] for i in indices], dtype=tf.string)
             return tf.data.Dataset.from_tensor_slices((x, tf.constant(y)))
 
@@ -237,7 +249,7 @@ def read_jsonl(spec: str, name: str, cfg: DataConfig, multi_label: bool,
     path = table_file(spec, name, "jsonl", "JSON Lines")
     encoding = file_encoding(cfg)
     rows = TextRows(path, cfg, multi_label, kind="key")
-    keys: tuple[str, str] | None = None
+    keys: tuple[list[str], str] | None = None
     try:
         with open(path, encoding=encoding) as f:
             for number, raw in enumerate(f, start=1):
@@ -247,16 +259,17 @@ def read_jsonl(spec: str, name: str, cfg: DataConfig, multi_label: bool,
                 obj = _json_object(raw, where)
                 if keys is None:  # the first object names the keys, as a CSV header does
                     names = list(obj)
-                    keys = (names[find_column(names, cfg.text_column, "data.text_column",
-                                              where, "key")],
+                    keys = ([names[i] for i in find_text_columns(names, cfg, where, "key")],
                             names[find_column(names, cfg.label_column, "data.label_column",
                                               where, "key")])
-                text_key, label_key = keys
-                text = _json_text(obj.get(text_key, None), text_key in obj, text_key, where)
+                text_keys, label_key = keys
+                texts = tuple(_json_text(obj.get(k, None), k in obj, k, where)
+                              for k in text_keys)
                 label = _json_label(obj.get(label_key, None), label_key in obj, label_key,
                                     multi_label, where)
-                rows.add(number, text, label,
-                         missing=(f"keys {text_key!r} and {label_key!r}", "keys", list(obj)))
+                wanted = " and ".join(repr(k) for k in (*text_keys, label_key))
+                rows.add(number, texts if len(texts) > 1 else texts[0], label,
+                         missing=(f"keys {wanted}", "keys", list(obj)))
     except UnicodeDecodeError as e:
         raise undecodable(path, encoding, cfg, e) from None
     if rows.rows == 0:
@@ -328,26 +341,29 @@ def read_parquet(spec: str, name: str, cfg: DataConfig, multi_label: bool,
         raise DataError(expected("a Parquet file", "error", one_line(e, 120), where=path)) from None
     schema = table.schema_arrow
     names = list(schema.names)
-    text_key = names[find_column(names, cfg.text_column, "data.text_column", path)]
+    text_keys = [names[i] for i in find_text_columns(names, cfg, path)]
     label_key = names[find_column(names, cfg.label_column, "data.label_column", path)]
-    _check_parquet_types(schema, text_key, label_key, multi_label, path)
+    for text_key in text_keys:
+        _check_parquet_types(schema, text_key, label_key, multi_label, path)
     if table.metadata.num_rows == 0:
         raise DataError(expected("at least one row", "rows", 0, where=path))
     rows = TextRows(path, cfg, multi_label)
     number = 0
     try:
-        # One batch of one row group at a time, only the two columns (no pandas).
+        # One batch of one row group at a time, only the text and label columns (no pandas).
         for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS,
-                                        columns=[text_key, label_key]):
-            texts = batch.column(text_key).to_pylist()
+                                        columns=[*text_keys, label_key]):
+            columns = [batch.column(k).to_pylist() for k in text_keys]
             labels = batch.column(label_key).to_pylist()
-            for text, label in zip(texts, labels, strict=True):
+            for *segments, label in zip(*columns, labels, strict=True):
                 number += 1
                 if isinstance(label, list):
                     label = [str(v) for v in label if v is not None]
                 elif label is not None:
                     label = str(label)
-                rows.add(number, "" if text is None else text, "" if label is None else label)
+                texts = tuple("" if t is None else t for t in segments)
+                rows.add(number, texts if len(texts) > 1 else texts[0],
+                         "" if label is None else label)
     except pa.ArrowException as e:
         raise DataError(expected("a readable Parquet file", "error", one_line(e, 120),
                                  where=f"{path}:{number + 1}")) from None

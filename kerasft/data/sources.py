@@ -36,6 +36,7 @@ from kerasft.data.formats import (
     TextRows,
     file_encoding,
     find_column,
+    find_text_columns,
     read_class_folders,
     read_jsonl,
     read_parquet,
@@ -147,9 +148,9 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
             if not header:
                 raise DataError(expected("a header row and at least one data row", "rows", 0,
                                          where=path))
-            text_at = find_column(header, cfg.text_column, "data.text_column", path)
+            text_at = find_text_columns(header, cfg, path)
             label_at = find_column(header, cfg.label_column, "data.label_column", path)
-            fields = max(text_at, label_at) + 1
+            fields = max(*text_at, label_at) + 1
             for _ in range(cfg.skip_rows):  # e.g. the type and flag rows of Orange's .tab files
                 next(reader, None)
             last_line = reader.line_num
@@ -158,7 +159,8 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
                 if not row:  # a blank line
                     continue
                 short = len(row) < fields
-                rows.add(line, None if short else row[text_at],
+                texts = None if short else tuple(row[i] for i in text_at)
+                rows.add(line, texts[0] if texts and len(texts) == 1 else texts,
                          None if short else row[label_at],
                          missing=(f"at least {fields} fields", "fields", len(row)))
     except UnicodeDecodeError as e:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.config import PAIR_INPUTS
 from kerasft.errors import ExportError, KerasftError, expected
 
 # What serving_bytes decodes (tf.io.decode_image): JPEG, PNG, GIF, BMP, by their magic bytes.
@@ -63,12 +64,27 @@ def load_saved_model(export_dir: str | os.PathLike) -> Any:
     return tf.saved_model.load(str(path))
 
 
-def run_signature(loaded: Any, inputs: list[str], kind: str) -> dict[str, np.ndarray]:
-    """Runs the right signature for texts or image file paths; returns numpy outputs."""
+def shown_input(value: str | tuple[str, ...], limit: int = 60) -> str:
+    """An input as a printed line shows it: a text, or a pair as ``a | b``, cut to `limit`."""
+    text = value if isinstance(value, str) else " | ".join(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_signature(loaded: Any, inputs: list[Any], kind: str) -> dict[str, np.ndarray]:
+    """Runs the right signature for texts, text pairs (``kind="pair"``, ``(a, b)`` tuples)
+    or image file paths; returns numpy outputs."""
     import tensorflow as tf
 
     signatures = loaded.signatures
-    if kind == "text":
+    if kind == "pair":
+        fn = signatures["serving_default"]
+        names = sorted(fn.structured_input_signature[1])
+        if names != sorted(PAIR_INPUTS):
+            raise KerasftError(expected(f"a sentence-pair model (inputs {', '.join(PAIR_INPUTS)})",
+                                        "serving_default inputs", names))
+        result = fn(**{name: tf.constant([pair[i] for pair in inputs])
+                       for i, name in enumerate(PAIR_INPUTS)})
+    elif kind == "text":
         fn = signatures["serving_default"]
         name = list(fn.structured_input_signature[1])[0]
         if name != "text":
@@ -96,7 +112,7 @@ def format_value(value: Any) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
-def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], kind: str = "text",
+def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[Any], kind: str = "text",
                              top: int = 3) -> list[str]:
     """Readable lines: the predicted label, its probability and the top-k, per input.
 
@@ -108,8 +124,7 @@ def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], k
     labels_file = Path(export_dir) / "assets.extra" / "labels.txt"
     out = run_signature(loaded, inputs, kind)
     if "value" in out:  # regression: `value<TAB>input`
-        return [f"{format_value(v)}\t{t if len(t) <= 60 else t[:57] + '...'}"
-                for t, v in zip(inputs, out["value"])]
+        return [f"{format_value(v)}\t{shown_input(t)}" for t, v in zip(inputs, out["value"])]
     probabilities = out["probabilities"]
     names = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
              else [str(i) for i in range(probabilities.shape[1])])
@@ -117,6 +132,5 @@ def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[str], k
     for text, label, probs in zip(inputs, out["labels"], probabilities):
         order = np.argsort(-probs)[:top]
         best = ", ".join(f"{names[i]} {probs[i]:.3f}" for i in order)
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        lines.append(f"{label.decode('utf-8')}\t[{best}]\t{shown}")
+        lines.append(f"{label.decode('utf-8')}\t[{best}]\t{shown_input(text)}")
     return lines

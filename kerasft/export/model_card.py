@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.config import PAIR_INPUTS
 from kerasft.errors import ExportError, expected
 from kerasft.export.signatures import read_signatures
 from kerasft.io import DEFAULT_MODE, atomic_write
@@ -245,7 +246,30 @@ def _example_requests(name: str, task: str, labels: list[str],
              f'docker run -p 8501:8501 -v "$PWD/saved_models/{name}:/models/{name}" '
              f"-e MODEL_NAME={name} tensorflow/serving",
              "```", ""]
-    if "serving_default" in signatures and task == "text":
+    pair = set(signatures.get("serving_default", {}).get("inputs", {})) == set(PAIR_INPUTS)
+    if "serving_default" in signatures and task == "text" and pair:
+        first, second = PAIR_INPUTS
+        pairs = [p for p in (examples or [])[:2] if isinstance(p, tuple)] or [
+            ("A man is playing a guitar.", "Someone plays music.")]
+        lines += [
+            f"Sentence pairs, row format (`instances`, one object with `{first}` and `{second}` "
+            "per pair; answer `predictions`, one entry per pair):", "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            f"  -d '{_shell_json({'instances': [{first: a, second: b} for a, b in pairs]})}'",
+            "```", "",
+        ]
+        answer = _answer_rows(check, "serving_default", len(pairs))
+        lines += ([f"Answer of this export (computed by the export check, {_CHECKED}):", "",
+                   "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
+        lines += [
+            "Columnar format (`inputs`, answer `outputs`, one list per output):", "",
+            "```sh",
+            f"curl -s -X POST {url} \\",
+            f"  -d '{_shell_json({'inputs': dict(zip(PAIR_INPUTS, map(list, zip(*pairs))))})}'",
+            "```", "",
+        ]
+    elif "serving_default" in signatures and task == "text":
         lines += [
             "Texts, row format (`instances`, answer `predictions`, one entry per text):", "",
             "```sh",
@@ -287,8 +311,9 @@ def _example_requests(name: str, task: str, labels: list[str],
         answer = _answer_rows(check, "serving_bytes", 1)
         lines += ([f"Answer of this export for its first test image, PNG-encoded ({_CHECKED}):",
                    "", "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
-    lines += [f"With kerasft: `kerasft predict --server http://localhost:8501 --model {name} "
-              + ("--text \"great movie\"`" if task == "text" else "--image photo.jpg`"), ""]
+    if not pair:  # `kerasft predict` sends one text per request
+        lines += [f"With kerasft: `kerasft predict --server http://localhost:8501 --model {name} "
+                  + ("--text \"great movie\"`" if task == "text" else "--image photo.jpg`"), ""]
     if task == "text":
         lines += ["The graph tokenises with TensorFlow Text ops: TF Serving's standard build "
                   "links them; a Python process must `import tensorflow_text` before "
@@ -409,10 +434,16 @@ def render_model_card(info: ModelCardInfo,
     else:
         lines += ["Not checked: the export was written with `verify: false` (or without sample "
                   "inputs). Check it with `saved_model_cli run` before serving.", ""]
-    examples = None
-    if check is not None and "serving_default/text" in getattr(check, "requests", {}):
-        examples = [t.decode("utf-8") if isinstance(t, bytes) else str(t)
-                    for t in check.requests["serving_default/text"][:2]]
+    examples: list[Any] | None = None
+    requests = getattr(check, "requests", {}) if check is not None else {}
+
+    def decoded(values: Any) -> list[str]:
+        return [t.decode("utf-8") if isinstance(t, bytes) else str(t) for t in values[:2]]
+
+    if "serving_default/text" in requests:
+        examples = decoded(requests["serving_default/text"])
+    elif all(f"serving_default/{k}" in requests for k in PAIR_INPUTS):
+        examples = list(zip(*(decoded(requests[f"serving_default/{k}"]) for k in PAIR_INPUTS)))
     lines += _example_requests(info.name, info.task, info.labels, signatures or {}, check,
                                examples)
 

@@ -9,7 +9,9 @@ standard build links (:func:`kerasft.export.op_check.check_serving_ops`). The
 
 - text models: ``text``, a 1-D ``tf.string`` batch (tokenised by KerasHub's tokenizer in-graph;
   loading needs the tensorflow-text ops: TF Serving links them, Python clients
-  ``import tensorflow_text`` first);
+  ``import tensorflow_text`` first); sentence-pair models (``data.text_column: [a, b]``) take
+  two such batches, ``text_a`` and ``text_b`` (:data:`kerasft.config.PAIR_INPUTS`, whatever the
+  columns were called), packed in the graph by the family's own preprocessor;
 - image models: ``image``, ``float32 [batch, height, width, 3]`` pixels 0..255 of any size
   (resized in the graph); plus ``serving_bytes`` taking ``image_bytes``, a 1-D ``tf.string`` of
   encoded JPEG/PNG/GIF/BMP.
@@ -46,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.config import PAIR_INPUTS
 from kerasft.errors import ExportError, expected
 from kerasft.export.check import TOLERANCE  # one tolerance: loader vs loader, export vs model
 from kerasft.export.op_check import check_serving_ops, text_ops
@@ -128,7 +131,18 @@ def _serving_module(model: Any, backbone: Any, spec: OutputSpec) -> Any:
 
     module = ServingModule()
     signatures: dict[str, Any] = {}
-    if backbone.task == "text":
+    if backbone.task == "text" and getattr(backbone, "segments", 1) == 2:
+        first, second = PAIR_INPUTS
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=first),
+                                      tf.TensorSpec([None], tf.string, name=second)])
+        def serve_pair(text_a: Any, text_b: Any) -> dict[str, Any]:
+            pairs = tf.stack([text_a, text_b], axis=1)
+            return module.outputs(model(backbone.preprocess(pairs), training=False))
+
+        module.serve_pair = serve_pair
+        signatures["serving_default"] = serve_pair
+    elif backbone.task == "text":
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
         def serve_text(text: Any) -> dict[str, Any]:
@@ -186,6 +200,10 @@ class CheckResult:
 def sample_requests(backbone: Any, sample_inputs: np.ndarray) -> dict[str, np.ndarray]:
     """The check's requests, keyed ``<signature>/<input>``: the raw samples on
     ``serving_default`` and, for images, the same images PNG-encoded on ``serving_bytes``."""
+    if backbone.task == "text" and getattr(backbone, "segments", 1) == 2:
+        pairs = np.asarray(sample_inputs, dtype=object)
+        return {f"serving_default/{name}": as_bytes(pairs[:, i])
+                for i, name in enumerate(PAIR_INPUTS)}
     if backbone.task == "text":
         return {"serving_default/text": as_bytes(sample_inputs)}
     images = np.asarray(sample_inputs, dtype=np.float32)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.config import PAIR_INPUTS
 from kerasft.errors import ExportError, expected, one_line
 from kerasft.export.signatures import read_signatures
 from kerasft.io import DEFAULT_MODE, atomic_path
@@ -197,6 +198,12 @@ def warmup_requests(backbone: Any, sample_inputs: np.ndarray | None,
     from kerasft.data.pipeline import resize_images
 
     have = sample_inputs is not None and len(sample_inputs) > 0
+    if backbone.task == "text" and getattr(backbone, "segments", 1) == 2:
+        pairs = np.asarray(sample_inputs[:max_batch] if have else
+                           [["a short example text", "another short text"]], dtype=object)
+        batches = [pairs[:1]] + ([pairs] if len(pairs) > 1 else [])
+        return [("serving_default", {name: as_bytes(b[:, i]) for i, name in
+                                     enumerate(PAIR_INPUTS)}) for b in batches]
     if backbone.task == "text":
         batch = as_bytes(sample_inputs[:max_batch] if have else ["a short example text"])
         batches = [batch[:1]] + ([batch] if len(batch) > 1 else [])

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kerasft.config import BackboneConfig, ConfigError
+from kerasft.config import ConfigError
 from kerasft.errors import expected
 from kerasft.io import resolve_pkg_path
 from kerasft.models.layers import mode_layers
@@ -28,7 +28,7 @@ class BackboneEntry:
 
     name: str
     task: str  # "image" | "text"
-    build: Callable[[BackboneConfig, str], Backbone]
+    build: Callable[..., Backbone]  # (cfg, pooling[, segments=2 for text pairs])
     default_size: int | None = None
     min_size: int | None = None
     params: int | None = None  # parameters without the classification top, at default size
@@ -50,6 +50,9 @@ class Backbone:
             (float32 images 0..255 at ``image_size`` for images, a 1-D string tensor for text).
         image_size: (height, width) images are resized to, for images.
         sequence_length: token sequence length, for text.
+        segments: texts per example, for text: 1, or 2 for sentence pairs (``preprocess`` then
+            takes ``[batch, 2]`` strings and the export's ``serving_default`` two inputs,
+            :data:`kerasft.config.PAIR_INPUTS`).
         unused_layers: layers of `network` whose output the features do not use (e.g. BERT's
             pooler under mean pooling); stages never unfreeze them.
         info: plain facts for the log, the model card and ``kerasft backbones``.
@@ -63,6 +66,7 @@ class Backbone:
     preprocess: Callable[[Any], Any]
     image_size: tuple[int, int] | None = None
     sequence_length: int | None = None
+    segments: int = 1
     preprocessor: Any = None
     unused_layers: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)

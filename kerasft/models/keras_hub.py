@@ -318,11 +318,18 @@ def lower_layers(network: Any, num_layers: int) -> Any:
     return small
 
 
-def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -> Backbone:
+def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO,
+                        segments: int = 1) -> Backbone:
     """Builds a KerasHub text backbone of `family` (or the preset's own family for ``auto``)
     with pooled features: ``cls`` (the pooled output where the family has one, else the first
     token's state), ``mean`` (masked mean of token states) or ``auto`` (mean for
-    sentence-transformers checkpoints, else cls)."""
+    sentence-transformers checkpoints, else cls).
+
+    `segments` 2 (sentence pairs): ``preprocess`` takes ``[batch, 2]`` strings and hands the two
+    columns to the family's own preprocessor as a tuple, whose ``MultiSegmentPacker`` packs them
+    with the family's separators (``[SEP]``, RoBERTa's ``</s></s>``), trims them round-robin to
+    the sequence length, and numbers them in ``segment_ids`` where the backbone takes them.
+    """
     if not cfg.preset:
         raise ConfigError(expected(f"a preset (name, directory or pkg://) for {cfg.name}",
                                    "backbone.preset", cfg.preset))
@@ -381,11 +388,16 @@ def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -
     unused = [layer.name for layer in network.layers
               if layer.name == "pooled_dense" and pooling == "mean"]
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    if segments not in (1, 2):
+        raise ConfigError(expected("1 or 2 text segments", "data.text_column", segments))
+    shape = [None] if segments == 1 else [None, segments]
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.string)])
     def preprocess(texts: Any) -> dict[str, Any]:
         # Always KerasHub's TensorFlow path (eager calls would take its Python path): training,
         # predictions and the export tokenize with the same ops.
-        x = preprocessor(texts)
+        # A pair goes in as `x=`: positionally, KerasHub reads a 2-tuple as (x, y).
+        x = preprocessor(texts) if segments == 1 else preprocessor(x=(texts[:, 0], texts[:, 1]))
         if "padding_mask" in inputs and "padding_mask" not in x:
             x["padding_mask"] = tf.not_equal(x["token_ids"], pad_id)
         return {k: tf.cast(x[k], tf.int32) for k in inputs}
@@ -398,11 +410,13 @@ def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -
         features=features,
         preprocess=preprocess,
         sequence_length=seq_len,
+        segments=segments,
         preprocessor=preprocessor,
         unused_layers=unused,
         info={"architecture": fam.backbone, "family": fam.name, "tokenizer": fam.kind,
               "preset": cfg.preset, "preset_kind": source["kind"], "pooling": pooling,
               "sequence_length": seq_len, "max_sequence_length": max_len,
+              "segments": segments,
               "inputs": sorted(inputs), "pad_token_id": pad_id,
               "num_layers": int(network.num_layers), "hidden_dim": int(network.hidden_dim),
               "parameters": int(network.count_params())},

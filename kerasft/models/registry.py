@@ -57,14 +57,20 @@ def get_entry(name: str) -> BackboneEntry:
     return _REGISTRY[key]
 
 
-def build_backbone(cfg: BackboneConfig, pooling: str = "auto") -> Backbone:
-    """Builds the backbone named by ``cfg.name`` with pooled features (`pooling`)."""
+def build_backbone(cfg: BackboneConfig, pooling: str = "auto", segments: int = 1) -> Backbone:
+    """Builds the backbone named by ``cfg.name`` with pooled features (`pooling`); `segments` 2
+    builds a text backbone for sentence pairs (``data.text_column: [a, b]``)."""
     entry = get_entry(cfg.name)
+    if segments != 1 and entry.task != "text":
+        raise ConfigError(expected("a text backbone for a pair of text columns",
+                                   "backbone.name", cfg.name))
     if cfg.weights not in BACKBONE_WEIGHTS:
         check_weights_file(cfg.weights)  # for every entry, before it builds anything
     if cfg.num_layers is not None and entry.task != "text":
         raise ConfigError(expected("a text (KerasHub transformer) backbone with "
                                    "backbone.num_layers", "backbone.name", cfg.name))
+    if segments != 1:  # only text builders take it
+        return entry.build(cfg, pooling, segments=segments)
     return entry.build(cfg, pooling)
 
 

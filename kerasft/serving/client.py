@@ -16,11 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from kerasft.config import PAIR_INPUTS
 from kerasft.errors import KerasftError, expected
-from kerasft.export.loading import format_value
+from kerasft.export.loading import format_value, shown_input
 from kerasft.serving.grpc import predict_grpc
 from kerasft.serving.models_config import read_models_config
-from kerasft.serving.requests import image_bytes_instances, text_instances
+from kerasft.serving.requests import image_bytes_instances, pair_instances, text_instances
 from kerasft.serving.rest import predict_rest
 
 _LABEL_ARG = re.compile(r"^\s*([^=\s]+)\s*=\s*([0-9]+)\s*$")
@@ -91,7 +92,7 @@ def _rows_from_grpc(outputs: dict[str, np.ndarray], count: int,
 def predict_on_server(
     server: str,
     model: str,
-    inputs: Sequence[str],
+    inputs: Sequence[Any],
     kind: str,
     *,
     version: int | None = None,
@@ -100,7 +101,8 @@ def predict_on_server(
     timeout: float = 10.0,
     retries: int = 2,
 ) -> list[dict[str, Any]]:
-    """Asks TF Serving for texts (``serving_default``) or image files (``serving_bytes``, as
+    """Asks TF Serving for texts or, `kind` ``pair``, ``(a, b)`` text pairs (``serving_default``;
+    pairs as ``text_a`` / ``text_b``) or image files (``serving_bytes``, as
     base64 over REST, raw bytes over gRPC); returns one ``{"probabilities", "labels"}`` per input
     (``{"value"}`` for a regression export).
     """
@@ -112,33 +114,37 @@ def predict_on_server(
         for path in inputs:
             if not os.path.isfile(path):
                 raise KerasftError(expected("an image file", "--image", path, where))
-    elif kind == "text":
+    elif kind in ("text", "pair"):
         signature = "serving_default"
     else:
-        raise KerasftError(expected("text or image", "kind", kind, where))
+        raise KerasftError(expected("text, pair or image", "kind", kind, where))
     if use_grpc:
         if kind == "image":
             values: Any = np.array([Path(p).read_bytes() for p in inputs], dtype=object)
             request = {"image_bytes": values}
+        elif kind == "pair":
+            request = {name: np.array([p[i].encode("utf-8") for p in inputs], dtype=object)
+                       for i, name in enumerate(PAIR_INPUTS)}
         else:
             request = {"text": np.array([s.encode("utf-8") for s in inputs], dtype=object)}
         outputs = predict_grpc(server, model, request, signature_name=signature,
                                        version=version, label=label, timeout=timeout)
         return _rows_from_grpc(outputs, len(inputs), where)
     instances = (image_bytes_instances(inputs) if kind == "image"
+                 else pair_instances(inputs, PAIR_INPUTS) if kind == "pair"
                  else text_instances(inputs))
     answer = predict_rest(server, model, instances, signature_name=signature,
                                   version=version, label=label, timeout=timeout, retries=retries)
     return _rows_from_rest(answer, len(inputs), where)
 
 
-def format_rows(inputs: Sequence[str], rows: Sequence[dict[str, Any]], top: int = 3) -> list[str]:
+def format_rows(inputs: Sequence[Any], rows: Sequence[dict[str, Any]], top: int = 3) -> list[str]:
     """``label<TAB>[top-k probabilities]<TAB>input`` per input, as ``kerasft predict`` prints
     for a local export. The server names the predicted class only; the others show as ``#id``."""
     lines = []
     for text, row in zip(inputs, rows):
+        shown = shown_input(text)
         if "value" in row:  # regression: `value<TAB>input`, as for a local export
-            shown = text if len(text) <= 60 else text[:57] + "..."
             lines.append(f"{format_value(row['value'])}\t{shown}")
             continue
         probs = np.asarray(row["probabilities"], dtype=float).reshape(-1)
@@ -146,7 +152,6 @@ def format_rows(inputs: Sequence[str], rows: Sequence[dict[str, Any]], top: int 
         order = np.argsort(-probs)[: max(top, 1)]
         names = {best_id: str(row["labels"])}
         best = ", ".join(f"{names.get(int(i), f'#{int(i)}')} {probs[i]:.3f}" for i in order)
-        shown = text if len(text) <= 60 else text[:57] + "..."
         lines.append(f"{row['labels']}\t[{best}]\t{shown}")
     return lines
 

@@ -32,6 +32,20 @@ def text_instances(texts: Iterable[str]) -> list[str]:
     return out
 
 
+def pair_instances(pairs: Iterable[Any], names: tuple[str, str] = ("text_a", "text_b"),
+                   ) -> list[dict[str, str]]:
+    """Row-format instances for a sentence-pair signature (inputs `names`): one object per
+    pair, ``{"text_a": a, "text_b": b}``."""
+    out = []
+    for index, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(isinstance(t, str) for t in pair)):
+            raise KerasftError(expected("pairs of two strings", f"pairs[{index}]", pair,
+                                        "pair_instances"))
+        out.append(dict(zip(names, pair)))
+    return out
+
+
 def image_bytes_instances(
     images: Iterable[bytes | str | os.PathLike[str]],
 ) -> list[dict[str, str]]:
