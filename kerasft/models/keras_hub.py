@@ -377,6 +377,7 @@ def build_text_backbone(cfg: BackboneConfig, pooling: str, family: str = AUTO) -
         sequence_length=seq_len,
         preprocessor=preprocessor,
         unused_layers=unused,
+        sequence=sequence,
         info={"architecture": fam.backbone, "family": fam.name, "tokenizer": fam.kind,
               "preset": cfg.preset, "preset_kind": source["kind"], "pooling": pooling,
               "sequence_length": seq_len, "max_sequence_length": max_len,
