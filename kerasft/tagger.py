@@ -153,7 +153,10 @@ class TokenTagger:
         ds = tf.data.Dataset.from_tensor_slices((inputs, a.labels, a.weights))
         if training:
             ds = ds.shuffle(split.size, seed=self.config.seed, reshuffle_each_iteration=True)
-        ds = ds.batch(self.config.data.batch_size).map(_trim)
+        ds = ds.batch(self.config.data.batch_size)
+        if self.config.data.bucket_by_length:
+            multiple = self.config.data.bucket_multiple
+            ds = ds.map(lambda x, y, w: _trim(x, y, w, multiple))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     # -- training ----------------------------------------------------------------------------
@@ -228,6 +231,11 @@ class TokenTagger:
             chunk = words[start:start + size]
             a = self.align(chunk)
             length = int(a.inputs["padding_mask"].sum(1).max())
+            if self.config.data.bucket_by_length:  # rounded: few traced shapes
+                multiple = self.config.data.bucket_multiple
+                length = min(-(-length // multiple) * multiple, self.backbone.sequence_length)
+            else:
+                length = self.backbone.sequence_length
             x = {k: v[:, :length] for k, v in a.inputs.items() if k in self.backbone.inputs}
             ids = np.asarray(model.predict_on_batch(x)).argmax(-1)
             for i, row in enumerate(chunk):
@@ -325,9 +333,13 @@ class TokenTagger:
         return tagger
 
 
-def _trim(x: Any, y: Any, w: Any) -> Any:
-    """A batch cut to its longest sentence (the padding carries weight 0 and is masked)."""
+def _trim(x: Any, y: Any, w: Any, multiple: int) -> Any:
+    """A batch cut to its longest sentence rounded up to `multiple` (few traced shapes, as
+    kerasft.data.pipeline.trim_padding): the cut padding has weight 0 and is masked anyway."""
     import tensorflow as tf
 
-    length = tf.reduce_max(tf.reduce_sum(tf.cast(x["padding_mask"], tf.int32), axis=1))
-    return {k: v[:, :length] for k, v in x.items()}, y[:, :length], w[:, :length]
+    from kerasft.data.pipeline import trim_padding
+
+    x = trim_padding(x, multiple)
+    length = tf.shape(x["token_ids"])[1]
+    return x, y[:, :length], w[:, :length]

@@ -62,6 +62,11 @@ def test_entity_scores_equal_seqeval_where_installed():
     assert report["micro_f1"] == pytest.approx(seqeval_metrics.f1_score(true, pred))
     assert report["macro_f1"] == pytest.approx(
         seqeval_metrics.f1_score(true, pred, average="macro"))
+    assert report["weighted_f1"] == pytest.approx(
+        seqeval_metrics.f1_score(true, pred, average="weighted"))
+    assert report["micro_precision"] == pytest.approx(seqeval_metrics.precision_score(true, pred))
+    assert report["micro_recall"] == pytest.approx(seqeval_metrics.recall_score(true, pred))
+    assert report["token_accuracy"] == pytest.approx(seqeval_metrics.accuracy_score(true, pred))
 
 
 def test_graph_chunks_equal_python_chunks():
@@ -173,8 +178,8 @@ def test_tiny_bert_tags_words_from_conll_to_session_loader(tmp_path):
            "head": {"task": "token_classification", "dropout": 0.0},
            "data": {"source": "conll", "train": str(tmp_path / "train.txt"),
                     "test": str(tmp_path / "test.txt"), "batch_size": 8},
-           "stages": [{"name": "head", "trainable": "head", "epochs": 4, "learning_rate": 0.1},
-                      {"name": "all", "trainable": "all", "epochs": 2, "learning_rate": 0.01}],
+           "stages": [{"name": "head", "trainable": "head", "epochs": 3, "learning_rate": 0.1},
+                      {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.01}],
            "training": {"strategy": "default", "tensorboard": False, "verbose": "silent"},
            "output_dir": str(tmp_path / "runs"), "export": {"dir": str(tmp_path / "sm")}}
     tagger = build_finetuner(cfg, log=lambda line: None)
