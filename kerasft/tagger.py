@@ -211,6 +211,10 @@ class TokenTagger:
             summary["metrics"] = self.evaluate()
         return summary
 
+    def plan(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KerasftError(expected("a run without --dry-run (no plan for head.task "
+                                    "token_classification yet)", "--dry-run", True))
+
     def _run_log(self) -> Log:
         def log(line: str) -> None:
             self.log(line)

@@ -206,3 +206,11 @@ def test_tiny_bert_tags_words_from_conll_to_session_loader(tmp_path):
     assert out["entity_end"][1].tolist() == [1, 3, 5]
     assert (out["entity_start"][2] == -1).all()
     assert out["tag_scores"].dtype == np.float32 and out["tag_scores"][0, 0] > 0.5
+
+    from click.testing import CliRunner
+
+    from kerasft.cli import main
+
+    result = CliRunner().invoke(main, ["predict", str(path), "--text", "john visited london"])
+    assert result.exit_code == 0, result.output
+    assert "john/B-PER visited/O london/B-LOC\tPER: john; LOC: london" in result.output
