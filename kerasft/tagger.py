@@ -49,6 +49,7 @@ class TokenTagger:
         self.data: Any = None
         self.run_dir: Path | None = None
         self.strategy_info: Any = None
+        self.precision: Any = None
         self.metrics: dict[str, Any] | None = None
         self.stage_results: list[Any] = []
         self._pieces: dict[str, list[int]] = {}
@@ -69,43 +70,69 @@ class TokenTagger:
             raise ConfigError(expected("auto, default or mirrored with head.task "
                                        "token_classification", "training.strategy",
                                        self.strategy_info.kind))
-        precision = resolve_precision(self.config, self.strategy_info.kind, None)
-        self.config.training.mixed_precision = precision.policy
-        keras.mixed_precision.set_global_policy(precision.keras_policy)
+        self.precision = resolve_precision(self.config, self.strategy_info.kind, None)
+        self.config.training.mixed_precision = self.precision.policy
+        if self.precision.auto:
+            self.config.training.mixed_precision_reason = self.precision.reason
+        keras.mixed_precision.set_global_policy(self.precision.keras_policy)
 
     def build(self, tag_names: list[str]) -> Any:
         """Builds backbone + token head for `tag_names` in the strategy scope."""
-        import keras
-
-        from kerasft.models.heads import build_token_head
-        from kerasft.models.registry import build_backbone
-
         if len(tag_names) < 2:
             raise KerasftError(expected("at least 2 tags", "tags", tag_names))
         self._prepare_runtime()
         self.class_names = [str(t) for t in tag_names]
         with self.strategy_info.strategy.scope():
-            backbone = build_backbone(self.config.backbone, "cls")
-            if backbone.task != "text" or backbone.sequence is None:
-                raise ConfigError(expected("a KerasHub text backbone with head.task "
-                                           "token_classification", "backbone.name",
-                                           self.config.backbone.name))
-            if backbone.info.get("tokenizer") != "WordPiece" or \
-                    "padding_mask" not in backbone.inputs:
-                raise ConfigError(expected(
-                    "a WordPiece family with a padding mask (bert, distil_bert, electra) with "
-                    "head.task token_classification (words are tokenized one by one)",
-                    "backbone.name", f"{backbone.name} ({backbone.info.get('tokenizer')})"))
-            # The pooler feeds nothing here: stages never unfreeze it (no gradient reaches it).
-            backbone.unused_layers = [layer.name for layer in backbone.network.layers
-                                      if layer.name == "pooled_dense"]
-            probabilities = build_token_head(backbone.sequence, len(self.class_names),
-                                             self.config.head)
-            self._model = keras.Model(backbone.inputs, probabilities,
-                                      name=f"kerasft_{self.config.name}")
-        self.backbone = backbone
-        backbone.info["pooling"] = "none (per token)"
+            self.backbone, self._model = self._assemble(self.config.backbone)
         return self._model
+
+    def _assemble(self, backbone_cfg: Any) -> tuple[Any, Any]:
+        import keras
+
+        from kerasft.models.heads import build_token_head
+        from kerasft.models.registry import build_backbone
+
+        backbone = build_backbone(backbone_cfg, "cls")
+        if backbone.task != "text" or backbone.sequence is None:
+            raise ConfigError(expected("a KerasHub text backbone with head.task "
+                                       "token_classification", "backbone.name",
+                                       self.config.backbone.name))
+        if backbone.info.get("tokenizer") != "WordPiece" or \
+                "padding_mask" not in backbone.inputs:
+            raise ConfigError(expected(
+                "a WordPiece family with a padding mask (bert, distil_bert, electra) with "
+                "head.task token_classification (words are tokenized one by one)",
+                "backbone.name", f"{backbone.name} ({backbone.info.get('tokenizer')})"))
+        # The pooler feeds nothing here: stages never unfreeze it (no gradient reaches it).
+        backbone.unused_layers = [layer.name for layer in backbone.network.layers
+                                  if layer.name == "pooled_dense"]
+        backbone.info["pooling"] = "none (per token)"
+        probabilities = build_token_head(backbone.sequence, len(self.class_names),
+                                         self.config.head)
+        model = keras.Model(backbone.inputs, probabilities, name=f"kerasft_{self.config.name}")
+        return backbone, model
+
+    def _serving_model(self) -> tuple[Any, Any]:
+        """The model the export serves: float32 whatever the training policy (a copy with the
+        trained weights under mixed precision, as kerasft.api.FineTuner exports)."""
+        import copy
+
+        import keras
+
+        if self.config.training.mixed_precision == "none":
+            return self.model, self.backbone
+        previous = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy("float32")
+        try:
+            cfg = copy.deepcopy(self.config.backbone)
+            cfg.weights = "none"
+            backbone, model = self._assemble(cfg)
+            model.set_weights(self.model.get_weights())
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
+        self.log(f"export: serving in float32 (trained under "
+                 f"{self.config.training.mixed_precision})")
+        return model, backbone
 
     @property
     def model(self) -> Any:
@@ -198,6 +225,7 @@ class TokenTagger:
         log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
             f"{info.get('parameters', 0):,} parameters), token classification, sequence length "
             f"{self.backbone.sequence_length}")
+        log(self.precision.line())
         train_ds = self._dataset(data.train, training=True)
         val_ds = self._dataset(data.validation, training=False) if data.validation else None
         steps = max(1, math.ceil(data.train.size / self.config.data.batch_size))
@@ -226,9 +254,10 @@ class TokenTagger:
 
     # -- prediction and evaluation -----------------------------------------------------------
 
-    def predict_words(self, words: list[list[str]]) -> list[list[str]]:
-        """A tag per word; a word cut by ``backbone.sequence_length`` gets ``O``."""
-        model = self.model
+    def predict_words(self, words: list[list[str]], model: Any = None) -> list[list[str]]:
+        """A tag per word (by `model`, default :attr:`model`); a word cut by
+        ``backbone.sequence_length`` gets ``O``."""
+        model = model or self.model
         out: list[list[str]] = []
         size = self.config.data.batch_size
         for start in range(0, len(words), size):
@@ -300,7 +329,8 @@ class TokenTagger:
         if quantize not in (None, "none"):
             raise KerasftError(expected("none with head.task token_classification",
                                         "quantize", quantize))
-        model = self.model
+        self._prepare_runtime()
+        model, backbone = self._serving_model()
         samples = None
         if self.data is not None:
             split = self.data.test or self.data.validation or self.data.train
@@ -309,15 +339,15 @@ class TokenTagger:
         if self.metrics is not None:
             extra["metrics.json"] = json.dumps(self.metrics, indent=2)
             extra["metrics.txt"] = format_entity_report(self.metrics) + "\n"
-        self._prepare_runtime()
         with export_target(dir or self.config.export.dir, self.config.name,
                            version if version is not None else self.config.export.version,
                            placement(self.strategy_info.kind, os.environ),
                            self.strategy_info.strategy) as target:
             return export_token_model(
-                model, self.backbone, self.class_names, base_dir=target.base_dir,
+                model, backbone, self.class_names, base_dir=target.base_dir,
                 name=self.config.name, version=target.version, sample_texts=samples,
-                reference=self.predict, extra_files=extra,
+                reference=lambda texts: self.predict_words([t.split() for t in texts], model),
+                extra_files=extra,
                 verify=self.config.export.verify if verify is None else verify, log=self.log)
 
     @classmethod
