@@ -134,6 +134,22 @@ def test_alignment_truncates_at_the_sequence_length():
     assert a.first_token.tolist() == [[1, 2, -1]]
 
 
+@pytest.mark.slow  # imports KerasHub
+def test_word_pieces_tokenize_each_word_with_the_preset_tokenizer():
+    import keras_hub
+
+    from kerasft.data.tokens import word_pieces
+    from tests.bert_fixtures import DEFAULT_VOCAB
+
+    vocab = list(DEFAULT_VOCAB)
+    tok = keras_hub.models.BertTokenizer(vocabulary=vocab, lowercase=True)
+    pieces = word_pieces(tok, ["Movies", "good!", "\u200b", "zzz"])
+    assert pieces["Movies"] == [vocab.index("movie"), vocab.index("##s")]
+    assert pieces["good!"] == [vocab.index("good"), vocab.index("!")]
+    # a word the tokenizer drops entirely still holds one position (its tag's)
+    assert pieces["\u200b"] == pieces["zzz"] == [vocab.index("[UNK]")]
+
+
 def _token_config(tmp_path, **data):
     return {"backbone": {"name": "bert", "preset": "x"}, "head": {"task": "token_classification"},
             "data": {"source": "conll", "train": str(tmp_path / "t.txt"), **data}}
