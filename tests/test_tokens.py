@@ -230,3 +230,14 @@ def test_tiny_bert_tags_words_from_conll_to_session_loader(tmp_path):
     result = CliRunner().invoke(main, ["predict", str(path), "--text", "john visited london"])
     assert result.exit_code == 0, result.output
     assert "john/B-PER visited/O london/B-LOC\tPER: john; LOC: london" in result.output
+
+
+def test_server_answers_print_as_tagged_words():
+    from kerasft.serving.client import format_rows
+
+    row = {"words": ["john", "visited", "new", "york", ""], "tags": ["B-PER", "O", "B-LOC",
+                                                                    "I-LOC", ""],
+           "tag_scores": [0.9, 0.9, 0.8, 0.7, 0.0], "entity_type": ["PER", "LOC"],
+           "entity_text": ["john", "new york"], "entity_start": [0, 2], "entity_end": [1, 4]}
+    assert format_rows(["john visited new york"], [row]) == [
+        "john/B-PER visited/O new/B-LOC york/I-LOC\tPER: john; LOC: new york"]
