@@ -211,8 +211,15 @@ def test_tiny_bert_tags_words_from_conll_to_session_loader(tmp_path):
     path = reloaded.export(verify=False)
     assert (path / "assets.extra" / "tf_serving_warmup_requests").is_file()
     texts = ["john visited london", "mary likes paris and london", ""]
+    import tensorflow as tf
+
+    from kerasft.export.warmup import read_warmup_requests
+
     with SessionModel(str(path)) as model:  # TF Serving's loader, no kerasft
         out = model.run("serving_default", text=np.array([t.encode() for t in texts]))
+        for record in read_warmup_requests(path):  # what TF Serving replays before serving
+            request = record.predict_log.request
+            model.run("serving_default", text=tf.make_ndarray(request.inputs["text"]))
     assert out["tags"][0].tolist() == [b"B-PER", b"O", b"B-LOC", b"", b""]
     assert out["tags"][1].tolist() == [b"B-PER", b"O", b"B-LOC", b"O", b"B-LOC"]
     assert out["tags"][2].tolist() == [b""] * 5
