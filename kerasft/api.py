@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from kerasft.config import (
+    TOKEN_TASK,
     Config,
     check_export_quantize,
     check_mixing,
@@ -1157,6 +1158,10 @@ class FineTuner:
                                             str(run_dir)))
         # Its paths are relative to where the run started, not to the run folder.
         config = load_config(run_dir / "config.yaml", resolve_paths=False)
+        if config.head.task == TOKEN_TASK:
+            from kerasft.tagger import TokenTagger
+
+            return TokenTagger.from_run(run_dir, log=log, weights=weights)
         # The trained weights replace the pretrained ones: no download needed to rebuild.
         config.backbone.weights = "none"
         ft = cls(config, log=log)
@@ -1188,4 +1193,8 @@ def build_finetuner(config: str | os.PathLike | dict[str, Any] | Config | None =
     """A :class:`FineTuner` from a YAML path, a dict or a Config; keyword overrides use ``__``
     between levels (``build_finetuner("x.yaml", data__batch_size=16)``)."""
     cfg = load_config(config, **overrides)
+    if cfg.head.task == TOKEN_TASK:  # a tag per word: kerasft/tagger.py
+        from kerasft.tagger import TokenTagger
+
+        return TokenTagger(cfg, log=log)
     return FineTuner(cfg, log=log)

@@ -37,14 +37,18 @@ PRETRAINED = "pretrained"
 WEIGHTS_ALIASES = {"imagenet": PRETRAINED}
 BACKBONE_WEIGHTS = (PRETRAINED, *WEIGHTS_ALIASES, "none")
 HEAD_ACTIVATIONS = ("softmax", "sigmoid")
-# What the head predicts. token_classification is not listed until it exists.
-HEAD_TASKS = ("classification", "multi_label", "regression")
+# What the head predicts. token_classification: one tag per word (kerasft/tagger.py).
+HEAD_TASKS = ("classification", "multi_label", "regression", "token_classification")
+TOKEN_TASK = "token_classification"
+#: Sources that hold tagged words (head.task token_classification reads only these).
+TOKEN_SOURCES = ("conll", "jsonl")
 HEAD_LOSSES = ("mse", "huber")
 TARGET_SCALINGS = ("none", "standard")
 HEAD_POOLINGS = ("auto", "cls", "mean", "avg", "max")
-DATA_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder", "tfds", "arrays")
+DATA_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder", "tfds", "arrays",
+                "conll")
 #: Sources whose data.train / validation / test are paths (relative to the YAML's folder).
-PATH_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder")
+PATH_SOURCES = ("csv", "jsonl", "parquet", "text_folder", "image_folder", "conll")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine", "exponential", "linear")
 STRATEGIES = ("auto", "default", "mirrored", "multi_worker", "tpu")
@@ -119,6 +123,9 @@ class DataConfig:
     text_column: str | list[str] = "text"
     label_column: str = "label"
     label_separator: str = "|"
+    # head.task token_classification with data.source jsonl: the words and their tags
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
     encoding: str = "utf-8"
     delimiter: str = ","
     skip_rows: int = 0  # rows after the header that are not data (csv)
@@ -875,7 +882,7 @@ def validate(cfg: Config) -> Config:
     _check_choice(h.loss, HEAD_LOSSES, "head.loss")
     _check_choice(h.target_scaling, TARGET_SCALINGS, "head.target_scaling")
     _check_positive(h.huber_delta, "head.huber_delta")
-    if head_task(h) in ("classification", "multi_label") and (
+    if head_task(h) not in (None, "regression") and (
             h.loss != "mse" or h.target_scaling != "none"):
         raise ConfigError(
             f"head: expected head.loss and head.target_scaling only with head.task regression. "
@@ -932,6 +939,11 @@ def validate(cfg: Config) -> Config:
     if h.task == "regression" and d.source not in ("csv", "arrays"):  # arrays: fit() says
         raise ConfigError(expected("csv with head.task regression (the other sources' labels are "
                                    "read as class names)", "data.source", d.source))
+    if h.task == TOKEN_TASK:
+        _check_token_task(cfg)
+    elif d.source == "conll":
+        raise ConfigError(expected("head.task token_classification with data.source conll "
+                                   "(CoNLL files tag words, not examples)", "head.task", h.task))
     if h.task == "regression" and d.class_weight is not None:
         raise ConfigError(expected("no data.class_weight with head.task regression (class "
                                    "weights need classes)", "data.class_weight", d.class_weight))
@@ -1128,6 +1140,29 @@ def _validate_tune(cfg: Config) -> None:
                 validate(_build(Config, data, ""))
             except ConfigError as e:
                 raise ConfigError(f"{key}: the value {value!r} is not valid: {e}") from None
+def _check_token_task(cfg: Config) -> None:
+    """What head.task token_classification cannot combine with."""
+    d = cfg.data
+    if d.source not in TOKEN_SOURCES:
+        raise ConfigError(expected(f"one of {', '.join(TOKEN_SOURCES)} with head.task "
+                                   "token_classification", "data.source", d.source))
+    if d.class_weight is not None:
+        raise ConfigError(expected("no data.class_weight with head.task token_classification "
+                                   "(Keras weighs examples, not words)", "data.class_weight",
+                                   d.class_weight))
+    for i, s in enumerate(cfg.stages):
+        if s.label_smoothing:
+            raise ConfigError(expected("0 with head.task token_classification",
+                                       f"stages[{i}].label_smoothing", s.label_smoothing))
+    if cfg.head.hidden_units:
+        raise ConfigError(expected("[] with head.task token_classification (one Dense per "
+                                   "token)", "head.hidden_units", cfg.head.hidden_units))
+    if cfg.export.quantize != "none":
+        raise ConfigError(expected("none with head.task token_classification",
+                                   "export.quantize", cfg.export.quantize))
+    for key in ("tokens_column", "tags_column"):
+        if not getattr(d, key):
+            raise ConfigError(expected("a column name", f"data.{key}", getattr(d, key)))
 
 
 def check_export_quantize(value: Any, key: str) -> str:

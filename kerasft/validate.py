@@ -17,6 +17,7 @@ from typing import Any
 from kerasft.config import (
     BACKBONE_WEIGHTS,
     PRETRAINED,
+    TOKEN_TASK,
     BackboneConfig,
     Config,
     ConfigError,
@@ -183,6 +184,13 @@ def _check_data(cfg: Config) -> list[str]:
         prepared = builder.is_prepared()
         return [f"data: tfds {cfg.data.tfds_name} "
                 + ("prepared" if prepared else "not prepared (downloaded at train time)")]
+    if head_task(cfg.head) == TOKEN_TASK:
+        from kerasft.data.tokens import load_token_data
+
+        tagged = load_token_data(cfg.data, cfg.seed)
+        sizes = ", ".join(f"{k} {v}" for k, v in tagged.report["sentences"].items())
+        return [f"data: {cfg.data.source}, token classification, {len(tagged.tag_names)} tags "
+                f"({', '.join(tagged.tag_names[:10])}); sentences: {sizes}"]
     from kerasft.data.class_weights import class_weight_line, class_weights
     from kerasft.data.sources import load_data
 

@@ -25,7 +25,7 @@ FLOORS = (
     ("kerasft.evaluation",),
     ("kerasft.export",),
     ("kerasft.serving",),
-    ("kerasft.validate", "kerasft.api", "kerasft.plan", "kerasft.search"),
+    ("kerasft.validate", "kerasft.api", "kerasft.plan", "kerasft.search", "kerasft.tagger"),
     ("kerasft.cli", "kerasft"),
 )
 MAX_LINES = 500

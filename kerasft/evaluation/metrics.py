@@ -131,6 +131,10 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
     regression one row per metric."""
     if report.get("task") == "regression":
         return _format_regression(report, title)
+    if report.get("task") == "token_classification":
+        from kerasft.evaluation.entities import format_entity_report
+
+        return format_entity_report(report, title)
     names = report["class_names"]
     width = max([len(n) for n in names] + [12])
     lines = []

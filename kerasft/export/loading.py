@@ -112,6 +112,16 @@ def format_value(value: Any) -> str:
     return ", ".join(f"{v:.4g}" for v in values)
 
 
+def tagged_line(words: Any, tags: Any, types: Any, texts: Any) -> str:
+    """One token-classification answer: ``word/TAG ...<TAB>TYPE: entity; ...`` (pads dropped)."""
+    def text(v: Any) -> str:
+        return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+    tagged = " ".join(f"{text(w)}/{text(t)}" for w, t in zip(words, tags) if text(w))
+    found = "; ".join(f"{text(k)}: {text(v)}" for k, v in zip(types, texts) if text(k))
+    return f"{tagged}\t{found or '-'}"
+
+
 def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[Any], kind: str = "text",
                              top: int = 3) -> list[str]:
     """Readable lines: the predicted label, its probability and the top-k, per input.
@@ -125,6 +135,9 @@ def predict_with_saved_model(export_dir: str | os.PathLike, inputs: list[Any], k
     out = run_signature(loaded, inputs, kind)
     if "value" in out:  # regression: `value<TAB>input`
         return [f"{format_value(v)}\t{shown_input(t)}" for t, v in zip(inputs, out["value"])]
+    if "tags" in out:  # token classification: `word/TAG ...<TAB>TYPE: entity; ...`
+        return [tagged_line(words, tags, types, texts) for words, tags, types, texts in zip(
+            out["words"], out["tags"], out["entity_type"], out["entity_text"])]
     probabilities = out["probabilities"]
     names = (labels_file.read_text(encoding="utf-8").splitlines() if labels_file.is_file()
              else [str(i) for i in range(probabilities.shape[1])])

@@ -55,6 +55,8 @@ class Backbone:
             :data:`kerasft.config.PAIR_INPUTS`).
         unused_layers: layers of `network` whose output the features do not use (e.g. BERT's
             pooler under mean pooling); stages never unfreeze them.
+        sequence: the per-token states ``[batch, tokens, hidden]`` of a text backbone (what a
+            token-classification head is built on).
         info: plain facts for the log, the model card and ``kerasft backbones``.
     """
 
@@ -69,6 +71,7 @@ class Backbone:
     segments: int = 1
     preprocessor: Any = None
     unused_layers: list[str] = field(default_factory=list)
+    sequence: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     _mode_layers: list[Any] | None = field(default=None, init=False, repr=False)
 

@@ -7,7 +7,8 @@ example), with sigmoid (multi_label), or linear Dense(num_targets) (regression).
 ``Rescaling`` layer (``* std + mean`` of the training split) maps them back, so the model, its
 metrics, ``predict`` and the export all speak the targets' own units. L2 regularisation is
 optional. The output layers are float32 even under mixed precision, so probabilities and
-values stay exact.
+values stay exact. ``token_classification``: :func:`build_token_head`, one Dense over every
+token state of the backbone's ``sequence_output``.
 """
 
 from __future__ import annotations
@@ -61,3 +62,16 @@ def build_head_model(feature_dim: int, num_classes: int, cfg: HeadConfig,
     features = keras.Input(shape=(feature_dim,), name="features")
     return keras.Model(features, build_head(features, num_classes, cfg, target_stats),
                        name="head")
+
+
+def build_token_head(sequence: Any, num_tags: int, cfg: HeadConfig) -> Any:
+    """Tag probabilities ``[batch, tokens, num_tags]``: Dropout, then one softmax Dense applied
+    to each token state (Keras's Dense maps the last axis, so it is shared over positions)."""
+    import keras
+
+    regularizer = keras.regularizers.L2(cfg.l2) if cfg.l2 > 0 else None
+    x = sequence
+    if cfg.dropout > 0:
+        x = keras.layers.Dropout(cfg.dropout, name=f"{HEAD_LAYER_PREFIX}dropout")(x)
+    return keras.layers.Dense(num_tags, activation="softmax", kernel_regularizer=regularizer,
+                              dtype="float32", name=f"{HEAD_LAYER_PREFIX}tags")(x)

@@ -147,6 +147,12 @@ def format_rows(inputs: Sequence[Any], rows: Sequence[dict[str, Any]], top: int 
         if "value" in row:  # regression: `value<TAB>input`, as for a local export
             lines.append(f"{format_value(row['value'])}\t{shown}")
             continue
+        if "tags" in row:  # token classification, as for a local export
+            from kerasft.export.loading import tagged_line
+
+            lines.append(tagged_line(row["words"], row["tags"], row["entity_type"],
+                                     row["entity_text"]))
+            continue
         probs = np.asarray(row["probabilities"], dtype=float).reshape(-1)
         best_id = int(np.argmax(probs)) if probs.size else -1
         order = np.argsort(-probs)[: max(top, 1)]
