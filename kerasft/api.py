@@ -164,7 +164,7 @@ class FineTuner:
         """Backbone, head and classifier for `backbone_cfg` and this run's head and classes."""
         import keras
 
-        from kerasft.models.heads import build_head_model
+        from kerasft.models.heads import build_head_model, keras_model_name
         from kerasft.models.registry import build_backbone
 
         backbone = build_backbone(backbone_cfg, self.config.head.pooling,
@@ -172,7 +172,7 @@ class FineTuner:
         head = build_head_model(int(backbone.features.shape[-1]), len(self.class_names),
                                 self.config.head, self.target_stats)
         model = keras.Model(backbone.inputs, head(backbone.features),
-                            name=f"kerasft_{self.config.name}")
+                            name=keras_model_name(self.config.name))
         return backbone, head, model
 
     @property

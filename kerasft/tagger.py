@@ -89,7 +89,7 @@ class TokenTagger:
     def _assemble(self, backbone_cfg: Any) -> tuple[Any, Any]:
         import keras
 
-        from kerasft.models.heads import build_token_head
+        from kerasft.models.heads import build_token_head, keras_model_name
         from kerasft.models.registry import build_backbone
 
         backbone = build_backbone(backbone_cfg, "cls")
@@ -109,7 +109,8 @@ class TokenTagger:
         backbone.info["pooling"] = "none (per token)"
         probabilities = build_token_head(backbone.sequence, len(self.class_names),
                                          self.config.head)
-        model = keras.Model(backbone.inputs, probabilities, name=f"kerasft_{self.config.name}")
+        model = keras.Model(backbone.inputs, probabilities,
+                            name=keras_model_name(self.config.name))
         return backbone, model
 
     def _serving_model(self) -> tuple[Any, Any]:

@@ -221,3 +221,17 @@ def test_predict_takes_one_string_or_a_batch(tmp_path):
                                            r"of strings\. Received: inputs shape=\(1, 8, 8, 3\) "
                                            r"\(ndarray\)$"):
         ft.predict(np.zeros((1, 8, 8, 3)))
+
+
+def test_a_run_name_outside_tensorflow_scope_names_trains(image_arrays, tmp_path):
+    """Names like "mixup+ema v2" are valid run and export names; TensorFlow's root scope
+    names allow no "+" or spaces, so the Keras model is named from a cleaned copy."""
+    from kerasft import build_finetuner
+
+    x, y = image_arrays
+    ft = build_finetuner(_cfg(name="mixup+ema v2", stages=[
+        {"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 0.05}]),
+        log=lambda s: None)
+    summary = ft.fit(x[:16], y[:16], output_dir=tmp_path, evaluate=False)
+    assert ft.model.name == "kerasft_mixup_ema_v2" and len(summary["stages"]) == 1
+    assert ft.run_dir.name.startswith("mixup+ema v2")

@@ -13,6 +13,7 @@ token state of the backbone's ``sequence_output``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from kerasft.config import HeadConfig, head_task
@@ -75,3 +76,9 @@ def build_token_head(sequence: Any, num_tags: int, cfg: HeadConfig) -> Any:
         x = keras.layers.Dropout(cfg.dropout, name=f"{HEAD_LAYER_PREFIX}dropout")(x)
     return keras.layers.Dense(num_tags, activation="softmax", kernel_regularizer=regularizer,
                               dtype="float32", name=f"{HEAD_LAYER_PREFIX}tags")(x)
+
+
+def keras_model_name(name: str) -> str:
+    """The Keras model's name for config ``name``: TensorFlow's root scope names allow fewer
+    characters than a run name (no "+", no spaces), and ``fit`` fails on them."""
+    return "kerasft_" + re.sub(r"[^A-Za-z0-9_.-]", "_", name)
