@@ -42,7 +42,7 @@ def run(variant: str, data: tuple[np.ndarray, ...], args: Any) -> dict[str, Any]
     augmentation, ema = VARIANTS[variant]
     x_train, y_train, x_test, y_test = data
     cfg = {
-        "name": f"reg-{variant}", "seed": args.seed,
+        "name": f"reg-{variant.replace('+', '-')}", "seed": args.seed,
         "backbone": {"name": args.model, "weights": "none",
                      "input_shape": [x_train.shape[1], x_train.shape[2], 3]},
         "head": {"dropout": 0.0},
