@@ -9,6 +9,7 @@ suggestion and the load average before each command.
 
     python bench/lr.py                                   # data.max_examples=1500, decay 0.8
     python bench/lr.py --max-examples 6000 --decay 0.9
+    python bench/lr.py --decay-lr 1e-4      # a third run: the decay with a higher peak rate
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "quickstart.yaml"))
     parser.add_argument("--max-examples", type=int, default=1500)
     parser.add_argument("--decay", type=float, default=0.8)
+    parser.add_argument("--decay-lr", type=float, default=None,
+                        help="also train with layer_lr_decay and this stage-2 learning rate")
     parser.add_argument("--skip-train", action="store_true", help="only the lr-find sweep")
     args = parser.parse_args()
     print(f"machine: {machine()}")
@@ -53,6 +56,10 @@ def main() -> None:
         variants = [] if args.skip_train else [
             ("without layer_lr_decay", []),
             (f"layer_lr_decay {args.decay:g}", ["--set", f"stages.1.layer_lr_decay={args.decay}"])]
+        if args.decay_lr is not None and not args.skip_train:
+            variants.append((f"layer_lr_decay {args.decay:g}, learning_rate {args.decay_lr:g}",
+                             ["--set", f"stages.1.layer_lr_decay={args.decay}",
+                              "--set", f"stages.1.learning_rate={args.decay_lr}"]))
         for label, extra in variants:
             seconds, stdout = _run([*base, "train", args.config, "--no-export", *sets, *extra])
             run_dir = Path(re.findall(r"^run folder: (\S+)", stdout, re.M)[-1])
