@@ -123,17 +123,19 @@ def test_pruning_callback_reports_each_epoch_and_prunes():
 
 
 @pytest.mark.slow  # Optuna's SQLite storage (SQLAlchemy, Alembic) takes seconds to set up
-def test_pruned_and_failed_trials_are_marked_and_the_search_goes_on(tmp_path, monkeypatch):
+def test_search_marks_pruned_failed_and_killed_trials_and_resumes(tmp_path, monkeypatch):
     import optuna
 
     from kerasft.api import FineTuner
     from kerasft.errors import KerasftError
-    from kerasft.search.tune import run_search
+    from kerasft.search.tune import STUDY_FILE, run_search
 
     outcomes = iter(["pruned", "failed", 0.25])
+    calls = []
 
     def fit(self, **kwargs):  # what a trial's run ends with, without training
         assert kwargs["run_id"].startswith("trial") and len(kwargs["callbacks"]) == 1
+        calls.append(kwargs["run_id"])
         outcome = next(outcomes)
         if outcome == "pruned":
             raise optuna.TrialPruned("pruned at epoch 1: val_loss=9")
@@ -145,15 +147,27 @@ def test_pruned_and_failed_trials_are_marked_and_the_search_goes_on(tmp_path, mo
     monkeypatch.setattr(FineTuner, "fit", fit)
     lines = []
     cfg = {"name": "fake", "tune": {"metric": "val_loss", "params": TUNE["params"]}}
-    result = run_search(cfg, trials=3, directory=tmp_path / "s", log=lines.append)
-    assert [(t["trial"], t["state"]) for t in result["trials"]] == [
-        (0, "PRUNED"), (1, "FAIL"), (2, "COMPLETE")]
-    assert result["direction"] == "minimize"  # auto, from val_loss
-    assert result["best"]["trial"] == 2 and result["best"]["value"] == 0.25
+    folder = tmp_path / "s"
+    result = run_search(cfg, trials=2, directory=folder, log=lines.append)
+    assert [(t["trial"], t["state"]) for t in result["trials"]] == [(0, "PRUNED"), (1, "FAIL")]
     assert result["trials"][1]["error"] == "stage 'head' diverged"
     assert "tune: trial 1 failed: stage 'head' diverged" in lines
-    assert load_config(tmp_path / "s" / "best.yaml").head.dropout == \
-        result["best"]["params"]["head.dropout"]
+    assert result["best"] is None and not (folder / "best.yaml").exists()
+    # A kill in the middle of trial 2 leaves it RUNNING in the storage.
+    study = optuna.load_study(study_name="fake", storage=f"sqlite:///{folder / STUDY_FILE}")
+    killed = study.ask()
+    killed.suggest_float("stages.0.learning_rate", 1e-3, 1e-1, log=True)
+    killed.suggest_categorical("head.dropout", [0.0, 0.2])
+    # --trials is the total: the two finished trials are kept, the killed one runs again.
+    result = run_search(cfg, trials=3, directory=folder, log=lines.append)
+    assert calls == ["trial0", "trial1", "trial3"]
+    assert "tune: trial 2 was interrupted; it runs again with the same values" in lines
+    assert [(t["trial"], t["state"]) for t in result["trials"]] == [
+        (0, "PRUNED"), (1, "FAIL"), (2, "FAIL"), (3, "COMPLETE")]
+    assert result["trials"][3]["params"] == killed.params
+    assert result["direction"] == "minimize"  # auto, from val_loss
+    assert result["best"]["trial"] == 3 and result["best"]["value"] == 0.25
+    assert load_config(folder / "best.yaml").head.dropout == killed.params["head.dropout"]
 
 
 # -- folds ---------------------------------------------------------------------------------
@@ -195,49 +209,29 @@ def test_folds_are_disjoint_stratified_seeded_and_cover_train_and_validation():
 
 
 @pytest.mark.slow
-def test_tune_resumes_writes_best_yaml_that_cross_validates(tmp_path):
-    import optuna
-
-    from kerasft.search.tune import STUDY_FILE
-
+def test_tune_writes_a_best_yaml_that_cross_validates(tmp_path):
     cfg = _config(tmp_path, tune={**TUNE, "metric": "val_accuracy"})
     cfg["training"].update(checkpoint_every_epoch=False, cache_features="off")
     path = _write(tmp_path, cfg)
     search = tmp_path / "search"
     result = CliRunner().invoke(main, ["tune", path, "--trials", "1", "--dir", str(search)])
     assert result.exit_code == 0, result.output
-    storage = f"sqlite:///{search / STUDY_FILE}"
-    study = optuna.load_study(study_name="tiny", storage=storage)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"]
-    first = [(t.params, t.value) for t in study.trials]
-    # A kill in the middle of trial 1 leaves it RUNNING in the storage.
-    killed = study.ask()
-    killed.suggest_float("stages.0.learning_rate", 1e-3, 1e-1, log=True)
-    killed.suggest_categorical("head.dropout", [0.0, 0.2])
-    # --trials is the total: the completed trial is kept, the killed one runs again.
-    result = CliRunner().invoke(main, ["tune", path, "--trials", "2", "--dir", str(search)])
-    assert result.exit_code == 0, result.output
-    assert "trial 1 was interrupted" in result.output
-    trials = optuna.load_study(study_name="tiny", storage=storage).trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert [(t.params, t.value) for t in trials[:1]] == first  # kept, not run again
-    assert trials[2].params == killed.params
     lines = result.output.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("trial  "))
     assert sorted(lines[header].split()) == sorted(
         ["trial", "stages.0.learning_rate", "head.dropout", "val_accuracy", "state"])
-    assert [line.split()[-1] for line in lines[header + 2:header + 5]] == [
-        "COMPLETE", "FAIL", "COMPLETE"]
-    for name in ("trials/tiny-trial0/config.yaml", "trials/tiny-trial2/history.csv",
+    assert lines[header + 2].split()[-1] == "COMPLETE"
+    for name in ("trials/tiny-trial0/config.yaml", "trials/tiny-trial0/history.csv",
                  "search.png", "search.json"):
         assert (search / name).is_file(), name
-    summary = json.loads((search / "search.json").read_text())
-    best = max((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
-    assert summary["best"]["trial"] == best.number
+    best = json.loads((search / "search.json").read_text())["best"]
+    assert best["trial"] == 0
+    run = load_config(Path(best["run_dir"]) / "config.yaml", resolve_paths=False)
     # best.yaml: a full config with the best values, trainable from anywhere.
     best_cfg = load_config(search / "best.yaml")
-    assert best_cfg.stages[0].learning_rate == pytest.approx(best.params["stages.0.learning_rate"])
-    assert best_cfg.head.dropout == best.params["head.dropout"]
+    assert best_cfg.stages[0].learning_rate == run.stages[0].learning_rate == \
+        pytest.approx(best["params"]["stages.0.learning_rate"])
+    assert best_cfg.head.dropout == best["params"]["head.dropout"] == run.head.dropout
     assert Path(best_cfg.data.train).is_absolute()
     # kerasft cv on best.yaml: it trains, one run per fold, the summary adds up.
     result = CliRunner().invoke(main, ["cv", str(search / "best.yaml"), "--folds", "2",
@@ -254,4 +248,6 @@ def test_tune_resumes_writes_best_yaml_that_cross_validates(tmp_path):
     for fold in cv["folds"]:
         metrics = json.loads((Path(fold["run_dir"]) / "metrics.json").read_text())
         assert metrics["split"] == "test"
+        trained = load_config(Path(fold["run_dir"]) / "config.yaml", resolve_paths=False)
+        assert trained.stages[0].learning_rate == best_cfg.stages[0].learning_rate
         assert fold["metrics"]["test_accuracy"] == pytest.approx(metrics["accuracy"])

@@ -4,8 +4,9 @@ Every trial is an ordinary run folder, ``<search dir>/trials/<name>-trial<N>``, 
 :meth:`kerasft.api.FineTuner.fit` exactly as ``kerasft train`` trains (no export): the trial's
 config is CONFIG (with ``--set``) plus the trial's values at the dotted keys of ``tune.params``.
 The objective is a validation metric (``tune.metric``): a value of the validation split's report
-(``val_macro_f1``: ``macro_f1`` of :func:`kerasft.evaluation.metrics.classification_report`) or
-one that ``fit`` logs per epoch (``val_loss``), never the test split.
+(``val_macro_f1``: ``macro_f1`` of :func:`kerasft.evaluation.metrics.classification_report`) of
+the final model, or one that only ``fit`` logs (``val_loss``, ``val_auc``: its last epoch's
+value); never the test split.
 
 Optuna keeps the study in ``<search dir>/study.db`` (SQLite): running the same command again
 continues it. ``--trials N`` is the total: completed, pruned and failed trials count, and a trial
