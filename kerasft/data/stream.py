@@ -156,8 +156,10 @@ def hash_duplicates(hashes: np.ndarray, ids: np.ndarray, lines: np.ndarray) -> d
     _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
     repeat = np.ones(len(hashes), bool)
     repeat[first] = False
-    pairs = np.unique(np.stack([inverse.astype(np.int64), ids.astype(np.int64)]), axis=1)
-    conflicting = int((np.bincount(pairs[0], minlength=len(first)) > 1).sum())
+    order = np.lexsort((ids, inverse))  # by text, then label: distinct (text, label) pairs
+    text, label = inverse[order], ids[order]
+    pair = np.concatenate([[True], (text[1:] != text[:-1]) | (label[1:] != label[:-1])])
+    conflicting = int((np.bincount(text[pair], minlength=len(first)) > 1).sum())
     shown = np.flatnonzero(repeat)[:SHOWN]
     return {"count": int(repeat.sum()), "conflicting": conflicting,
             "examples": [int(v) for v in lines[shown]]}
