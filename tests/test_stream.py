@@ -57,11 +57,11 @@ def test_streamed_splits_labels_and_report_match_the_in_memory_path(tmp_path):
     assert fingerprint(streamed) == fingerprint(memory) == fingerprint(again)
     parts = {}
     for name in ("train", "validation", "test"):
-        texts = _texts(getattr(streamed, name))
-        assert texts == _texts(getattr(memory, name)) == _texts(getattr(again, name))
-        labels = [y for _, y in getattr(streamed, name).dataset.as_numpy_iterator()]
-        assert labels == list(getattr(streamed, name).labels)  # rows and labels line up
-        parts[name] = texts
+        split = getattr(streamed, name)
+        texts, labels = zip(*((x.decode(), y) for x, y in split.dataset.as_numpy_iterator()))
+        assert list(texts) == _texts(getattr(memory, name))
+        assert list(labels) == list(split.labels)  # rows and labels line up
+        parts[name] = list(texts)
     assert 'a "quoted", multi-line\ntext, row 7' in sum(parts.values(), [])
     # Disjoint splits: each text of a row that is not repeated in the file is in one split once.
     repeated = {rows[3][0], rows[4][0], rows[5][0]}
