@@ -7,7 +7,8 @@ vocabulary, the splits and the report:
 * ``csv`` (text): the ``csv`` module with ``data.encoding`` and ``data.delimiter``; columns
   ``data.text_column`` / ``data.label_column``. Rows with an empty text or label are skipped and
   counted by reason (``data.strict: true`` makes the first one an error); duplicate texts are
-  counted and kept. Line numbers are those a text editor shows (the header is line 1).
+  counted and kept. Line numbers are those a text editor shows (the header is line 1). Large
+  files (``data.stream``) are read by :mod:`kerasft.data.stream` with the same row checks.
 * ``jsonl``, ``parquet``, ``text_folder``: read by :mod:`kerasft.data.formats`; their rows go
   through the same :class:`~kerasft.data.formats.TextRows` checks as CSV rows.
 * ``image_folder``: one subfolder per class; ``.jpg .jpeg .png .gif .bmp`` files (any case) are
