@@ -277,7 +277,8 @@ class FineTuner:
             preprocess=self._trim() if text else self.backbone.preprocess,
             image_size=self.backbone.image_size,
             augmentation=self.config.data.augmentation if training else None,
-            cache=self.config.data.cache,
+            # streamed: no cache, which would hold every text (or its tokens) in memory
+            cache=self.config.data.cache and not split.streamed,
             shuffle_buffer=self.config.data.shuffle_buffer,
             drop_remainder=training and drops_remainder(self.strategy_info.kind),
             num_classes=len(self.class_names) if self.multi_label else None,
@@ -724,7 +725,8 @@ class FineTuner:
         when called with ``refresh=True`` (run_stages does after a stage that trained the
         backbone, so ``[head, all, head]``'s last stage sees the fine-tuned backbone).
 
-        Off when augmentation makes every epoch's inputs different, or when
+        Off when augmentation makes every epoch's inputs different, when the training data is
+        streamed (``data.stream``: the features of every row would be held), or when
         ``training.cache_features: off``. The cached features are computed in inference mode, so
         dropout inside the backbone (BERT's) is not applied to them: the head trains on clean
         features (as fastai's and Keras's "extract features, then train a classifier" recipes).
@@ -734,6 +736,8 @@ class FineTuner:
                                 and self.backbone.task == "image"):
             return None
         if setting == "auto" and self.strategy_info.kind == "multi_worker":
+            return None
+        if setting == "auto" and data.train.streamed:  # features of every row in memory
             return None
         cache: dict[str, Any] = {}
 
@@ -766,7 +770,7 @@ class FineTuner:
         from kerasft.data.pipeline import length_order, reordered
 
         order = None
-        if self._trims():
+        if self._trims() and not split.streamed:  # reordered() holds the split's texts
             order = length_order(split, self.backbone.preprocess)
             split = reordered(split, order)
         out = np.asarray(model.predict(self._pipeline(split, training=False),

@@ -143,6 +143,9 @@ class DataConfig:
     bucket_multiple: int = 16
     # None, "balanced" or {label: weight}: Keras's class_weight in fit (one-label heads only).
     class_weight: str | dict[str, Any] | None = None
+    # csv: "auto" streams files over kerasft.data.stream.STREAM_AUTO_BYTES (texts read from disk
+    # by byte offset, never all held); true always, false never.
+    stream: bool | str = "auto"
 
 
 @dataclass
@@ -904,6 +907,11 @@ def validate(cfg: Config) -> Config:
     _check_positive(d.batch_size, "data.batch_size")
     _check_positive(d.max_examples, "data.max_examples", allow_none=True)
     _check_positive(d.shuffle_buffer, "data.shuffle_buffer")
+    if d.stream not in (True, False, "auto"):
+        raise ConfigError(expected("auto, true or false", "data.stream", d.stream))
+    if d.stream is True and d.source != "csv":
+        raise ConfigError(expected("data.source csv for data.stream: true (only CSV files are "
+                                   "streamed)", "data.source", d.source))
     if d.skip_rows < 0:
         raise ConfigError(expected("0 or more rows", "data.skip_rows", d.skip_rows))
     _check_fraction(d.validation_split, "data.validation_split")

@@ -2,6 +2,8 @@
 
 - :mod:`kerasft.data.sources`: ``load_data`` (the config's ``data`` section), CSV files and image
   folders.
+- :mod:`kerasft.data.stream`: large CSV files read by byte offset and text hash
+  (``data.stream``), no texts held.
 - :mod:`kerasft.data.formats`: JSON Lines, Parquet and text folders, and the row checks every
   tabular text source shares (``TextRows``).
 - :mod:`kerasft.data.datasets`: tfds and the user's ``tf.data`` datasets (``from_datasets``).

@@ -169,9 +169,7 @@ class TextRows:
         else:
             parsed = parse_label(label, self.multi_label, self.cfg.label_separator)
             if parsed:
-                self.texts.append(text)
-                self.labels.append(parsed)
-                self.lines.append(line)
+                self.keep(line, text, parsed)
                 return
             column, value = self.cfg.label_column, label
         if self.cfg.strict:
@@ -180,6 +178,13 @@ class TextRows:
             raise DataError(expected(f"{what} (data.strict: true)", "value", value, where=where))
         skip(self.skipped, "empty text" if column in text_columns(self.cfg) else "empty label",
              line)
+
+    def keep(self, line: Any, text: str, label: Any) -> None:
+        """Stores a row that passed the checks (:class:`kerasft.data.stream.StreamRows` keeps a
+        hash and a byte span instead of the text)."""
+        self.texts.append(text)
+        self.labels.append(label)
+        self.lines.append(line)
 
     def part(self, spec: str, name: str, report: dict[str, Any]) -> Part:
         """The Part of the rows kept; records what was read, skipped and repeated in `report`."""

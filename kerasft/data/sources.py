@@ -7,7 +7,8 @@ vocabulary, the splits and the report:
 * ``csv`` (text): the ``csv`` module with ``data.encoding`` and ``data.delimiter``; columns
   ``data.text_column`` / ``data.label_column``. Rows with an empty text or label are skipped and
   counted by reason (``data.strict: true`` makes the first one an error); duplicate texts are
-  counted and kept. Line numbers are those a text editor shows (the header is line 1).
+  counted and kept. Line numbers are those a text editor shows (the header is line 1). Large
+  files (``data.stream``) are read by :mod:`kerasft.data.stream` with the same row checks.
 * ``jsonl``, ``parquet``, ``text_folder``: read by :mod:`kerasft.data.formats`; their rows go
   through the same :class:`~kerasft.data.formats.TextRows` checks as CSV rows.
 * ``image_folder``: one subfolder per class; ``.jpg .jpeg .png .gif .bmp`` files (any case) are
@@ -44,7 +45,16 @@ from kerasft.data.formats import (
     table_file,
     undecodable,
 )
-from kerasft.data.splits import DEFAULT_VALIDATION_SPLIT, DataSplits, Part, finish, skip
+from kerasft.data.splits import (
+    DEFAULT_VALIDATION_SPLIT,
+    DataSplits,
+    Part,
+    finish,
+    skip,
+    sort_labels,
+)
+from kerasft.data.stream import LineSpans, StreamRows, wants_stream
+from kerasft.data.targets import looks_like_regression
 from kerasft.errors import DataError, expected
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
@@ -79,7 +89,15 @@ def load_data(
     class_names: list[str] | None = None
     if cfg.source == "csv":
         task = "text"
-        parts = {n: _read_csv(v, n, cfg, multi_label, report) for n, v in given.items()}
+        paths = [table_file(v, n, "csv", "CSV") for n, v in given.items()]
+        streamed = None
+        if wants_stream(cfg, paths, multi_label, regression):
+            streamed = _stream_csv(given, cfg, regression, report)
+        if streamed is not None:
+            class_names, parts = streamed
+            regression = False
+        else:
+            parts = {n: _read_csv(v, n, cfg, multi_label, report) for n, v in given.items()}
     elif cfg.source == "jsonl":
         task = "text"
         parts = {n: read_jsonl(v, n, cfg, multi_label, report) for n, v in given.items()}
@@ -132,17 +150,49 @@ def load_data(
 def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
               report: dict[str, Any]) -> Part:
     path = table_file(spec, name, "csv", "CSV")
+    rows = TextRows(path, cfg, multi_label)
+    _csv_rows(path, cfg, rows)
+    return rows.part(spec, name, report)
+
+
+def _stream_csv(given: dict[str, str], cfg: DataConfig, regression: bool | None,
+                report: dict[str, Any]) -> tuple[list[str], dict[str, Part]] | None:
+    """The CSV parts read by :mod:`kerasft.data.stream` (offsets and hashes, no texts), with
+    the training labels' vocabulary; None when the labels turn out to be regression targets
+    (``data.stream: auto`` then reads the files in memory)."""
+    rows = {}
+    for name, spec in given.items():
+        path = table_file(spec, name, "csv", "CSV")
+        rows[name] = StreamRows(path, cfg, {})
+        _csv_rows(path, cfg, rows[name])
+    labels = list(rows["train"].names)
+    if regression is None and looks_like_regression(labels):
+        if cfg.stream is True:
+            raise DataError(expected("data.stream: false or auto for float targets (regression "
+                                     "is not streamed)", "data.stream", True))
+        return None
+    class_names = sort_labels(set(labels))
+    return class_names, {name: r.part(given[name], name, report, class_names)
+                         for name, r in rows.items()}
+
+
+def _csv_rows(path: str, cfg: DataConfig, rows: TextRows) -> None:
+    """Feeds the data rows of the CSV at `path` to `rows`; a :class:`StreamRows` also gets each
+    record's byte span."""
     encoding = file_encoding(cfg)
     delimiter = {"\\t": "\t", "tab": "\t"}.get(cfg.delimiter, cfg.delimiter)
     if len(delimiter) != 1:
         raise DataError(expected("a single character (or 'tab')", "data.delimiter",
                                  cfg.delimiter))
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
-
-    rows = TextRows(path, cfg, multi_label)
+    spans = None
     reader = None
     try:
-        with open(path, newline="", encoding=encoding) as f:
+        with (open(path, "rb") if isinstance(rows, StreamRows)
+              else open(path, newline="", encoding=encoding)) as f:
+            if isinstance(rows, StreamRows):
+                spans = LineSpans(f, encoding)
+                f = spans
             reader = csv.reader(f, delimiter=delimiter)
             header = next(reader, None)
             if not header:
@@ -154,8 +204,13 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
             for _ in range(cfg.skip_rows):  # e.g. the type and flag rows of Orange's .tab files
                 next(reader, None)
             last_line = reader.line_num
+            if spans is not None:
+                rows.reading.update(encoding=encoding, delimiter=delimiter, text_at=text_at)
+                start = spans.pos
             for row in reader:
                 line, last_line = last_line + 1, reader.line_num
+                if spans is not None:  # csv.reader reads no further than the record's end
+                    rows.span, start = (start, spans.pos), spans.pos
                 if not row:  # a blank line
                     continue
                 short = len(row) < fields
@@ -172,7 +227,6 @@ def _read_csv(spec: str, name: str, cfg: DataConfig, multi_label: bool,
     if rows.rows == 0:
         raise DataError(expected("a header row and at least one data row", "rows", 0,
                                  where=path))
-    return rows.part(spec, name, report)
 
 
 # ---------------------------------------------------------------------------------------------

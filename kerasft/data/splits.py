@@ -60,6 +60,7 @@ class Split:
     dataset: tf.data.Dataset
     labels: np.ndarray
     size: int
+    streamed: bool = False  # read from disk each pass (data.stream): no cache, no reordering
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Part:
     ids: np.ndarray | None = None
     texts: list[str] | None = None
     lines: list[int] | None = None
+    hashes: np.ndarray | None = None  # streamed CSV: text hashes instead of `texts`
+    streamed: bool = False
 
 
 def integer_values(y: Any) -> np.ndarray | None:
@@ -202,6 +205,8 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
             kind = "non-.txt" if r.get("source") == "text_folder" else "non-image"
             line += f", {ignored['count']} {kind} files ignored"
         log(line)
+    for name in r.get("streamed", []):
+        log(f"data: {name}: streamed from disk (texts read by byte offset each pass)")
     for name, empty in r.get("empty_classes", {}).items():
         if empty:
             log(f"data: {name}: class folders without readable images: {', '.join(empty)}")
@@ -313,7 +318,8 @@ def finish(
             continue
         source, idx = selection[name]
         y = ids[source][idx]
-        splits[name] = Split(dataset=parts[source].build(idx, y), labels=y, size=len(idx))
+        splits[name] = Split(dataset=parts[source].build(idx, y), labels=y, size=len(idx),
+                             streamed=parts[source].streamed)
 
     report["task"] = task
     report["split"] = split_info
@@ -324,8 +330,12 @@ def finish(
         report["class_counts"] = {
             name: _class_counts(s.labels, class_names, multi_label) for name, s in splits.items()
         }
-    if train.texts is not None:
-        train_source, train_idx = selection["train"]
+    train_source, train_idx = selection["train"]
+    if parts[train_source].hashes is not None:  # streamed: every part has hashes
+        train_hashes = parts[train_source].hashes[train_idx]
+        report["overlap"] = {name: int(np.isin(parts[source].hashes[idx], train_hashes).sum())
+                             for name, (source, idx) in selection.items() if name != "train"}
+    elif train.texts is not None:
         train_texts = {parts[train_source].texts[i] for i in train_idx}
         report["overlap"] = {
             name: sum(parts[source].texts[i] in train_texts for i in idx)
@@ -344,7 +354,7 @@ def finish(
     )
 
 
-def _sort_labels(labels: set[str]) -> list[str]:
+def sort_labels(labels: set[str]) -> list[str]:
     if labels and all(_INT_LABEL.fullmatch(x) for x in labels):
         return sorted(labels, key=int)
     return sorted(labels)
@@ -352,8 +362,8 @@ def _sort_labels(labels: set[str]) -> list[str]:
 
 def _vocabulary(raw: list[Any], multi_label: bool) -> list[str]:
     if multi_label:
-        return _sort_labels({label for labels in raw for label in labels})
-    return _sort_labels(set(raw))
+        return sort_labels({label for labels in raw for label in labels})
+    return sort_labels(set(raw))
 
 
 def _check_class_names(class_names: list[str], where: str) -> None:
