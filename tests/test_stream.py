@@ -78,6 +78,31 @@ def test_streamed_splits_labels_and_report_match_the_in_memory_path(tmp_path):
     assert streamed.report["skipped"]["train"]["empty text"]["examples"] == [53]
 
 
+def test_streamed_sentence_pairs_match_the_in_memory_path(tmp_path):
+    rng = random.Random(1)
+    rows = [(f"premise {i}", f"hypothesis {rng.choice('abc')}", rng.choice(["yes", "no"]))
+            for i in range(120)]
+    rows.append(("premise 1", rows[1][1], rows[1][2]))  # the same pair again: a duplicate
+    rows.append(("premise 2 x", rows[2][1], rows[2][2]))  # a new pair
+    path = _write(tmp_path / "pairs.csv", rows, header=("premise", "hypothesis", "label"))
+
+    def load(mode):
+        cfg = DataConfig(source="csv", train=path, test_split=0.2, validation_split=0.1,
+                         stream=mode, text_column=["premise", "hypothesis"])
+        return load_data(cfg, seed=5)
+
+    memory, streamed = load(False), load(True)
+    assert streamed.train.streamed and fingerprint(streamed) == fingerprint(memory)
+    for name in ("train", "validation", "test"):
+        got = [[t.decode() for t in x] for x, _ in
+               getattr(streamed, name).dataset.as_numpy_iterator()]
+        want = [[t.decode() for t in x] for x, _ in
+                getattr(memory, name).dataset.as_numpy_iterator()]
+        assert got == want and all(len(pair) == 2 for pair in got)
+    assert streamed.report["duplicates"] == memory.report["duplicates"]
+    assert streamed.report["duplicates"]["train"]["count"] == 1
+
+
 def test_streamed_rows_come_from_disk_and_no_texts_are_held(tmp_path):
     rows = [(f"text number {i} " + "x" * 2000, "ab"[i % 2]) for i in range(3000)]
     path = _write(tmp_path / "big.csv", rows)

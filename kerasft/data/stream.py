@@ -43,8 +43,11 @@ STREAM_AUTO_BYTES = 256 * 2**20
 _CHUNK = 4096  # rows converted to Python numbers at a time when reading spans
 
 
-def text_hash(text: str) -> int:
-    """A stable 64-bit hash of a text (Python's ``hash`` changes with each process)."""
+def text_hash(text: str | tuple[str, ...]) -> int:
+    """A stable 64-bit hash of a text, or of a sentence pair's two texts (Python's ``hash``
+    changes with each process)."""
+    if isinstance(text, tuple):  # a unit separator: ("a b", "c") and ("a", "b c") differ
+        text = "\x1f".join(text)
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
 
 
@@ -107,7 +110,7 @@ class StreamRows(TextRows):
         self.hashes, self.ids = array("Q"), array("i")
         self.names: dict[str, int] = {}  # label -> id in order of first appearance
 
-    def keep(self, line: Any, text: str, label: Any) -> None:
+    def keep(self, line: Any, text: str | tuple[str, ...], label: Any) -> None:
         self.starts.append(self.span[0])
         self.ends.append(self.span[1])
         self.line_nos.append(line)
@@ -166,8 +169,9 @@ def hash_duplicates(hashes: np.ndarray, ids: np.ndarray, lines: np.ndarray) -> d
 
 
 def span_dataset(path: str, starts: np.ndarray, ends: np.ndarray, y: np.ndarray, *,
-                 encoding: str, delimiter: str, text_at: int) -> tf.data.Dataset:
-    """``(text, label)`` elements read from `path` record by record (byte spans, ascending).
+                 encoding: str, delimiter: str, text_at: tuple[int, ...]) -> tf.data.Dataset:
+    """``(text, label)`` elements read from `path` record by record (byte spans, ascending);
+    the text is a ``[2]`` string tensor when `text_at` names a sentence pair's two columns.
 
     ``from_generator`` rather than ``TextLineDataset`` / ``CsvDataset``: a quoted CSV field may
     hold line breaks, and the rows must be parsed exactly as the scan parsed them (``csv``
@@ -185,9 +189,11 @@ def span_dataset(path: str, starts: np.ndarray, ends: np.ndarray, y: np.ndarray,
                     f.seek(start)  # within the read buffer: no system call
                     record = f.read(end - start).decode(codec)
                     row = next(csv.reader(record.splitlines(True), delimiter=delimiter))
-                    yield row[text_at], label
+                    yield (row[text_at[0]] if single else [row[i] for i in text_at]), label
 
+    single = len(text_at) == 1
     ds = tf.data.Dataset.from_generator(
-        rows, output_signature=(tf.TensorSpec([], tf.string), y_spec))
+        rows, output_signature=(tf.TensorSpec([] if single else [len(text_at)], tf.string),
+                                y_spec))
     return ds.apply(tf.data.experimental.assert_cardinality(len(starts)))
 
