@@ -191,9 +191,10 @@ def lr_find(config: str, stage: int | None, sets: tuple[str, ...],
             output_dir: str | None) -> None:
     """Sweep the learning rate of one stage of CONFIG and suggest one (writes lr_find.png)."""
     from kerasft.api import build_finetuner
-    from kerasft.config import load_config
+    from kerasft.config import load_config, refuse_token_task
 
     cfg = load_config(config, _parse_sets(sets))
+    refuse_token_task(cfg)
     result = build_finetuner(cfg, log=click.echo).lr_find(stage=stage, output_dir=output_dir)
     click.echo(f"suggested learning_rate: {result['suggestion']:.3g} ({result['rule']})")
     click.echo(f"lr-find folder: {result['run_dir']}")

@@ -1173,6 +1173,15 @@ def _check_token_task(cfg: Config) -> None:
             raise ConfigError(expected("a column name", f"data.{key}", getattr(d, key)))
 
 
+def refuse_token_task(cfg: Config) -> None:
+    """``kerasft tune``, ``cv`` and ``lr-find`` drive ``kerasft.api.FineTuner``; token tagging
+    runs through ``kerasft.tagger.TokenTagger``, which none of them knows yet."""
+    if head_task(cfg.head) == "token_classification":
+        raise ConfigError(expected("head.task classification, multi_label or regression (kerasft "
+                                   "tune, cv and lr-find do not support token_classification "
+                                   "yet)", "head.task", cfg.head.task))
+
+
 def check_export_quantize(value: Any, key: str) -> str:
     """``export.quantize`` / ``kerasft export --quantize`` for a SavedModel: none or int8."""
     if value in ("float16", "dynamic"):

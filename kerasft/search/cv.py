@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from kerasft.config import TUNE_REPORT_METRICS, Config, load_config
+from kerasft.config import TUNE_REPORT_METRICS, Config, load_config, refuse_token_task
 from kerasft.errors import ConfigError, expected
 from kerasft.io import atomic_write
 from kerasft.search.report import table
@@ -60,6 +60,7 @@ def run_cv(config: str | os.PathLike | dict[str, Any] | Config, overrides: Seque
     from kerasft.validate import check_data_source
 
     cfg = load_config(config, overrides)
+    refuse_token_task(cfg)
     if folds < 2:
         raise ConfigError(expected("at least 2 folds", "--folds", folds))
     check_data_source(cfg)

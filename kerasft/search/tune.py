@@ -36,6 +36,7 @@ from kerasft.config import (
     apply_override,
     head_task,
     load_config,
+    refuse_token_task,
     resolve_input_paths,
     tune_direction,
 )
@@ -214,6 +215,7 @@ def run_search(config: str | os.PathLike | dict[str, Any] | Config,
         raise ConfigError(expected("at least one config key to search, e.g. tune: {params: "
                                    "{head.dropout: {choices: [0.1, 0.3]}}}", "tune.params",
                                    cfg.tune.params))
+    refuse_token_task(cfg)
     total = trials if trials is not None else cfg.tune.trials
     if total < 1:
         raise ConfigError(expected("a positive number of trials", "--trials", total))
