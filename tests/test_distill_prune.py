@@ -128,6 +128,47 @@ def test_pruning_schedule_masks_and_resume():
 
 
 @pytest.mark.slow
+def test_pruning_callback_reaches_the_sparsity_and_a_resumed_stage_keeps_its_masks():
+    import keras
+
+    from kerasft.training.prune import pruning_callback_class, sparsity_of
+
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(10), keras.layers.Dense(4)])
+    prune = {"sparsity": 0.6, "schedule": "polynomial", "begin_step": 0, "end_step": None,
+             "frequency": 3}  # masks at steps 3, 6 and the end (8): an epoch ends between
+    rng = np.random.default_rng(3)
+
+    def run(epochs, first_epoch=0, state=None):
+        callback = pruning_callback_class()(model, prune, 0, state if state is not None else {})
+        callback.set_params({"steps": 4, "epochs": 2})
+        callback.on_train_begin()
+        for epoch in epochs:
+            callback.on_epoch_begin(epoch)
+            for batch in range(4):  # an optimizer step moves every weight, zeros included
+                for v in model.trainable_weights:
+                    v.assign(v.numpy() + rng.normal(scale=0.01, size=v.shape))
+                callback.on_train_batch_end(batch)
+        callback.on_train_end()
+        return callback
+
+    first = run([0])  # epoch 1 of 2, interrupted: the masks of step 3
+    kernels = first.kernels
+    assert len(kernels) == 2
+    masks = [m.copy() for m in first.masks]
+    zeros, total = sparsity_of(kernels)
+    assert zeros == sum(round(0.6 * (1 - (5 / 8) ** 3) * k.numpy().size) for k in kernels)
+    resumed = pruning_callback_class()(model, prune, 0, {})
+    resumed.set_params({"steps": 4, "epochs": 2})
+    resumed.on_train_begin()
+    resumed.on_epoch_begin(1)  # a resumed run starts at epoch 2 from the checkpointed kernels
+    for mine, theirs in zip(resumed.masks, masks):
+        np.testing.assert_array_equal(mine, theirs)
+    state = {}
+    run([1], state=state)
+    zeros, total = sparsity_of(state["kernels"])
+    assert zeros == sum(round(0.6 * k.numpy().size) for k in kernels)
+
+
 def test_student_keeps_the_lower_layers_of_its_preset(tmp_path):
     from kerasft.config import BackboneConfig
     from kerasft.models.registry import build_backbone
