@@ -154,8 +154,12 @@ class FineTuner:
                 raise KerasftError(expected("training data to compute the target mean / std "
                                             "from (head.target_scaling: standard)", "data", None))
             y = np.asarray(self.data.train.labels, np.float64)
-            std = float(y.std())
-            self.target_stats = (float(y.mean()), std if std > 0 else 1.0)
+            if y.ndim == 2:  # one mean / std per target column
+                std = y.std(0)
+                self.target_stats = (y.mean(0).tolist(), np.where(std > 0, std, 1.0).tolist())
+            else:
+                std = float(y.std())
+                self.target_stats = (float(y.mean()), std if std > 0 else 1.0)
         with self.strategy_info.strategy.scope():
             self.backbone, self.head, self._model = self._assemble(self.config.backbone)
         return self._model
@@ -510,9 +514,10 @@ class FineTuner:
         info = self.backbone.info
         self.log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
                  f"{info.get('parameters', 0):,} parameters, pooling {info.get('pooling')}), "
-                 + ("regression" + (f" (targets standardised: mean {self.target_stats[0]:.4g}, "
-                                    f"std {self.target_stats[1]:.4g})" if self.target_stats
-                                    else "") if self.regression
+                 + (f"regression of {', '.join(self.class_names)}"
+                    + (f" (targets standardised: mean {_numbers(self.target_stats[0])}, "
+                       f"std {_numbers(self.target_stats[1])})" if self.target_stats
+                       else "") if self.regression
                     else f"{len(self.class_names)} classes"))
         def train_ds(start_epoch: int) -> Any:  # epoch-keyed: resumed runs see the same orders
             return self._pipeline(data.train, training=True, start_epoch=start_epoch)
@@ -806,7 +811,8 @@ class FineTuner:
         held_out = None
         if x is not None:
             probabilities = self.predict(x)
-            if probabilities.ndim == (0 if self.regression else 1):  # one example
+            one = 0 if self.regression and len(self.class_names) == 1 else 1
+            if probabilities.ndim == one:  # one example
                 probabilities, y = probabilities[np.newaxis], [y]
             labels = self._label_ids(y)
             split_name, suffix = "given data", "-given"
@@ -824,7 +830,7 @@ class FineTuner:
             labels = chosen.labels
             suffix = "" if split_name == held_out else f"-{split_name}"
         if self.regression:
-            report = regression_report(labels, probabilities)
+            report = regression_report(labels, probabilities, self.class_names)
         else:
             report = classification_report(labels, probabilities, self.class_names,
                                            multi_label=self.multi_label,
@@ -878,8 +884,10 @@ class FineTuner:
         from kerasft.data.splits import check_integer_labels, integer_values
 
         if self.regression:
+            k = len(self.class_names)
             try:
-                return np.asarray(y, np.float64).reshape(-1)
+                y = np.asarray(y, np.float64)
+                return y.reshape(-1) if k == 1 else y.reshape(len(y), k)
             except ValueError:
                 raise KerasftError(expected("numbers (head.task is regression)", "y",
                                             np.asarray(y).ravel()[:5].tolist(),
@@ -1173,7 +1181,9 @@ class FineTuner:
             import json
 
             stats = json.loads((run_dir / TARGETS_FILE).read_text(encoding="utf-8"))
-            ft.target_stats = (float(stats["mean"]), float(stats["std"]))
+            ft.target_stats = ((float(stats["mean"]), float(stats["std"]))
+                               if not isinstance(stats["mean"], list)
+                               else (list(stats["mean"]), list(stats["std"])))
         labels = (run_dir / LABELS_FILE).read_text(encoding="utf-8").splitlines()
         ft.build(labels)
         ft._model.load_weights(run_dir / weights)
@@ -1190,6 +1200,11 @@ def _teacher_kind(path: str, key: str) -> str:
         return "run"
     raise KerasftError(expected("a kerasft export (saved_model.pb) or a finished run folder "
                                 f"(config.yaml, {WEIGHTS_FILE})", key, path))
+
+
+def _numbers(value: Any) -> str:
+    """A target statistic for a log line: one number, or one per target column."""
+    return ", ".join(f"{v:.4g}" for v in np.atleast_1d(value))
 
 
 def build_finetuner(config: str | os.PathLike | dict[str, Any] | Config | None = None,

@@ -121,7 +121,8 @@ class DataConfig:
     test_split: float | None = None
     # One column, or two ([premise, hypothesis]) for sentence-pair tasks (text_columns()).
     text_column: str | list[str] = "text"
-    label_column: str = "label"
+    # One column, or several numeric ones for a multi-target regression (label_columns()).
+    label_column: str | list[str] = "label"
     label_separator: str = "|"
     # head.task token_classification with data.source jsonl: the words and their tags
     tokens_column: str = "tokens"
@@ -836,6 +837,29 @@ def text_columns(d: DataConfig) -> tuple[str, ...]:
     return (d.text_column,) if isinstance(d.text_column, str) else tuple(d.text_column)
 
 
+def label_columns(d: DataConfig) -> tuple[str, ...]:
+    """``data.label_column`` as a tuple: one name, or a multi-target regression's targets."""
+    return (d.label_column,) if isinstance(d.label_column, str) else tuple(d.label_column)
+
+
+def _check_label_column(cfg: Config) -> None:
+    d = cfg.data
+    if isinstance(d.label_column, str):
+        if not d.label_column.strip():
+            raise ConfigError(expected("a column name", "data.label_column", d.label_column))
+        return
+    names = d.label_column
+    if not names or any(not n.strip() for n in names) or len(set(names)) != len(names):
+        raise ConfigError(expected("one column name or a list of different ones (the targets of "
+                                   "a multi-target regression)", "data.label_column", names))
+    if head_task(cfg.head) != "regression":
+        raise ConfigError(expected("head.task: regression with a list of label columns (one "
+                                   "float target per column)", "data.label_column", names))
+    if d.source != "csv":
+        raise ConfigError(expected(f"one label column for data.source: {d.source} (regression "
+                                   "targets are read from csv)", "data.label_column", names))
+
+
 def _check_text_column(d: DataConfig) -> None:
     if isinstance(d.text_column, str):
         if not d.text_column.strip():
@@ -933,6 +957,7 @@ def validate(cfg: Config) -> Config:
             f"Received: data.validation_split={d.validation_split}, data.test_split={d.test_split}"
         )
     _check_text_column(d)
+    _check_label_column(cfg)
     if d.source == "tfds" and not d.tfds_name:
         raise ConfigError(expected("a tfds dataset name when data.source is tfds",
                                    "data.tfds_name", d.tfds_name))

@@ -43,7 +43,8 @@ def test_head_task_aliases_contradictions_and_checks():
                                               rf"head.task {task}; .*Received: head.task="
                                               rf"'{task}', head.activation='sigmoid'$"):
             load_config(_base(task=task, activation="sigmoid"))
-    with pytest.raises(ConfigError, match=r"one of classification, multi_label, regression\. "
+    with pytest.raises(ConfigError, match=r"one of classification, multi_label, regression, "
+                                          r"token_classification\. "
                                           r"Received: head.task='regresion' Did you mean "
                                           r"'regression'\?"):
         load_config(_base(task="regresion"))
@@ -276,3 +277,94 @@ def test_regression_end_to_end_export_answers_value_in_original_units(tmp_path):
     given = again.evaluate(texts, [80.0, 40.0, 60.0, 60.0])
     assert given["examples"] == 4 and given["mae"] == pytest.approx(
         np.abs(values - [80, 40, 60, 60]).mean(), rel=1e-5)
+
+
+def test_several_label_columns_are_a_multi_target_regression(tmp_path):
+    from kerasft.data.sources import load_data
+    from kerasft.errors import DataError
+
+    for data, message in [
+        ({"label_column": ["a", "a"]}, r"list of different ones.*data.label_column=\['a', 'a'\]"),
+        ({"label_column": []}, r"data.label_column=\[\]"),
+        ({"label_column": ["a", "b"]}, r"head.task: regression with a list of label columns"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config({"backbone": {"name": "bert"}, "data": data})
+    with pytest.raises(ConfigError, match=r"one label column for data.source: jsonl"):
+        load_config({"backbone": {"name": "bert"}, "head": {"task": "regression"},
+                     "data": {"source": "jsonl", "label_column": ["a", "b"]}})
+
+    path = tmp_path / "two.csv"
+    path.write_text("text,stars,length\na good movie,4.5,3\nawful film,1.0,2\n"
+                    "liked it,3.5,\nvery nice,4,2\nit was bad,1.5,3\nnot good,2,2\n")
+    cfg = load_config({"backbone": {"name": "bert"}, "head": {"task": "regression"},
+                       "data": {"train": str(path), "label_column": ["stars", "length"],
+                                "validation_split": 0.2}}, resolve_paths=False)
+    data = load_data(cfg.data, seed=0, regression=True)
+    assert data.class_names == ["stars", "length"]
+    assert data.train.labels.shape == (4, 2) and data.train.labels.dtype == np.float32
+    both = np.concatenate([data.train.labels, data.validation.labels])
+    assert sorted(map(tuple, both.tolist())) == [(1.0, 2.0), (1.5, 3.0), (2.0, 2.0), (4.0, 2.0),
+                                                 (4.5, 3.0)]
+    assert data.report["skipped"]["train"]["empty label"]["count"] == 1  # "liked it": no length
+    path.write_text("text,stars,length\na good movie,4.5,three\nawful film,1.0,2\n")
+    with pytest.raises(DataError, match=r"two\.csv:2: expected a number .*"
+                                         r"Received: train 'length'='three'$"):
+        load_data(cfg.data, seed=0, regression=True)
+
+
+def test_multi_target_metrics_per_column_and_their_mean():
+    truth = np.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
+    pred = np.array([[1.5, 10.0], [2.0, 22.0], [2.5, 30.0], [4.0, 40.0]])
+    report = regression_report(truth, pred, ["stars", "length"])
+    stars, length = (regression_report(truth[:, j], pred[:, j]) for j in range(2))
+    assert report["targets"]["stars"]["mae"] == pytest.approx(stars["mae"]) == 0.25
+    assert report["targets"]["length"]["rmse"] == pytest.approx(length["rmse"]) == 1.0
+    for key in ("mae", "rmse", "r2", "pearson", "spearman"):
+        assert report[key] == pytest.approx((stars[key] + length[key]) / 2), key
+    text = format_report(report)
+    assert "stars" in text.splitlines()[0] and "mean" in text.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_multi_target_export_answers_a_value_row_per_text(tmp_path):
+    from kerasft.api import FineTuner, build_finetuner
+    from tests.bert_fixtures import write_tiny_bert_preset
+    from tests.session_loader import SessionModel
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "train.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "stars", "words"])
+        for t in (GOOD + BAD) * 2:  # two targets on different scales
+            writer.writerow([t, f"{(4.5 if t in GOOD else 1.5) + rng.normal(0, 0.2):.2f}",
+                             f"{100 * len(t.split()) + rng.normal(0, 5):.1f}"])
+    ft = build_finetuner({
+        "name": "tinyreg2", "seed": 1,
+        "backbone": {"name": "bert", "preset": write_tiny_bert_preset(tmp_path / "kh"),
+                     "sequence_length": 16},
+        "head": {"task": "regression", "target_scaling": "standard"},
+        "data": {"source": "csv", "train": str(path), "label_column": ["stars", "words"],
+                 "validation_split": 0.25, "batch_size": 8},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 1, "learning_rate": 0.01}],
+        "training": {"strategy": "default", "tensorboard": False, "verbose": "silent",
+                     "mixed_precision": "none"},
+        "output_dir": str(tmp_path / "runs"), "export": {"dir": str(tmp_path / "saved")},
+    }, log=lambda s: None)
+    ft.fit()
+    train_y = ft.data.train.labels
+    assert np.allclose(ft.target_stats[0], train_y.mean(0), rtol=1e-5)
+    metrics = json.loads((ft.run_dir / "metrics.json").read_text())
+    assert set(metrics["targets"]) == {"stars", "words"}
+    texts = ["a great movie", "terrible and awful film", ""]
+    values = ft.predict(texts)
+    assert values.shape == (3, 2)
+    assert np.all(np.abs(values[:, 1] - 300) < 300)  # original units of each column
+    path = ft.export(verify=False)
+    with SessionModel(path) as session:
+        out = session.run("serving_default", text=np.array(texts, dtype=object))
+    np.testing.assert_allclose(out["value"], values, rtol=1e-5, atol=1e-4)
+    assert "`[batch, 2]`" in (path / "assets.extra" / "README.md").read_text()
+    again = FineTuner.from_run(ft.run_dir, log=lambda s: None)  # targets.json holds two columns
+    np.testing.assert_allclose(again.predict(texts), values, rtol=1e-5, atol=1e-4)

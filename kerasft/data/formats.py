@@ -166,6 +166,12 @@ class TextRows:
         empty = [i for i, segment in enumerate(segments) if not segment.strip()]
         if empty:
             column, value = text_columns(self.cfg)[empty[0]], segments[empty[0]]
+        elif isinstance(label, tuple):  # a multi-target regression: one value per column
+            blank = [i for i, v in enumerate(label) if not v.strip()]
+            if not blank:
+                self.keep(line, text, tuple(v.strip() for v in label))
+                return
+            column, value = self.cfg.label_column[blank[0]], label[blank[0]]
         else:
             parsed = parse_label(label, self.multi_label, self.cfg.label_separator)
             if parsed:

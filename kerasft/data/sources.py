@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from kerasft.config import DataConfig
+from kerasft.config import DataConfig, label_columns
 from kerasft.data.datasets import read_tfds
 from kerasft.data.formats import (
     TextRows,
@@ -129,6 +129,8 @@ def load_data(
     validation_split = cfg.validation_split
     if validation_split is None and not cfg.validation:
         validation_split = DEFAULT_VALIDATION_SPLIT
+    if regression and not isinstance(cfg.label_column, str):
+        class_names = list(cfg.label_column)  # the targets' names: the export's value columns
     return finish(
         task=task,
         parts=parts,
@@ -199,8 +201,9 @@ def _csv_rows(path: str, cfg: DataConfig, rows: TextRows) -> None:
                 raise DataError(expected("a header row and at least one data row", "rows", 0,
                                          where=path))
             text_at = find_text_columns(header, cfg, path)
-            label_at = find_column(header, cfg.label_column, "data.label_column", path)
-            fields = max(*text_at, label_at) + 1
+            label_at = tuple(find_column(header, name, "data.label_column", path)
+                             for name in label_columns(cfg))
+            fields = max(*text_at, *label_at) + 1
             for _ in range(cfg.skip_rows):  # e.g. the type and flag rows of Orange's .tab files
                 next(reader, None)
             last_line = reader.line_num
@@ -216,7 +219,8 @@ def _csv_rows(path: str, cfg: DataConfig, rows: TextRows) -> None:
                 short = len(row) < fields
                 texts = None if short else tuple(row[i] for i in text_at)
                 rows.add(line, texts[0] if texts and len(texts) == 1 else texts,
-                         None if short else row[label_at],
+                         None if short else row[label_at[0]] if len(label_at) == 1
+                         else tuple(row[i] for i in label_at),  # a multi-target regression
                          missing=(f"at least {fields} fields", "fields", len(row)))
     except UnicodeDecodeError as e:
         raise undecodable(path, encoding, cfg, e) from None

@@ -179,7 +179,10 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report
     if splits.regression:
-        log(f"data: source={r.get('source')} task={splits.task} regression (one float target)")
+        k = len(splits.class_names)
+        log(f"data: source={r.get('source')} task={splits.task} regression "
+            + ("(one float target)" if k == 1 else f"({k} float targets: "
+               f"{', '.join(splits.class_names)})"))
     else:
         log(f"data: source={r.get('source')} task={splits.task} "
             f"classes={len(splits.class_names)}{' (multi-label)' if splits.multi_label else ''}")
@@ -221,7 +224,9 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     log("data: sizes: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
     for name, stats in r.get("targets", {}).items():
         if stats:
-            log(f"data: {name} targets: " + ", ".join(f"{k} {v:.4g}" for k, v in stats.items()))
+            log(f"data: {name} targets: " + ", ".join(
+                f"{k} " + "/".join(f"{x:.4g}" for x in np.atleast_1d(v))  # a/b: per column
+                for k, v in stats.items()))
     counts = r.get("class_counts", {})
     weights = (r.get("class_weight") or {}).get("weights")
     if counts:
@@ -260,9 +265,9 @@ def finish(
     train = parts["train"]
     if regression is None:
         regression = not multi_label and looks_like_regression(train.raw or [])
-    if regression:
-        class_names = list(REGRESSION_NAMES)
-        ids = {name: targets(part) for name, part in parts.items()}
+    if regression:  # the targets' names: given for several label columns, else "value"
+        class_names = list(class_names) if class_names else list(REGRESSION_NAMES)
+        ids = {name: targets(part, class_names) for name, part in parts.items()}
     else:
         if class_names is None:
             class_names = _vocabulary(train.raw or [], multi_label)

@@ -1,4 +1,5 @@
-"""Regression targets: float labels read as text, one per example (``head.task: regression``).
+"""Regression targets: float labels read as text, one per example or one per label column
+(``head.task: regression``, ``data.label_column: [a, b]``).
 
 :func:`looks_like_regression` is the rule that picks regression when ``head.task`` is unset;
 :mod:`kerasft.data.splits` turns a part's labels into float32 targets with :func:`targets`.
@@ -36,22 +37,35 @@ def looks_like_regression(raw: Sequence[Any]) -> bool:
                                                          for n in numbers)
 
 
-def targets(part: Any) -> np.ndarray:
-    """A :class:`kerasft.data.splits.Part`'s labels as float32 regression targets; a label that
-    is not a finite number is an error naming its line."""
-    out = np.empty(len(part.raw or []), np.float32)
-    for row, label in enumerate(part.raw or []):
-        number = _finite_float(label)
-        if number is None:
-            where = part.where if part.lines is None else f"{part.where}:{part.lines[row]}"
-            raise DataError(expected("a number (head.task is regression)", f"{part.name} label",
-                                     label, where=where))
-        out[row] = number
+def targets(part: Any, names: Sequence[str] = REGRESSION_NAMES) -> np.ndarray:
+    """A :class:`kerasft.data.splits.Part`'s labels as float32 regression targets: ``[n]`` for
+    one target, ``[n, k]`` for the k label columns `names` (each row's labels a tuple of k
+    values); a value that is not a finite number is an error naming its line and column."""
+    raw = part.raw or []
+    k = len(names)
+    out = np.empty((len(raw), k) if k > 1 else len(raw), np.float32)
+    for row, label in enumerate(raw):
+        values = label if k > 1 else (label,)
+        for column, value in enumerate(values):
+            number = _finite_float(value)
+            if number is None:
+                where = part.where if part.lines is None else f"{part.where}:{part.lines[row]}"
+                key = f"{part.name} label" if k == 1 else f"{part.name} {names[column]!r}"
+                raise DataError(expected("a number (head.task is regression)", key, value,
+                                         where=where))
+            if k > 1:
+                out[row, column] = number
+            else:
+                out[row] = number
     return out
 
 
-def target_stats(y: np.ndarray) -> dict[str, float]:
+def target_stats(y: np.ndarray) -> dict[str, Any]:
+    """Mean, std, min and max of targets ``[n]`` (numbers) or ``[n, k]`` (a list per stat)."""
     if not len(y):
         return {}
+    if y.ndim == 2:
+        return {"mean": y.mean(0).tolist(), "std": y.std(0).tolist(), "min": y.min(0).tolist(),
+                "max": y.max(0).tolist()}
     return {"mean": float(y.mean()), "std": float(y.std()), "min": float(y.min()),
             "max": float(y.max())}

@@ -92,19 +92,11 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float | None:
     return float((a * b).sum() / denominator) if denominator > 0 else None
 
 
-def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
-    """MAE, RMSE, R² (1 - SSE/SST; None for constant targets), Pearson and Spearman (None when
-    either side is constant) of one target; `y_pred` ``[n]`` or ``[n, 1]``."""
-    truth = np.asarray(y_true, np.float64).reshape(-1)
-    pred = np.asarray(y_pred, np.float64).reshape(-1)
-    if truth.shape != pred.shape:
-        raise ValueError(f"regression_report: {truth.shape} targets, {pred.shape} predictions")
+def _one_target(truth: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
     n = len(truth)
     error = pred - truth
     sst = float(((truth - truth.mean()) ** 2).sum()) if n else 0.0
     return {
-        "task": "regression",
-        "examples": int(n),
         "mae": float(np.abs(error).mean()) if n else 0.0,
         "rmse": float(np.sqrt((error ** 2).mean())) if n else 0.0,
         "r2": 1.0 - float((error ** 2).sum()) / sst if sst > 0 else None,
@@ -115,13 +107,51 @@ def regression_report(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     }
 
 
+def regression_report(y_true: np.ndarray, y_pred: np.ndarray,
+                      names: list[str] | None = None) -> dict[str, Any]:
+    """MAE, RMSE, R² (1 - SSE/SST; None for constant targets), Pearson and Spearman (None when
+    either side is constant). One target: `y_pred` ``[n]`` or ``[n, 1]``. Several (``[n, k]``,
+    `names` the k label columns): each target's figures under ``targets``, and at the top level
+    their mean (what ``val_mae`` and ``kerasft tune`` read; None when a target's is None)."""
+    truth = np.asarray(y_true, np.float64)
+    pred = np.asarray(y_pred, np.float64)
+    k = truth.shape[1] if truth.ndim == 2 else 1
+    truth, pred = truth.reshape(len(truth), k), pred.reshape(len(pred), -1)
+    if truth.shape != pred.shape:
+        raise ValueError(f"regression_report: {truth.shape} targets, {pred.shape} predictions")
+    per = [_one_target(truth[:, j], pred[:, j]) for j in range(k)]
+    report: dict[str, Any] = {"task": "regression", "examples": int(len(truth))}
+    if k == 1:
+        return {**report, **per[0]}
+    names = list(names) if names else [f"target_{j}" for j in range(k)]
+    for key in ("mae", "rmse", "r2", "pearson", "spearman"):
+        values = [p[key] for p in per]
+        report[key] = None if None in values else float(np.mean(values))
+    report["targets"] = dict(zip(names, per, strict=True))
+    return report
+
+
+_REGRESSION_ROWS = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson r",
+                    "spearman": "Spearman rho", "target_mean": "target mean",
+                    "target_std": "target std"}
+
+
 def _format_regression(report: dict[str, Any], title: str) -> str:
     lines = [title] if title else []
-    names = {"mae": "MAE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson r",
-             "spearman": "Spearman rho", "target_mean": "target mean", "target_std": "target std"}
-    for key, name in names.items():
-        value = report.get(key)
-        lines.append(f"{name:<14}{'n/a (constant)' if value is None else f'{value:.4f}':>16}")
+
+    def cell(value: Any) -> str:
+        return f"{'n/a (constant)' if value is None else f'{value:.4f}':>16}"
+
+    targets = report.get("targets")
+    if targets:  # a column per target, then their mean
+        lines.append(f"{'':<14}" + "".join(f"{name[:15]:>16}" for name in targets)
+                     + f"{'mean':>16}")
+        for key, name in _REGRESSION_ROWS.items():
+            lines.append(f"{name:<14}" + "".join(cell(t.get(key)) for t in targets.values())
+                         + (cell(report.get(key)) if key in report else f"{'':>16}"))
+    else:
+        for key, name in _REGRESSION_ROWS.items():
+            lines.append(f"{name:<14}{cell(report.get(key))}")
     lines.append(f"{'examples':<14}{report['examples']:>16d}")
     return "\n".join(lines)
 
@@ -212,17 +242,22 @@ def plot_predictions(y_true: np.ndarray, y_pred: np.ndarray, report: dict[str, A
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    truth = np.asarray(y_true, np.float64).reshape(-1)
-    pred = np.asarray(y_pred, np.float64).reshape(-1)
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(truth, pred, s=12, alpha=0.6)
-    both = np.concatenate([truth, pred]) if len(truth) else np.zeros(1)
-    low, high = float(both.min()), float(both.max())
-    ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
-    ax.set_xlabel("true")
-    ax.set_ylabel("predicted")
-    r2 = report.get("r2")
-    ax.set_title(f"MAE {report['mae']:.3g}, R² {'n/a' if r2 is None else f'{r2:.3f}'}")
+    truth = np.asarray(y_true, np.float64)
+    k = truth.shape[1] if truth.ndim == 2 else 1
+    truth = truth.reshape(len(truth), k)
+    pred = np.asarray(y_pred, np.float64).reshape(len(truth), k)
+    # One panel per target (several label columns), each with its own figures.
+    per = report.get("targets") or {"": report}
+    fig, axes = plt.subplots(1, k, figsize=(5 * k, 5), squeeze=False)
+    for j, (ax, (name, figures)) in enumerate(zip(axes[0], per.items(), strict=True)):
+        ax.scatter(truth[:, j], pred[:, j], s=12, alpha=0.6)
+        both = np.concatenate([truth[:, j], pred[:, j]]) if len(truth) else np.zeros(1)
+        low, high = float(both.min()), float(both.max())
+        ax.plot([low, high], [low, high], color="grey", linewidth=0.8)
+        ax.set_xlabel(f"true {name}".strip())
+        ax.set_ylabel(f"predicted {name}".strip())
+        r2 = figures.get("r2")
+        ax.set_title(f"MAE {figures['mae']:.3g}, R² {'n/a' if r2 is None else f'{r2:.3f}'}")
     fig.tight_layout()
     with atomic_path(path, durable=False) as tmp:
         fig.savefig(tmp, dpi=100)

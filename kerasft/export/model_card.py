@@ -51,7 +51,7 @@ class ModelCardInfo:
     threshold: float = 0.5
     label_separator: str = "|"
     head_task: str = "classification"  # classification, multi_label or regression
-    target_stats: list[float] | None = None  # regression target scaling: [mean, std]
+    target_stats: list[Any] | None = None  # regression target scaling: [mean, std] (or lists)
     backbone: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     stages: list[dict[str, Any]] = field(default_factory=list)
@@ -325,17 +325,24 @@ REGRESSION_METRICS = ("mae", "rmse", "r2", "pearson", "spearman")
 
 
 def _regression_output(info: ModelCardInfo) -> list[str]:
-    lines = ["## Output", "", "`value`: float32 `[batch]`, the predicted target in the training "
-             "data's own units (there are no class or probability outputs). It is the only "
-             "output, so TF Serving's row format answers `{\"predictions\": [v1, v2, ...]}` "
-             "(values without a name) and the columnar format `{\"outputs\": [v1, v2, ...]}`.",
-             ""]
+    k = len(info.labels)
+    if k == 1:
+        shape, rows = "`[batch]`, the predicted target", "[v1, v2, ...]"
+    else:
+        shape = (f"`[batch, {k}]`, the predicted targets in the order "
+                 f"{', '.join(f'`{n}`' for n in info.labels)}")
+        rows = "[[a1, b1, ...], [a2, b2, ...], ...]"
+    lines = ["## Output", "", f"`value`: float32 {shape} in the training data's own units (there "
+             "are no class or probability outputs). It is the only output, so TF Serving's row "
+             f"format answers `{{\"predictions\": {rows}}}` (values without a name) and the "
+             f"columnar format `{{\"outputs\": {rows}}}`.", ""]
     if info.target_stats:
-        mean, std = info.target_stats
+        mean, std = (", ".join(f"{v:.6g}" for v in np.atleast_1d(part))
+                     for part in info.target_stats)
         lines += [f"The head was trained on standardised targets (`head.target_scaling: "
-                  f"standard`: training-split mean {mean:.6g}, std {std:.6g}); the graph maps "
+                  f"standard`: training-split mean {mean}, std {std}); the graph maps "
                   "them back (`value = z * std + mean`), so answers need no post-processing. "
-                  "`targets.json` next to this card holds the two numbers.", ""]
+                  "`targets.json` next to this card holds the numbers.", ""]
     return lines
 
 
@@ -349,7 +356,9 @@ def render_model_card(info: ModelCardInfo,
     made = f"fine-tuned with kerasft {info.versions.get('kerasft', '?')} on {info.created}."
     lines = [f"# {info.name}: model card", ""]
     if info.head_task == "regression":
-        lines += [f"{info.task.capitalize()} regression ({len(info.labels)} target), {made}", ""]
+        k = len(info.labels)
+        lines += [f"{info.task.capitalize()} regression ({k} target{'s' if k > 1 else ''}), "
+                  f"{made}", ""]
         lines += _regression_output(info)
     else:
         lines += [f"{info.task.capitalize()} classification ({kind}, {len(info.labels)} "
