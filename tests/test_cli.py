@@ -161,9 +161,13 @@ def test_ctrl_c_says_how_to_resume_and_logs_it(tmp_path):
     config.write_text(yaml.safe_dump(cfg))
     marker = tmp_path / "paused"
     env = _cli_env(KERASFT_TEST_PAUSE="epoch@0", KERASFT_TEST_PAUSE_FILE=str(marker))
+    # A terminal's SIGINT disposition: a suite started in the background (`pytest &` in a
+    # non-interactive shell) passes SIGINT ignored down to its children, and Python then installs
+    # no KeyboardInterrupt handler.
     proc = subprocess.Popen([sys.executable, "-m", "kerasft.cli", "train", str(config), "--set",
                              "stages.1.epochs=2"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 180
     while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -19,10 +19,10 @@ Each reader (:mod:`kerasft.data.sources`, :mod:`kerasft.data.datasets`,
 3. **Cap**: ``data.max_examples`` caps each split after splitting with a stratified, seeded
    sample (class proportions kept); the kept examples stay in their original order.
 
-Regression (``head.task: regression``, or unset and ``targets.looks_like_regression``): the labels
-are float targets, one per example (``class_names`` is ``["value"]``, the export's output name);
-nothing is stratified (the splits and the cap are seeded random samples) and the report gives
-each split's target mean / std / min / max instead of class counts.
+Regression (``head.task: regression``, or unset and ``targets.looks_like_regression``): float
+targets, one per example (``class_names`` ``["value"]``) or one per label column (``class_names``
+the columns); nothing is stratified (seeded random samples) and the report gives each split's
+target mean / std / min / max instead of class counts.
 
 Integer labels are class ids 0..K-1 (:func:`integer_class_names`, :func:`check_integer_labels`).
 :func:`fingerprint` identifies a run's data; :func:`log_report` prints what was read, skipped and
@@ -179,10 +179,8 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     """Writes the data report as a few human-readable lines."""
     r = splits.report
     if splits.regression:
-        k = len(splits.class_names)
-        log(f"data: source={r.get('source')} task={splits.task} regression "
-            + ("(one float target)" if k == 1 else f"({k} float targets: "
-               f"{', '.join(splits.class_names)})"))
+        log(f"data: source={r.get('source')} task={splits.task} regression (float targets: "
+            f"{', '.join(splits.class_names)})")
     else:
         log(f"data: source={r.get('source')} task={splits.task} "
             f"classes={len(splits.class_names)}{' (multi-label)' if splits.multi_label else ''}")
@@ -224,9 +222,8 @@ def log_report(splits: DataSplits, log: Callable[[str], None] = print) -> None:
     log("data: sizes: " + ", ".join(f"{n} {s}" for n, s in sizes.items()))
     for name, stats in r.get("targets", {}).items():
         if stats:
-            log(f"data: {name} targets: " + ", ".join(
-                f"{k} " + "/".join(f"{x:.4g}" for x in np.atleast_1d(v))  # a/b: per column
-                for k, v in stats.items()))
+            log(f"data: {name} targets: " + ", ".join(f"{k} " + "/".join(  # a/b: per column
+                f"{x:.4g}" for x in np.atleast_1d(v)) for k, v in stats.items()))
     counts = r.get("class_counts", {})
     weights = (r.get("class_weight") or {}).get("weights")
     if counts:
