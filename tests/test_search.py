@@ -122,7 +122,6 @@ def test_pruning_callback_reports_each_epoch_and_prunes():
     assert logged.reported == [(4, 0.5)]
 
 
-@pytest.mark.slow  # Optuna's SQLite storage (SQLAlchemy, Alembic) takes seconds to set up
 def test_search_marks_pruned_failed_and_killed_trials_and_resumes(tmp_path, monkeypatch):
     import optuna
 
