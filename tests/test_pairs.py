@@ -229,11 +229,14 @@ def test_tiny_bert_pair_run_exports_a_two_input_signature(tmp_path):
             served.run("serving_default",
                        **{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
 
-    # The model card's curl bodies, sent to the TF Serving stand-in.
-    card = (path / "assets.extra" / "README.md").read_text()
-    row_body, columnar_body = re.findall(r"-d '(\{.*\})'", card)
-    card_pairs = [(r["text_a"], r["text_b"]) for r in json.loads(row_body)["instances"]]
-    want = ft.predict(card_pairs)
+        # The model card's curl bodies: the session loader's answers, then the stand-in's.
+        card = (path / "assets.extra" / "README.md").read_text()
+        row_body, columnar_body = re.findall(r"-d '(\{.*\})'", card)
+        card_rows = json.loads(row_body)["instances"]
+        want = served.run("serving_default",
+                          text_a=np.array([r["text_a"] for r in card_rows], object),
+                          text_b=np.array([r["text_b"] for r in card_rows], object))[
+                              "probabilities"]
     with TFServingStub(tmp_path / "saved_models" / "pairs", model_name="pairs") as stub:
         url = f"{stub.url}/v1/models/pairs:predict"
         rows_out = _post(url, row_body)["predictions"]

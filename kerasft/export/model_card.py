@@ -247,44 +247,28 @@ def _example_requests(name: str, task: str, labels: list[str],
              f"-e MODEL_NAME={name} tensorflow/serving",
              "```", ""]
     pair = set(signatures.get("serving_default", {}).get("inputs", {})) == set(PAIR_INPUTS)
-    if "serving_default" in signatures and task == "text" and pair:
-        first, second = PAIR_INPUTS
-        pairs = [p for p in (examples or [])[:2] if isinstance(p, tuple)] or [
-            ("A man is playing a guitar.", "Someone plays music.")]
-        lines += [
-            f"Sentence pairs, row format (`instances`, one object with `{first}` and `{second}` "
-            "per pair; answer `predictions`, one entry per pair):", "",
-            "```sh",
-            f"curl -s -X POST {url} \\",
-            f"  -d '{_shell_json({'instances': [{first: a, second: b} for a, b in pairs]})}'",
-            "```", "",
-        ]
-        answer = _answer_rows(check, "serving_default", len(pairs))
+    if "serving_default" in signatures and task == "text":
+        if pair:
+            first, second = PAIR_INPUTS
+            pairs = [p for p in (examples or [])[:2] if isinstance(p, tuple)] or [
+                ("A man is playing a guitar.", "Someone plays music.")]
+            heading = (f"Sentence pairs, row format (`instances`, one object with `{first}` and "
+                       f"`{second}` per pair; answer `predictions`, one entry per pair):")
+            instances: list[Any] = [{first: a, second: b} for a, b in pairs]
+            columns: dict[str, Any] = dict(zip(PAIR_INPUTS, map(list, zip(*pairs))))
+        else:
+            heading = "Texts, row format (`instances`, answer `predictions`, one entry per text):"
+            instances, columns = list(texts), {"text": texts}
+        lines += [heading, "", "```sh", f"curl -s -X POST {url} \\",
+                  f"  -d '{_shell_json({'instances': instances})}'", "```", ""]
+        answer = _answer_rows(check, "serving_default", len(instances))
         lines += ([f"Answer of this export (computed by the export check, {_CHECKED}):", "",
                    "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
         lines += [
             "Columnar format (`inputs`, answer `outputs`, one list per output):", "",
             "```sh",
             f"curl -s -X POST {url} \\",
-            f"  -d '{_shell_json({'inputs': dict(zip(PAIR_INPUTS, map(list, zip(*pairs))))})}'",
-            "```", "",
-        ]
-    elif "serving_default" in signatures and task == "text":
-        lines += [
-            "Texts, row format (`instances`, answer `predictions`, one entry per text):", "",
-            "```sh",
-            f"curl -s -X POST {url} \\",
-            f"  -d '{_shell_json({'instances': texts})}'",
-            "```", "",
-        ]
-        answer = _answer_rows(check, "serving_default", len(texts))
-        lines += ([f"Answer of this export (computed by the export check, {_CHECKED}):", "",
-                   "```json", answer, "```", ""] if answer else [f"Answer: {not_run}", ""])
-        lines += [
-            "Columnar format (`inputs`, answer `outputs`, one list per output):", "",
-            "```sh",
-            f"curl -s -X POST {url} \\",
-            f"  -d '{_shell_json({'inputs': {'text': texts}})}'",
+            f"  -d '{_shell_json({'inputs': columns})}'",
             "```", "",
         ]
     if "serving_default" in signatures and task == "image":
