@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(folder: Path, overrides: list[str], losses: list[float], accuracy: float) -> Path:
+def write_run(folder: Path, overrides: list[str], losses: list[float], accuracy: float,
+              seconds: list[float] | None = None) -> Path:
     folder.mkdir(parents=True)
     cfg = load_config({"backbone": {"name": "mobilenet_v2", "weights": "none",
                                     "input_shape": [32, 32, 3]},
@@ -39,10 +40,11 @@ def write_run(folder: Path, overrides: list[str], losses: list[float], accuracy:
     with open(folder / "history.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["stage", "epoch", "learning_rate", "accuracy", "loss", "val_accuracy",
-                         "val_loss"])
+                         "val_loss", *(["epoch_seconds"] if seconds else [])])
         for epoch, loss in enumerate(losses, start=1):
             stage = "head" if epoch == 1 else "finetune"
-            writer.writerow([stage, epoch, 0.001, 0.5, loss, 0.5, loss + 0.1])
+            writer.writerow([stage, epoch, 0.001, 0.5, loss, 0.5, loss + 0.1,
+                             *([seconds[epoch - 1]] if seconds else [])])
     truth = np.array([0, 0, 1, 1])
     right = int(round(accuracy * 4))
     pred = np.array([t if i < right else 1 - t for i, t in enumerate(truth)])
@@ -61,7 +63,7 @@ def test_compare_prints_differing_keys_and_metrics_and_draws_one_plot(tmp_path):
     a = write_run(tmp_path / "runs" / "small-lr", ["stages.1.learning_rate=5e-5"],
                   [0.9, 0.7], accuracy=0.5)
     b = write_run(tmp_path / "runs" / "big-batch", ["data.batch_size=64"], [0.8, 0.6, 0.5],
-                  accuracy=1.0)
+                  accuracy=1.0, seconds=[2.5, 10.25, 10.0])
     out = tmp_path / "plots" / "cmp.png"
     result = CliRunner().invoke(main, ["compare", str(a), str(b), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -82,7 +84,9 @@ def test_compare_prints_differing_keys_and_metrics_and_draws_one_plot(tmp_path):
     assert rows["last loss"].split()[2:] == ["0.7000", "0.5000"]
     assert "val_loss=0.8000 (epoch 2)" in rows["best monitored"]
     assert "val_loss=0.6000 (epoch 3)" in rows["best monitored"]
-    assert rows["training time"].split()[2:] == ["not", "recorded", "not", "recorded"]
+    # big-batch's history has epoch_seconds (as kerasft writes it); small-lr's, an older run's,
+    # has none.
+    assert rows["training time"].split()[2:] == ["not", "recorded", "22.8", "s"]
     assert lines[-1] == f"training curves: {out}"
     data = out.read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 5000

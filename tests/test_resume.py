@@ -53,8 +53,10 @@ def _config(tmp_path: Path, **training) -> dict:
 
 
 def _history(run_dir: Path) -> list[dict[str, str]]:
+    """history.csv without its wall times (which differ between identical runs)."""
     with open(run_dir / "history.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in row.items() if k != "epoch_seconds"}
+                for row in csv.DictReader(f)]
 
 
 def _stage_epochs(run_dir: Path) -> list[tuple[str, int]]:

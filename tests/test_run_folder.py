@@ -36,6 +36,7 @@ def test_epochs_are_numbered_from_1_and_history_has_the_rate_the_epoch_used(imag
     assert [(r["stage"], int(r["epoch"])) for r in rows] == [("head", 1), ("head", 2),
                                                              ("all", 3)]
     assert float(rows[0]["learning_rate"]) == pytest.approx(0.05)
+    assert all(float(r["epoch_seconds"]) > 0 for r in rows)  # what kerasft compare sums
     # One cosine epoch of 4 steps (54 training images, batch 16) from 0.01 towards 0: the mean
     # of the rates its steps used, not the 0.0 the schedule reaches after the last step.
     cosine = 0.01 * 0.5 * (1 + np.cos(math.pi * np.arange(4) / 4))

@@ -25,9 +25,8 @@ from kerasft.io import atomic_path
 
 MISSING = "-"  # a key or value a run does not have
 NOT_RECORDED = "not recorded"
-# Columns a run's history may carry with its training time. kerasft's history.csv has no timing
-# column today; a row sum of these is shown when one is present (e.g. a history written by a
-# newer kerasft), otherwise NOT_RECORDED.
+# Columns a run's history may carry with its training time: kerasft writes epoch_seconds (each
+# epoch's wall time, validation included); runs from before it have none (NOT_RECORDED).
 TIME_COLUMNS = ("epoch_seconds", "seconds", "time")
 
 
@@ -226,7 +225,7 @@ def compare_lines(runs: Sequence[Run]) -> list[str]:
     lines.append("metrics (held-out split from metrics.json; last/best epoch from history.csv):")
     lines += _table(["metric", *header[1:]], metric_rows(runs))
     if any(training_time(r) == NOT_RECORDED for r in runs):
-        lines.append("training time: not recorded (history.csv has no timing column and "
+        lines.append("training time: not recorded (history.csv has no epoch_seconds column and "
                      "train.log no timestamps)")
     return lines
 

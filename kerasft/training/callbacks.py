@@ -17,6 +17,7 @@ import csv
 import functools
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def callback_classes() -> dict[str, type]:
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.first_step = _iterations(self.model.optimizer)
+            self.started = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = dict(logs or {})
@@ -66,6 +68,10 @@ def callback_classes() -> dict[str, type]:
             if lr is None:
                 lr = after if after is not None else _current_lr(self.model.optimizer)
             row["learning_rate"] = lr
+            # Wall seconds of the epoch, its validation included (kerasft compare sums them).
+            started = getattr(self, "started", None)
+            row["epoch_seconds"] = ("" if started is None
+                                    else round(time.perf_counter() - started, 3))
             row.update({k: float(v) for k, v in sorted(logs.items())})
             exists = self.path.exists() and self.path.stat().st_size > 0
             fields = list(row)
