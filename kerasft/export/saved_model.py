@@ -319,22 +319,7 @@ def export_saved_model(
 
     spec = outputs or OutputSpec(tuple(class_names))
     regression = spec.task == "regression"
-    model_dir = Path(base_dir) / name
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(expected("a writable export folder", "export.dir", str(base_dir))
-                          + f" ({e.strerror})") from None
-    if not os.access(model_dir, os.W_OK):
-        raise ExportError(expected("a writable export folder", "export.dir", str(model_dir)))
-    version = next_version(model_dir) if version == "auto" else int(version)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(
-            expected(f"a version that does not exist yet (next free: {next_version(model_dir)})",
-                     "export.version", version) + f" ({final} exists; versions are never "
-            "overwritten)"
-        )
+    model_dir, version, final = new_version_dir(base_dir, name, version)
     from kerasft.models.lora import lora_layers, merge_lora
 
     if lora_layers(model):  # the export is a plain model: kernels with the adapters folded in
@@ -348,16 +333,9 @@ def export_saved_model(
         # Regression has no labels: the output is `value` (targets.json holds any scaling).
         files = {**({} if regression else {"labels.txt": "\n".join(class_names) + "\n"}),
                  **(extra_files or {})}
-        for filename, content in files.items():
-            mode = "wb" if isinstance(content, bytes) else "w"
-            with open(extras / filename, mode, **({} if mode == "wb" else
-                                                   {"encoding": "utf-8"})) as f:
-                f.write(content)
+        write_extras(extras, files)
         if check_ops:
-            ops = check_serving_ops(tmp, tokenizer_kind=backbone.info.get("tokenizer"))
-            needs = text_ops(ops)
-            log(f"op check: {len(ops)} op types, all run by TF Serving's standard build"
-                + (f" (tensorflow-text ops: {', '.join(needs)})" if needs else ""))
+            check_and_log_ops(tmp, backbone, log)
         if warmup:
             count = write_warmup(tmp, name, backbone, sample_inputs)
             log(f"warmup: {count} requests in assets.extra/tf_serving_warmup_requests")
@@ -387,6 +365,51 @@ def export_saved_model(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    log_exported(final, log)
+    return final
+
+
+def new_version_dir(base_dir: str | os.PathLike, name: str,
+                    version: int | str) -> tuple[Path, int, Path]:
+    """``(<base_dir>/<name>, version, <base_dir>/<name>/<version>)`` for a new export: the model
+    folder created and writable, ``auto`` resolved to the next free version, which must not
+    exist (versions are never overwritten)."""
+    model_dir = Path(base_dir) / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(expected("a writable export folder", "export.dir", str(base_dir))
+                          + f" ({e.strerror})") from None
+    if not os.access(model_dir, os.W_OK):
+        raise ExportError(expected("a writable export folder", "export.dir", str(model_dir)))
+    version = next_version(model_dir) if version == "auto" else int(version)
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(
+            expected(f"a version that does not exist yet (next free: {next_version(model_dir)})",
+                     "export.version", version) + f" ({final} exists; versions are never "
+            "overwritten)"
+        )
+    return model_dir, version, final
+
+
+def write_extras(extras: Path, files: dict[str, str | bytes]) -> None:
+    """Writes `files` (name -> text or bytes) into an export's ``assets.extra`` folder."""
+    for filename, content in files.items():
+        if isinstance(content, bytes):
+            (extras / filename).write_bytes(content)
+        else:
+            (extras / filename).write_text(content, encoding="utf-8")
+
+
+def check_and_log_ops(export_dir: Path, backbone: Any, log: Callable[[str], None]) -> None:
+    """The op check of an export not yet published (raises on an op TF Serving lacks)."""
+    ops = check_serving_ops(export_dir, tokenizer_kind=backbone.info.get("tokenizer"))
+    needs = text_ops(ops)
+    log(f"op check: {len(ops)} op types, all run by TF Serving's standard build"
+        + (f" (tensorflow-text ops: {', '.join(needs)})" if needs else ""))
+
+
+def log_exported(final: Path, log: Callable[[str], None]) -> None:
     size = sum(p.stat().st_size for p in (final / "variables").glob("*"))
     log(f"exported {final} (variables: {size / 1e6:.1f} MB)")
-    return final

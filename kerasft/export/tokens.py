@@ -33,9 +33,14 @@ from typing import Any
 import numpy as np
 
 from kerasft.data.tokens import unknown_id
-from kerasft.errors import ExportError, expected
-from kerasft.export.op_check import check_serving_ops, text_ops
-from kerasft.export.saved_model import next_version, verify_in_fresh_process
+from kerasft.errors import ExportError
+from kerasft.export.saved_model import (
+    check_and_log_ops,
+    log_exported,
+    new_version_dir,
+    verify_in_fresh_process,
+    write_extras,
+)
 from kerasft.export.warmup import as_bytes, write_warmup
 from kerasft.io import publish_dir
 
@@ -183,17 +188,7 @@ def export_token_model(model: Any, backbone: Any, tag_names: list[str], base_dir
     and samples, checked in a fresh process and against `reference` (texts -> tags)."""
     import tensorflow as tf
 
-    model_dir = Path(base_dir) / name
-    try:
-        model_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ExportError(expected("a writable export folder", "export.dir", str(base_dir))
-                          + f" ({e.strerror})") from None
-    version = next_version(model_dir) if version == "auto" else int(version)
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(expected(f"a version that does not exist yet (next free: "
-                                   f"{next_version(model_dir)})", "export.version", version))
+    model_dir, version, final = new_version_dir(base_dir, name, version)
     texts = list(sample_texts or ["a short example text"])
     tmp = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     try:
@@ -201,16 +196,8 @@ def export_token_model(model: Any, backbone: Any, tag_names: list[str], base_dir
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extras = tmp / "assets.extra"
         extras.mkdir(exist_ok=True)
-        for filename, content in {"labels.txt": "\n".join(tag_names) + "\n",
-                                  **(extra_files or {})}.items():
-            if isinstance(content, bytes):
-                (extras / filename).write_bytes(content)
-            else:
-                (extras / filename).write_text(content, encoding="utf-8")
-        ops = check_serving_ops(tmp, tokenizer_kind=backbone.info.get("tokenizer"))
-        needs = text_ops(ops)
-        log(f"op check: {len(ops)} op types, all run by TF Serving's standard build"
-            + (f" (tensorflow-text ops: {', '.join(needs)})" if needs else ""))
+        write_extras(extras, {"labels.txt": "\n".join(tag_names) + "\n", **(extra_files or {})})
+        check_and_log_ops(tmp, backbone, log)
         count = write_warmup(tmp, name, backbone, np.array(texts, dtype=object))
         log(f"warmup: {count} requests in assets.extra/tf_serving_warmup_requests")
         if verify:
@@ -224,6 +211,5 @@ def export_token_model(model: Any, backbone: Any, tag_names: list[str], base_dir
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    size = sum(p.stat().st_size for p in (final / "variables").glob("*"))
-    log(f"exported {final} (variables: {size / 1e6:.1f} MB)")
+    log_exported(final, log)
     return final
