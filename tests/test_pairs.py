@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import urllib.request
 
 import numpy as np
 import pytest
@@ -176,12 +175,6 @@ def test_deberta_v3_pairs_are_packed_without_segment_ids(tmp_path):
 # One tiny-BERT pair run: two stages, export, served as raw string pairs.
 
 
-def _post(url: str, body: str) -> dict:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=body.encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with opener.open(request, timeout=60) as response:
-        return json.loads(response.read())
 
 
 @pytest.mark.slow
@@ -191,7 +184,7 @@ def test_tiny_bert_pair_run_exports_a_two_input_signature(tmp_path):
     from kerasft.api import build_finetuner
     from kerasft.cli import main
     from kerasft.export.warmup import read_warmup_requests
-    from tests.tf_serving_stub import TFServingStub
+    from tests.tf_serving_stub import TFServingStub, post_json
 
     rows = _pair_rows()
     ft = build_finetuner({
@@ -239,9 +232,9 @@ def test_tiny_bert_pair_run_exports_a_two_input_signature(tmp_path):
                               "probabilities"]
     with TFServingStub(tmp_path / "saved_models" / "pairs", model_name="pairs") as stub:
         url = f"{stub.url}/v1/models/pairs:predict"
-        rows_out = _post(url, row_body)["predictions"]
+        rows_out = post_json(url, row_body)["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows_out], want, atol=1e-5)
-        outputs = _post(url, columnar_body)["outputs"]
+        outputs = post_json(url, columnar_body)["outputs"]
         np.testing.assert_allclose(outputs["probabilities"], want, atol=1e-5)
         # `kerasft predict --pair`, on the server and on the export folder alone.
         label = ft.class_names[int(expected[0].argmax())]

@@ -23,7 +23,6 @@ import base64
 import json
 import re
 import socket
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from kerasft.errors import ExportError
 from kerasft.export.warmup import read_warmup_requests
 from kerasft.serving.models_config import ServedModel, read_models_config, write_models_config
 from tests.bert_fixtures import write_tiny_bert_preset
-from tests.tf_serving_stub import GrpcPredictStub, TFServingStub
+from tests.tf_serving_stub import GrpcPredictStub, TFServingStub, post_json
 
 IMAGE_LABELS = ["cat", "dog", "owl"]
 GOOD = ["a good movie", "great film", "i loved this book", "very nice", "it was great",
@@ -124,13 +123,6 @@ def text_export(tmp_path_factory):
     return {"ft": ft, "path": path, "base": tmp / "saved_models", "tmp": tmp}
 
 
-def _post(url: str, body: str) -> dict:
-    """POSTs a JSON body as curl would (no proxy on loopback)."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    request = urllib.request.Request(url, data=body.encode("utf-8"), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with opener.open(request, timeout=60) as response:
-        return json.loads(response.read())
 
 
 def _card_bodies(card: str) -> list[str]:
@@ -162,15 +154,15 @@ def test_image_export_answers_curl_json_through_the_stub(image_export):
         url = f"{stub.url}/v1/models/tiny:predict"
         # The card's own examples, as printed (a 2x2 image; b64 of a real PNG in place of the
         # shell substitution).
-        answer = _post(url, bodies[0])
+        answer = post_json(url, bodies[0])
         assert set(answer["predictions"][0]) == {"probabilities", "class_ids", "labels"}
         png = (next((image_export["tmp"] / "test" / "cat").iterdir())).read_bytes()
         b64_body = bodies[1].replace("$(base64 -w0 photo.jpg)",
                                      base64.b64encode(png).decode("ascii"))
-        assert _post(url, b64_body)["predictions"][0]["labels"] in IMAGE_LABELS
+        assert post_json(url, b64_body)["predictions"][0]["labels"] in IMAGE_LABELS
 
         # Row format with pixel arrays: the same probabilities as the in-memory model.
-        rows = _post(url, json.dumps({"instances": x.astype(int).tolist()}))["predictions"]
+        rows = post_json(url, json.dumps({"instances": x.astype(int).tolist()}))["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected, atol=1e-5)
         assert [r["labels"] for r in rows] == [IMAGE_LABELS[i] for i in expected.argmax(-1)]
         assert [r["class_ids"] for r in rows] == expected.argmax(-1).tolist()
@@ -181,7 +173,7 @@ def test_image_export_answers_curl_json_through_the_stub(image_export):
         pngs = [base64.b64encode(tf.io.encode_png(im).numpy()).decode() for im in x]
         body = json.dumps({"signature_name": "serving_bytes",
                            "instances": [{"b64": p} for p in pngs]})
-        rows = _post(url, body)["predictions"]
+        rows = post_json(url, body)["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected, atol=1e-5)
 
 
@@ -246,19 +238,20 @@ def test_text_export_answers_row_and_columnar_json(text_export):
     card_answer = json.loads(re.search(r"```json\n(.*?)\n```", card, re.S).group(1))
     with TFServingStub(text_export["base"] / "tinybert", model_name="tinybert") as stub:
         url = f"{stub.url}/v1/models/tinybert:predict"
-        rows = _post(url, row_body)["predictions"]
+        rows = post_json(url, row_body)["predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected[:2], atol=1e-5)
         assert [r["labels"] for r in card_answer["predictions"]] == [r["labels"] for r in rows]
         np.testing.assert_allclose([r["probabilities"] for r in card_answer["predictions"]],
                                    expected[:2], atol=1e-4)
-        outputs = _post(url, columnar_body)["outputs"]
+        outputs = post_json(url, columnar_body)["outputs"]
         np.testing.assert_allclose(outputs["probabilities"], expected[:2], atol=1e-5)
         assert outputs["labels"] == [names[i] for i in expected[:2].argmax(-1)]
 
         # Row objects and a bare columnar list map onto the same `text` input.
-        rows = _post(url, json.dumps({"instances": [{"text": t} for t in texts]}))["predictions"]
+        rows = post_json(url, json.dumps({"instances": [{"text": t} for t in texts]}))[
+            "predictions"]
         np.testing.assert_allclose([r["probabilities"] for r in rows], expected, atol=1e-5)
-        outputs = _post(url, json.dumps({"inputs": texts}))["outputs"]
+        outputs = post_json(url, json.dumps({"inputs": texts}))["outputs"]
         assert outputs["class_ids"] == expected.argmax(-1).tolist()
 
 

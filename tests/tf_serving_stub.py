@@ -47,6 +47,7 @@ import re
 import threading
 import time
 import urllib.parse
+import urllib.request
 import warnings
 from concurrent import futures
 from dataclasses import dataclass
@@ -1124,3 +1125,12 @@ class GrpcPredictStub:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def post_json(url: str, body: str) -> dict:
+    """POSTs a JSON body as curl would (no proxy on loopback); returns the decoded answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=body.encode("utf-8"), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with opener.open(request, timeout=60) as response:
+        return json.loads(response.read())
