@@ -100,16 +100,23 @@ def entity_report(true_tags: Sequence[Sequence[str]],
     }
 
 
-def format_entity_report(report: dict[str, Any], title: str = "") -> str:
-    """seqeval's table: one row per entity type, then micro / macro / weighted averages."""
-    names = list(report["per_type"])
-    width = max([len(n) for n in names] + [12])
+def score_rows(label: str, rows: dict[str, dict[str, Any]],
+               title: str = "") -> tuple[list[str], int]:
+    """The head of a precision / recall / F1 / support table (`title`, the header naming the
+    `label` column, a row per entry of `rows` in order) and its first column's width, shared
+    by the classification and the entity reports."""
+    width = max([len(n) for n in rows] + [12])
     lines = [title] if title else []
-    lines.append(f"{'entity':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>8}")
-    for name in names:
-        r = report["per_type"][name]
+    lines.append(f"{label:<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>8}")
+    for name, r in rows.items():
         lines.append(f"{name:<{width}}  {r['precision']:>9.4f}  {r['recall']:>9.4f}  "
                      f"{r['f1']:>9.4f}  {r['support']:>8d}")
+    return lines, width
+
+
+def format_entity_report(report: dict[str, Any], title: str = "") -> str:
+    """seqeval's table: one row per entity type, then micro / macro / weighted averages."""
+    lines, width = score_rows("entity", report["per_type"], title)
     n = report["entities"]
     lines.append("")
     lines.append(f"{'micro avg':<{width}}  {report['micro_precision']:>9.4f}  "

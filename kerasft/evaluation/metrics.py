@@ -165,16 +165,10 @@ def format_report(report: dict[str, Any], title: str = "") -> str:
         from kerasft.evaluation.entities import format_entity_report
 
         return format_entity_report(report, title)
+    from kerasft.evaluation.entities import score_rows
+
     names = report["class_names"]
-    width = max([len(n) for n in names] + [12])
-    lines = []
-    if title:
-        lines.append(title)
-    lines.append(f"{'class':<{width}}  {'precision':>9}  {'recall':>9}  {'f1':>9}  {'support':>8}")
-    for name in names:
-        row = report["per_class"][name]
-        lines.append(f"{name:<{width}}  {row['precision']:>9.4f}  {row['recall']:>9.4f}  "
-                     f"{row['f1']:>9.4f}  {row['support']:>8d}")
+    lines, width = score_rows("class", {n: report["per_class"][n] for n in names}, title)
     n = report["examples"]
     lines.append("")
     lines.append(f"{'accuracy':<{width}}  {'':>9}  {'':>9}  {report['accuracy']:>9.4f}  {n:>8d}")
