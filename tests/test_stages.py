@@ -463,3 +463,40 @@ def test_adamw_leaves_bert_layer_norms_and_biases_alone_and_embeddings_configura
         assert not any(_moved(v) for v in {**norms, **biases}.values())
         assert all(_moved(v) == embeddings_move for v in embeddings.values()), exclude
         assert any(_moved(v) for p, v in moved.items() if p.endswith("/kernel"))
+
+
+def test_stage_compile_builds_the_optimizer_and_trains_as_keras_builds_it(image_arrays):
+    """compile_stage builds the optimizer eagerly (Keras would build it inside the first
+    step's trace); a fit from it ends with the weights of Keras's own lazy build."""
+    import keras
+
+    from kerasft.training.loop import compile_stage
+    from kerasft.training.stages import make_loss, make_optimizer, weight_decay_excluded
+
+    x, y = image_arrays
+    ft = _finetuner([{"name": "all", "trainable": "all", "epochs": 1, "learning_rate": 1e-3,
+                      "optimizer": "adamw", "weight_decay": 0.01}])
+    ft.build(["cat", "dog", "owl"])
+    model, stage = ft.model, ft.config.stages[0]
+    start = [w.numpy().copy() for w in model.weights]
+    x = (x / 127.5 - 1.0).astype("float32")
+    y = np.searchsorted(["cat", "dog", "owl"], y)
+
+    compile_stage(model, stage, ft.config, steps_per_epoch=8, num_classes=3)
+    assert model.optimizer.built
+    slots = [v for v in model.optimizer.variables if v.path.endswith(("momentum", "velocity"))]
+    assert len(slots) == 2 * len(model.trainable_variables)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    eager = [w.numpy() for w in model.weights]
+
+    for w, v in zip(model.weights, start, strict=True):
+        w.assign(v)
+    lazy = make_optimizer(stage, 8)
+    lazy.exclude_from_weight_decay(var_list=weight_decay_excluded(model,
+                                                                  stage.weight_decay_exclude))
+    model.compile(optimizer=lazy, loss=make_loss(ft.config.head, 3, 0.0))
+    assert not lazy.built
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    for a, b in zip(eager, model.weights, strict=True):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-5, atol=1e-6)

@@ -101,6 +101,10 @@ def compile_stage(model: Any, stage: StageConfig, cfg: Config, steps_per_epoch: 
         steps_per_execution=1 if sweep is not None
         else execution_steps(cfg.training.steps_per_execution, steps_per_epoch),
     )
+    # Without a strategy attached to the model Keras builds the optimizer inside the first
+    # train step's trace, where creating each slot variable costs far more than eagerly.
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
 
 
 def execution_steps(configured: int, steps_per_epoch: int) -> int:
