@@ -115,8 +115,8 @@ def main() -> None:
                for a, b in zip(results[first], results[second], strict=True)]
         print(f"\n{title} ({args.repeats} alternating repeats):")
         for name in jobs:
-            print(f"   {name:20s} median {median([examples_per_second(t) for t in results[name]]):.0f}"
-                  " ex/s")
+            rates = [examples_per_second(t) for t in results[name]]
+            print(f"   {name:20s} median {median(rates):.0f} ex/s")
         print(f"   {second} / {first}: {median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
               f", CPU time {median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
     print(f"\nload average at end: {load_average()}")
