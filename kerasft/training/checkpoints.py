@@ -602,14 +602,12 @@ class Checkpointer:
         return True
 
     def restore_optimizer(self, fit_model: Any) -> bool:
-        """Builds `fit_model`'s optimizer and loads the committed optimizer state into it (call
-        inside the strategy scope, after compiling the stage). Returns whether it did."""
+        """Loads the committed optimizer state into `fit_model`'s optimizer (call inside the
+        strategy scope, after ``compile_stage``, which builds it). Returns whether it did."""
         if not self.state.has_optimizer:
             return False
         arrays = self._arrays()
         optimizer = fit_model.optimizer
-        if not optimizer.built:
-            optimizer.build(fit_model.trainable_variables)
         variables = list(optimizer.variables)
         saved_paths = [str(p) for p in arrays.get("opt_paths", [])]
         # The optimizer's own name leads each path and is made unique per process ("adam",
