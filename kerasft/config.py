@@ -141,7 +141,7 @@ class DataConfig:
     cache: bool = True
     shuffle_buffer: int = 10000
     bucket_by_length: bool = True
-    bucket_multiple: int = 16
+    bucket_multiple: int = 8
     # None, "balanced" or {label: weight}: Keras's class_weight in fit (one-label heads only).
     class_weight: str | dict[str, Any] | None = None
     # csv: "auto" streams files over kerasft.data.stream.STREAM_AUTO_BYTES (texts read from disk

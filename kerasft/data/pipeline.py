@@ -219,7 +219,7 @@ def length_grouped_batches(x: dict[str, tf.Tensor], y: tf.Tensor, *, batch_size:
     return tf.data.Dataset.from_tensor_slices(batch_order).map(take)
 
 
-def trim_padding(features: dict[str, Any], multiple: int = 16) -> dict[str, Any]:
+def trim_padding(features: dict[str, Any], multiple: int = 8) -> dict[str, Any]:
     """Cuts a batch of token features to its longest sequence, rounded up to `multiple`.
 
     Padding positions are masked everywhere in the KerasHub text backbones that take a
