@@ -221,4 +221,4 @@ def test_auto_learning_rate_is_recorded_and_resume_reuses_it(tmp_path, monkeypat
     assert state["status"] == "finished" and state["epoch"] == 2
     # The per-variable optimizer's state came back: its step count covers both epochs.
     assert int(ft.model.optimizer.iterations.numpy()) == 2 * 9  # 18 training images, batch 2
-    assert type(ft.model.optimizer).__name__ == "LayerwiseAdamW"
+    assert type(ft.model.optimizer).__name__ == "LayerwiseFusedAdamW"

@@ -271,7 +271,8 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
 
     With `multipliers` (``id(variable) -> factor``, kerasft/training/lr_groups.py) each
     variable's updates use the learning rate times its factor; `learning_rate` (a float or a
-    schedule) replaces the stage's own (the LR sweep's schedule)."""
+    schedule) replaces the stage's own (the LR sweep's schedule). Adam and AdamW take their
+    per-variable update from one fused TensorFlow kernel (kerasft/training/fused_adam.py)."""
     import keras
 
     kwargs: dict[str, Any] = {
@@ -284,12 +285,14 @@ def make_optimizer(stage: StageConfig, steps_per_epoch: int, lr_scale: float = 1
     ema = parse_ema(stage.ema)
     if ema is not None:  # run_stages swaps the averages in for evaluation and saving
         kwargs.update(use_ema=True, ema_momentum=ema["momentum"])
+    from kerasft.training.fused_adam import fused_class
+
     if stage.optimizer == "adamw":
-        cls, kwargs["weight_decay"] = keras.optimizers.AdamW, stage.weight_decay or 0.0
+        cls, kwargs["weight_decay"] = fused_class(keras.optimizers.AdamW), stage.weight_decay or 0.0
     elif stage.optimizer == "sgd":
         cls, kwargs["momentum"] = keras.optimizers.SGD, stage.momentum
     else:
-        cls = keras.optimizers.Adam
+        cls = fused_class(keras.optimizers.Adam)
     if stage.weight_decay and stage.optimizer != "adamw":
         kwargs["weight_decay"] = stage.weight_decay
     if not multipliers:
