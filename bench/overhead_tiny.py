@@ -15,6 +15,7 @@ and alternated within a repeat:
 3. **input pipeline**: kerasft's model under a plain ``model.fit``, fed by kerasft's training
    pipeline (uint8 images cached, shuffled, batched, cast and rescaled in tf.data) or by Keras's
    array adapter over the float32 arrays the hand-written side prepares before timing.
+4. **the pipelines alone**: the same two pipelines iterated without a model (ms per batch).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import gc
 import os
 import pstats
 import tempfile
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -119,6 +121,33 @@ def main() -> None:
             print(f"   {name:20s} median {median(rates):.0f} ex/s")
         print(f"   {second} / {first}: {median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
               f", CPU time {median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
+
+    # Keras's adapter as model.fit(x=arrays, shuffle=True) builds it (a private module: bench only).
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    def iterate(make: object) -> float:
+        data = make()
+        for _ in data:  # first pass: the tf.data cache fills, functions trace
+            pass
+        start = time.perf_counter()
+        batches = sum(1 for _ in data)
+        return 1000 * (time.perf_counter() - start) / batches
+
+    pipelines = {
+        "Keras array adapter": lambda: ArrayDataAdapter(
+            pixels, ids, batch_size=BATCH, shuffle=True).get_tf_dataset(),
+        "kerasft pipeline": lambda: make_pipeline(
+            split, batch_size=BATCH, training=True, seed=1, preprocess=lambda x: x / 127.5 - 1.0,
+            image_size=(32, 32)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in pipelines}
+    for r in range(args.repeats):
+        for name in (list(pipelines) if r % 2 == 0 else list(reversed(pipelines))):
+            times[name].append(iterate(pipelines[name]))
+    print(f"\n4. the input pipelines alone, no model: ms per training batch of {BATCH} "
+          f"({args.repeats} alternating repeats, one epoch each after a first one):")
+    for name, values in times.items():
+        print(f"   {name:20s} median {median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
     print(f"\nload average at end: {load_average()}")
 
 
