@@ -33,9 +33,8 @@ def _mixin() -> type:
             # Keras hands over the tf.Variable (TFOptimizer._backend_update_step); a direct call may
             # pass the Keras variable.
             var = variable.value if isinstance(variable, keras.Variable) else variable
-            if self.amsgrad or isinstance(gradient, tf.IndexedSlices) or any(
-                    isinstance(t, tf.distribute.DistributedValues)
-                                   or not hasattr(t, "handle") for t in (var, m, v)):
+            mirrored = any(isinstance(t, tf.distribute.DistributedValues) for t in (var, m, v))
+            if self.amsgrad or mirrored or isinstance(gradient, tf.IndexedSlices):
                 return super().update_step(gradient, variable, learning_rate)
             dtype = var.dtype
             step = tf.cast(self.iterations + 1, dtype)
