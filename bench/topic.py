@@ -10,7 +10,7 @@ examples from kerasft's reader (``kerasft.data.sources.load_data`` on that confi
 on the same 2,000 stories and are scored on the same 2,000 test stories.
 
     python bench/topic.py kerasft [--set key=value ...]
-    python bench/topic.py hand [--sequence-length 128] [--epochs 3]
+    python bench/topic.py hand [--sequence-length 128] [--epochs 3] [--learning-rate 5e-5]
     python bench/topic.py all                                   # kerasft, then hand
 
 ``hand`` is what a Keras user writes from KerasHub's guides: ``BertTextClassifier.from_preset``
@@ -42,7 +42,8 @@ def _split_texts(split) -> tuple[list[str], np.ndarray]:
     return texts, np.asarray(split.labels)
 
 
-def hand(sequence_length: int, epochs: int, batch: int, overrides: list[str]) -> None:
+def hand(sequence_length: int, epochs: int, batch: int, overrides: list[str],
+         learning_rate: float = 5e-5) -> None:
     """The hand-written reference (runs in its own process: see main)."""
     quiet_tensorflow()
     start = time.perf_counter()
@@ -70,7 +71,7 @@ def hand(sequence_length: int, epochs: int, batch: int, overrides: list[str]) ->
     steps = int(np.ceil(len(texts) / batch)) * epochs
     warmup = int(0.1 * steps)
     schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, decay_steps=steps - warmup, warmup_target=5e-5, warmup_steps=warmup)
+        0.0, decay_steps=steps - warmup, warmup_target=learning_rate, warmup_steps=warmup)
     optimizer = keras.optimizers.AdamW(schedule, weight_decay=0.01)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=optimizer,
@@ -86,7 +87,8 @@ def hand(sequence_length: int, epochs: int, batch: int, overrides: list[str]) ->
     print(json.dumps({"side": "hand", "loaded_s": round(loaded, 1), "trained_s": round(trained, 1),
                       "total_s": round(time.perf_counter() - start, 1),
                       "test_macro_f1": round(float(macro), 4), "test_accuracy": round(accuracy, 4),
-                      "sequence_length": sequence_length, "epochs": epochs}))
+                      "sequence_length": sequence_length, "epochs": epochs,
+                      "learning_rate": learning_rate}))
 
 
 def kerasft_run(runs: Path, overrides: list[str]) -> None:
@@ -112,12 +114,14 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-5,
+                        help="the hand-written side's peak AdamW rate (kerasft's stage: 1e-4)")
     parser.add_argument("--set", action="append", default=[], help="passed to kerasft train")
     parser.add_argument("--data-set", action="append", default=[],
                         help="data.* overrides for both sides (e.g. data.max_examples=100)")
     args = parser.parse_args()
     if args.what == "hand":
-        hand(args.sequence_length, args.epochs, args.batch, args.data_set)
+        hand(args.sequence_length, args.epochs, args.batch, args.data_set, args.learning_rate)
         return
     print(f"machine: {machine()}; load average at start {load_average()}", flush=True)
     with tempfile.TemporaryDirectory() as runs:
@@ -127,6 +131,7 @@ def main() -> None:
         subprocess.run([sys.executable, __file__, "hand",
                         "--sequence-length", str(args.sequence_length),
                         "--epochs", str(args.epochs), "--batch", str(args.batch),
+                        "--learning-rate", str(args.learning_rate),
                         *sum((["--data-set", s] for s in args.data_set), [])], check=True)
         print(f"hand process wall {time.perf_counter() - start:.1f} s; load average at end "
               f"{load_average()}", flush=True)

@@ -292,7 +292,7 @@ class FineTuner:
             # trimmed text: training batches also grouped by length
             group_by_length=self.config.data.bucket_multiple if self._trims() else None,
         ), self.strategy_info.kind, size=split.size, global_batch=self.config.data.batch_size,
-            training=training)
+            training=training, replicas=self.strategy_info.replicas)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -439,7 +439,11 @@ class FineTuner:
         callbacks for every stage's ``fit`` (epochs are numbered across stages; a head stage on
         cached features fits the head alone).
         """
-        from kerasft.training.distribution import distribution_notes, drops_remainder
+        from kerasft.training.distribution import (
+            check_replica_batches,
+            distribution_notes,
+            drops_remainder,
+        )
         from kerasft.training.distribution import steps_per_epoch as count_steps
         from kerasft.training.loop import run_stages
 
@@ -492,8 +496,9 @@ class FineTuner:
             data.report["class_weight"] = {
                 "setting": self.config.data.class_weight,
                 "weights": {self.class_names[i]: w for i, w in weights.items()}}
-        checkpoint = self._open_run(output_dir, run_id, resume, force, data)
         batch = self.config.data.batch_size
+        check_replica_batches(batch, self.strategy_info.replicas, data.train.size)
+        checkpoint = self._open_run(output_dir, run_id, resume, force, data)
         for line in self._run_folder_lines:
             self.log(line)
         if report:
@@ -508,9 +513,6 @@ class FineTuner:
             self.log(self.precision.note)
         for line in distribution_notes(self.config, self.strategy_info.kind, data):
             self.log(line)
-        if batch % self.strategy_info.replicas:
-            self.log(f"warning: data.batch_size={batch} is not divisible by "
-                     f"{self.strategy_info.replicas} replicas")
         info = self.backbone.info
         self.log(f"backbone: {self.backbone.name} ({info.get('architecture')}, "
                  f"{info.get('parameters', 0):,} parameters, pooling {info.get('pooling')}), "
@@ -523,7 +525,8 @@ class FineTuner:
             return self._pipeline(data.train, training=True, start_epoch=start_epoch)
 
         val_ds = self._pipeline(data.validation, training=False) if data.validation else None
-        steps = count_steps(data.train.size, batch, drops_remainder(self.strategy_info.kind))
+        steps = count_steps(data.train.size, batch, drops_remainder(self.strategy_info.kind),
+                            self.strategy_info.replicas)
         self.stage_results = run_stages(
             self.model, self.backbone, self.config, train_ds, val_ds, max(steps, 1),
             self.run_dir, self.strategy_info, len(self.class_names), self.log,
@@ -687,7 +690,8 @@ class FineTuner:
             multipliers, summary = stage_multipliers(self.model, self.backbone, st,
                                                      f"stages[{i}]")
         steps = max(1, count_steps(data.train.size, self.config.data.batch_size,
-                                   drops_remainder(self.strategy_info.kind)))
+                                   drops_remainder(self.strategy_info.kind),
+                                   self.strategy_info.replicas))
         self.log(f"lr-find: stage {stage} '{st.name}' (trainable={st.trainable}, "
                  f"{st.optimizer}), learning rate {self.config.training.lr_find.min_lr:g} to "
                  f"{self.config.training.lr_find.max_lr:g} over at most "
@@ -1002,12 +1006,13 @@ class FineTuner:
             ds = ds.map(self.backbone.preprocess)
         count = len(rows)
         if self.strategy_info is not None:
-            # multi_worker / tpu: padded to full global batches (a short last batch would hand
-            # some replica an empty batch); the padding rows are cut below. Others: unchanged.
+            # several replicas: padded to full global batches (a short last batch would hand
+            # some replica an unequal or empty piece); the padding rows are cut below.
             labelled = ds.map(lambda x: (x, tf.zeros(tf.shape(tf.nest.flatten(x)[0])[:1],
                                                        tf.int32)))
             padded = distribute_pipeline(labelled, self.strategy_info.kind, size=count,
-                                         global_batch=batch_size, training=False)
+                                         global_batch=batch_size, training=False,
+                                         replicas=self.strategy_info.replicas)
             if padded is not labelled:
                 ds = padded
         probabilities = np.asarray(model.predict(ds, verbose=0))[:count]

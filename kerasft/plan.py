@@ -17,6 +17,7 @@ from typing import Any
 from kerasft.config import Config, check_strategy_options
 from kerasft.export.saved_model import next_version
 from kerasft.training.distribution import (
+    check_replica_batches,
     distribution_notes,
     drops_remainder,
     sharding_policy,
@@ -69,7 +70,8 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
     sizes = {"train": data.train.size,
              "validation": data.validation.size if data.validation is not None else 0,
              "test": data.test.size if data.test is not None else 0}
-    steps = steps_per_epoch(sizes["train"], batch, drop)
+    check_replica_batches(batch, replicas or 1, sizes["train"])
+    steps = steps_per_epoch(sizes["train"], batch, drop, replicas or 1)
     lr_scale = (replicas or 0) if cfg.training.lr_scaling == "linear" else 1
     stages = [{"name": s.name, "epochs": s.epochs, "steps": s.epochs * steps,
                "learning_rate": s.learning_rate, "lora": s.lora,
@@ -127,8 +129,7 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
         rep_text, per_text = "unknown until the TPU is connected (8 on a v3-8)", "global / cores"
     else:
         rep_text = str(replicas)
-        per_text = f"{per_replica:g}" + ("" if float(per_replica).is_integer() else
-                                         " (not divisible: replicas get uneven batches)")
+        per_text = f"{per_replica:g}"
     d = plan["data"]
     lines = [
         f"strategy: {plan['strategy']} ({plan['strategy_class']})",
@@ -136,7 +137,9 @@ def plan_lines(plan: Mapping[str, Any]) -> list[str]:
         + (", chief" if plan["chief"] and plan["workers"] > 1 else "") + ")",
         f"replicas: {rep_text}",
         f"global batch: {plan['global_batch']}, per-replica batch: {per_text}"
-        + (", last partial training batch dropped" if plan["drop_remainder"] else ""),
+        + (", last partial training batch dropped" if plan["drop_remainder"] else
+           f", last partial training batch cut to a multiple of {replicas}"
+           if replicas and replicas > 1 else ""),
         f"data: {d['source']} ({d['task']}, "
         + (f"{d['classes']} classes" if not d.get("regression") else "regression")
         + f"): train {d['train']}, "

@@ -10,6 +10,8 @@ records filtered by index, which per-file sharding would break. The price: each 
 preprocesses the whole split (once, with ``data.cache``). Training batches drop the remainder on
 ``multi_worker`` and ``tpu`` so every worker runs the same number of full steps; evaluation keeps
 every example, padded to full global batches with weight-0 rows (:func:`distribute_pipeline`).
+On one host with several replicas (mirrored) evaluation is padded the same way and each training
+batch is cut to a multiple of the replicas, so no replica gets an unequal or empty piece.
 """
 
 from __future__ import annotations
@@ -47,8 +49,11 @@ def drops_remainder(kind: str) -> bool:
     return kind in DROP_REMAINDER_KINDS
 
 
-def steps_per_epoch(size: int, global_batch: int, drop_remainder: bool) -> int:
-    """Training steps per epoch; with `drop_remainder` at least one full global batch is needed."""
+def steps_per_epoch(size: int, global_batch: int, drop_remainder: bool,
+                    replicas: int = 1) -> int:
+    """Training steps per epoch; with `drop_remainder` at least one full global batch is needed.
+    With several `replicas` (and no `drop_remainder`) the last partial batch is cut to a
+    multiple of them (:func:`even_batches`), and dropped when that leaves nothing."""
     if drop_remainder:
         if size < global_batch:
             raise KerasftError(expected(
@@ -56,7 +61,32 @@ def steps_per_epoch(size: int, global_batch: int, drop_remainder: bool) -> int:
                 "examples: tpu and multi_worker drop the last partial batch", "training examples",
                 size))
         return size // global_batch
-    return max(1, math.ceil(size / global_batch))
+    full, rest = divmod(size, global_batch)
+    if replicas > 1:
+        rest -= rest % replicas
+    return max(1, full + (1 if rest else 0))
+
+
+def check_replica_batches(global_batch: int, replicas: int, train_size: int | None) -> None:
+    """Refuses what a fit over several replicas cannot run, before anything is written.
+
+    Keras's ``fit`` and ``evaluate`` under a strategy first reduce one batch across the
+    replicas (``_maybe_symbolic_build`` in keras/src/backend/tensorflow/trainer.py), which
+    fails ("Inputs to operation AddN ... must have the same size and shape") unless every
+    replica's piece has the same shape: the global batch must split evenly.
+    """
+    if replicas <= 1:
+        return
+    if global_batch % replicas:
+        raise KerasftError(expected(
+            f"data.batch_size divisible by the {replicas} replicas (each global batch is split "
+            f"evenly across them; e.g. {global_batch - global_batch % replicas or replicas} or "
+            f"{global_batch + replicas - global_batch % replicas})", "data.batch_size",
+            global_batch))
+    if train_size is not None and train_size < replicas:
+        raise KerasftError(expected(
+            f"at least one training example per replica ({replicas})", "training examples",
+            train_size))
 
 
 # --------------------------------------------------------------------------- sharding
@@ -88,7 +118,7 @@ def distribution_notes(cfg: Config, kind: str, data: Any) -> list[str]:
 
 
 def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
-                        training: bool) -> Any:
+                        training: bool, replicas: int = 1) -> Any:
     """Prepares a batched ``(x, y)`` pipeline of `size` examples for strategy `kind`.
 
     Multi-host kinds (multi_worker, tpu) get ``AutoShardPolicy.DATA``. Their evaluation
@@ -100,10 +130,20 @@ def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
     examples, which keeps ``val_loss`` (Keras divides by the padded batch length) and weighted
     metrics exact. ``predict`` ignores y and weights: keep its first `size` rows. Training
     pipelines drop the remainder (:func:`drops_remainder`) and get a static batch dimension
-    (KerasHub's tokenizer loses it). Other kinds: unchanged.
+    (KerasHub's tokenizer loses it).
+
+    One host with several `replicas` (mirrored): Keras's first-batch reduction
+    (:func:`check_replica_batches`) and empty pieces (above) break on any batch that does not
+    split evenly, such as the short last one. Evaluation pipelines are padded the same way;
+    training batches are cut to a multiple of `replicas` (:func:`even_batches`: at most
+    ``replicas - 1`` examples of the last partial batch sit out an epoch, other ones each
+    epoch, while trimmed, length-grouped text batches keep working). One replica: unchanged.
     """
     if sharding_policy(kind) is None:
-        return ds
+        if replicas <= 1:
+            return ds
+        return even_batches(ds, replicas) if training else pad_to_full_batches(
+            ds, size, global_batch)
     import tensorflow as tf
 
     if training:  # full batches (drop_remainder): make the batch dimension static too
@@ -117,6 +157,21 @@ def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options)
+
+
+def even_batches(ds: Any, replicas: int) -> Any:
+    """Batches cut to a multiple of `replicas` rows; batches left empty are dropped (see
+    :func:`distribute_pipeline`; :func:`steps_per_epoch` counts what remains)."""
+    import tensorflow as tf
+
+    def rows(element: Any) -> Any:
+        return tf.shape(tf.nest.flatten(element[1])[0])[0]
+
+    def cut(*element: Any) -> Any:
+        keep = rows(element) // replicas * replicas
+        return tf.nest.map_structure(lambda t: t[:keep], element)
+
+    return ds.map(cut).filter(lambda *element: rows(element) > 0)
 
 
 def pad_to_full_batches(ds: Any, size: int, global_batch: int) -> Any:

@@ -21,7 +21,6 @@ its stage and epoch.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -200,7 +199,7 @@ def run_stages(
                                             stage.distill))
             stage_train = distill_data(i, stage)  # epoch-keyed, teacher answers in the labels
         fit_data = _fit_data(use_cache, cached_features, features_stale, cfg, epoch, stage_train,
-                             val_ds, steps_per_epoch) if remaining > 0 else None
+                             val_ds, steps_per_epoch, strategy_info) if remaining > 0 else None
         if stage.learning_rate == "auto":
             _resolve_auto(fit_model, stage, i, cfg, fit_data, steps_per_epoch, num_classes,
                           strategy_info, multipliers, class_weight, run_dir, log)
@@ -316,13 +315,30 @@ def run_stages(
 
 
 def _fit_data(use_cache: bool, cached_features: Any, features_stale: bool, cfg: Config,
-              epoch: int, train_ds: Any, val_ds: Any, steps_per_epoch: int) -> dict[str, Any]:
+              epoch: int, train_ds: Any, val_ds: Any, steps_per_epoch: int,
+              strategy_info: StrategyInfo) -> dict[str, Any]:
     """``fit``'s data arguments for a stage starting at `epoch`."""
     if use_cache:
+        from kerasft.training.distribution import (
+            even_batches,
+            pad_to_full_batches,
+            sharding_policy,
+        )
+        from kerasft.training.distribution import steps_per_epoch as count_steps
+
         features = cached_features(refresh=features_stale)
-        return {"x": _feature_batches(features, cfg, epoch),
-                "steps_per_epoch": math.ceil(len(features["y"]) / cfg.data.batch_size),
-                "validation_data": features.get("val"), "shuffle": False}
+        size, batch, replicas = len(features["y"]), cfg.data.batch_size, strategy_info.replicas
+        x, val = _feature_batches(features, cfg, epoch), features.get("val")
+        if replicas > 1 and sharding_policy(strategy_info.kind) is None:
+            # mirrored: the same even pieces as the input pipelines (distribute_pipeline)
+            import tensorflow as tf
+
+            x = even_batches(x, replicas)
+            if val is not None:
+                val = pad_to_full_batches(tf.data.Dataset.from_tensor_slices(val).batch(batch),
+                                          len(val[1]), batch)
+        return {"x": x, "steps_per_epoch": count_steps(size, batch, False, replicas),
+                "validation_data": val, "shuffle": False}
     if callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
         return {"x": train_ds(epoch), "steps_per_epoch": steps_per_epoch,
                 "validation_data": val_ds, "shuffle": False}
