@@ -440,7 +440,7 @@ class FineTuner:
         cached features fits the head alone).
         """
         from kerasft.training.distribution import (
-            check_replica_batches,
+            check_replica_examples,
             distribution_notes,
             drops_remainder,
         )
@@ -497,7 +497,7 @@ class FineTuner:
                 "setting": self.config.data.class_weight,
                 "weights": {self.class_names[i]: w for i, w in weights.items()}}
         batch = self.config.data.batch_size
-        check_replica_batches(batch, self.strategy_info.replicas, data.train.size)
+        check_replica_examples(data.train.size, self.strategy_info.replicas)
         checkpoint = self._open_run(output_dir, run_id, resume, force, data)
         for line in self._run_folder_lines:
             self.log(line)

@@ -17,7 +17,7 @@ from typing import Any
 from kerasft.config import Config, check_strategy_options
 from kerasft.export.saved_model import next_version
 from kerasft.training.distribution import (
-    check_replica_batches,
+    check_replica_examples,
     distribution_notes,
     drops_remainder,
     sharding_policy,
@@ -26,7 +26,12 @@ from kerasft.training.distribution import (
 )
 from kerasft.training.precision import resolve as resolve_precision
 from kerasft.training.run_folder import resolve_run_id
-from kerasft.training.strategy import StrategyInfo, placement, select_strategy_kind
+from kerasft.training.strategy import (
+    StrategyInfo,
+    check_global_batch,
+    placement,
+    select_strategy_kind,
+)
 
 
 def _count_local_gpus() -> int:
@@ -70,7 +75,9 @@ def make_plan(cfg: Config, data: Any, *, env: Mapping[str, str] | None = None,
     sizes = {"train": data.train.size,
              "validation": data.validation.size if data.validation is not None else 0,
              "test": data.test.size if data.test is not None else 0}
-    check_replica_batches(batch, replicas or 1, sizes["train"])
+    if replicas is not None:
+        check_global_batch(batch, replicas, kind)
+        check_replica_examples(sizes["train"], replicas)
     steps = steps_per_epoch(sizes["train"], batch, drop, replicas or 1)
     lr_scale = (replicas or 0) if cfg.training.lr_scaling == "linear" else 1
     stages = [{"name": s.name, "epochs": s.epochs, "steps": s.epochs * steps,

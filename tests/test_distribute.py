@@ -105,8 +105,8 @@ def test_uneven_global_batch_is_refused_before_the_run_folder(image_arrays, tmp_
                           "stages": [{"name": "all", "trainable": "all", "epochs": 1}]},
                          log=lambda s: None)
     with pytest.raises(KerasftError, match=r"expected data.batch_size divisible by the 2 "
-                                           r"replicas .*e.g. 6 or 8\)\. Received: "
-                                           r"data.batch_size=7"):
+                                           r"replicas under mirrored .*e.g. 6 or 8\)\. "
+                                           r"Received: data.batch_size=7"):
         ft.fit(x, y, output_dir=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
 
@@ -172,5 +172,5 @@ def test_uneven_global_batch_is_one_stderr_line_in_a_dry_run(tmp_path):
         env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "Error: expected data.batch_size divisible by the 2 replicas (each global batch is split "
-        "evenly across them; e.g. 8 or 10). Received: data.batch_size=9"]
+        "Error: expected data.batch_size divisible by the 2 replicas under mirrored (each global "
+        "batch is split evenly across them; e.g. 8 or 10). Received: data.batch_size=9"]

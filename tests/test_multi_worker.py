@@ -440,12 +440,17 @@ def test_global_batch_needs_one_example_per_replica():
     from kerasft.training.strategy import check_global_batch
 
     check_global_batch(8, 8, "tpu")
-    check_global_batch(9, 2, "multi_worker")  # uneven: a warning at train time, not an error
+    check_global_batch(8, 2, "multi_worker")
+    # Uneven pieces: Keras's fit reduces the first batch across replicas, which needs equal
+    # shapes (and TPUs need static ones).
+    with pytest.raises(ConfigError, match=r"divisible by the 2 replicas under multi_worker "
+                                          r".*e.g. 8 or 10\)\. Received: data.batch_size=9"):
+        check_global_batch(9, 2, "multi_worker")
     with pytest.raises(ConfigError) as info:
         check_global_batch(2, 4, "mirrored")
     assert str(info.value).endswith("Received: data.batch_size=2")
     assert "4 replicas under mirrored" in str(info.value)
-    with pytest.raises(ConfigError, match=r"multiple of the 8 TPU replicas.*batch_size=12"):
+    with pytest.raises(ConfigError, match=r"divisible by the 8 replicas under tpu.*batch_size=12"):
         check_global_batch(12, 8, "tpu")
 
 

@@ -67,23 +67,12 @@ def steps_per_epoch(size: int, global_batch: int, drop_remainder: bool,
     return max(1, full + (1 if rest else 0))
 
 
-def check_replica_batches(global_batch: int, replicas: int, train_size: int | None) -> None:
-    """Refuses what a fit over several replicas cannot run, before anything is written.
-
-    Keras's ``fit`` and ``evaluate`` under a strategy first reduce one batch across the
-    replicas (``_maybe_symbolic_build`` in keras/src/backend/tensorflow/trainer.py), which
-    fails ("Inputs to operation AddN ... must have the same size and shape") unless every
-    replica's piece has the same shape: the global batch must split evenly.
-    """
-    if replicas <= 1:
-        return
-    if global_batch % replicas:
-        raise KerasftError(expected(
-            f"data.batch_size divisible by the {replicas} replicas (each global batch is split "
-            f"evenly across them; e.g. {global_batch - global_batch % replicas or replicas} or "
-            f"{global_batch + replicas - global_batch % replicas})", "data.batch_size",
-            global_batch))
-    if train_size is not None and train_size < replicas:
+def check_replica_examples(train_size: int, replicas: int) -> None:
+    """Refuses fewer training examples than replicas (mirrored cuts each training batch to a
+    multiple of the replicas, :func:`even_batches`: nothing would be left to train on).
+    ``data.batch_size`` itself is checked with the strategy (training.strategy's
+    ``check_global_batch``)."""
+    if replicas > 1 and train_size < replicas:
         raise KerasftError(expected(
             f"at least one training example per replica ({replicas})", "training examples",
             train_size))
@@ -132,11 +121,11 @@ def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
     pipelines drop the remainder (:func:`drops_remainder`) and get a static batch dimension
     (KerasHub's tokenizer loses it).
 
-    One host with several `replicas` (mirrored): Keras's first-batch reduction
-    (:func:`check_replica_batches`) and empty pieces (above) break on any batch that does not
-    split evenly, such as the short last one. Evaluation pipelines are padded the same way;
-    training batches are cut to a multiple of `replicas` (:func:`even_batches`: at most
-    ``replicas - 1`` examples of the last partial batch sit out an epoch, other ones each
+    One host with several `replicas` (mirrored): Keras's first-batch reduction (see
+    training.strategy's ``check_global_batch``) and empty pieces (above) break on any batch
+    that does not split evenly, such as the short last one. Evaluation pipelines are padded the
+    same way; training batches are cut to a multiple of `replicas` (:func:`even_batches`: at
+    most ``replicas - 1`` examples of the last partial batch sit out an epoch, other ones each
     epoch, while trimmed, length-grouped text batches keep working). One replica: unchanged.
     """
     if sharding_policy(kind) is None:

@@ -82,15 +82,20 @@ def check_tpu_reachable(address: str | None, timeout_s: float = 10.0) -> None:
 
 def check_global_batch(batch: int, replicas: int, kind: str) -> None:
     """``data.batch_size`` is the global batch: at least one example per replica, and a multiple
-    of the replicas on TPUs (static per-replica shapes). Elsewhere an uneven split only warns."""
+    of the replicas. TPUs need static per-replica shapes; elsewhere Keras's ``fit`` and
+    ``evaluate`` first reduce one batch across the replicas (``_maybe_symbolic_build`` in
+    keras/src/backend/tensorflow/trainer.py), which fails ("Inputs to operation AddN ... must
+    have the same size and shape") on unequal pieces."""
     if batch < replicas:
         raise ConfigError(expected(f"a global batch of at least one example per replica "
                                    f"({replicas} replicas under {kind})", "data.batch_size",
                                    batch))
-    if kind == "tpu" and batch % replicas:
-        raise ConfigError(expected(f"a multiple of the {replicas} TPU replicas (each replica "
-                                   "gets a static share of the global batch)",
-                                   "data.batch_size", batch))
+    if batch % replicas:
+        lower, upper = batch - batch % replicas, batch + replicas - batch % replicas
+        raise ConfigError(expected(
+            f"data.batch_size divisible by the {replicas} replicas under {kind} (each global "
+            f"batch is split evenly across them; e.g. {lower} or {upper})", "data.batch_size",
+            batch))
 
 
 # --------------------------------------------------------------------------- creation
