@@ -995,6 +995,10 @@ class FineTuner:
 
         model = self.model
         batch_size = batch_size or self.config.data.batch_size
+        if self.strategy_info is not None and self.strategy_info.replicas > 1:
+            # a multiple of the replicas: padded batches then split evenly, none is empty
+            replicas = self.strategy_info.replicas
+            batch_size = -(-batch_size // replicas) * replicas
         rows, single = self._predict_rows(inputs)
         if self.backbone.task == "text":
             rows = rows.astype(str)
