@@ -238,3 +238,43 @@ def test_ema_weights_stay_after_an_early_stop():
     for w, expected, last in zip(model.trainable_weights, average, raw[-1]):
         np.testing.assert_allclose(np.array(w), expected, atol=1e-6)
         assert not np.allclose(np.array(w), last)
+
+
+_DRAWS = """
+import sys
+import numpy as np
+import tensorflow as tf
+tf.config.experimental.enable_op_determinism()  # what training.deterministic: true turns on
+from kerasft.data.pipeline import make_pipeline
+from kerasft.data.splits import Split
+rng = np.random.default_rng(0)
+x = rng.integers(0, 256, (128, 16, 16, 3), dtype=np.uint8)
+y = (np.arange(128) % 3).astype("int32")
+def draws():
+    split = Split(dataset=tf.data.Dataset.from_tensor_slices((x, y)), labels=y, size=128)
+    ds = make_pipeline(split, batch_size=16, training=True, seed=7, preprocess=lambda t: t,
+                       image_size=(16, 16), mix_classes=3,
+                       augmentation={"flip": True, "rotation": 0.1, "mixup": {"alpha": 0.4}})
+    return [b[0].numpy() for b in ds]
+first, second = draws(), draws()
+print(sum(not np.array_equal(a, b) for a, b in zip(first, second, strict=True)))
+"""
+
+
+@pytest.mark.slow
+def test_augmentation_and_mixup_draws_repeat_under_op_determinism():
+    """README's "Reproducible runs": seed + training.deterministic give the same draws. The
+    random layers run in a parallel tf.data map; without op determinism their seed state is
+    advanced by whichever batch runs first, so seed alone does not repeat them (TensorFlow's
+    enable_op_determinism runs maps with stateful random ops serially)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", _DRAWS], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "0"  # batches that differ between the two pipelines
