@@ -36,7 +36,9 @@ def main(weights_out: str, args: list[str]) -> None:
         summary = fit(self, *a, **k)
         np.save(weights_out, np.concatenate([np.ravel(w) for w in self.model.get_weights()]))
         images = np.random.default_rng(5).uniform(0, 255, (13, 20, 20, 3)).astype("float32")
-        resized = tf.image.resize(images, self.backbone.image_size)
+        # rounded to whole pixel values, as the training cache (uint8) holds them
+        resized = tf.clip_by_value(tf.round(tf.image.resize(images, self.backbone.image_size)),
+                                   0.0, 255.0)
         direct = self.model(self.backbone.preprocess(resized), training=False)
         np.savez(weights_out.replace(".npy", ".predict.npz"), predict=self.predict(images),
                  direct=np.asarray(direct))

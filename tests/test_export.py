@@ -100,3 +100,32 @@ def test_failed_verification_leaves_no_version(image_arrays, tmp_path, monkeypat
         ft.export()
     model_dir = tmp_path / "saved_models" / "tiny"
     assert list(model_dir.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_served_and_predicted_images_are_resized_as_the_evaluation_pipeline_resizes(
+        image_arrays, tmp_path):
+    """Training and evaluation cache resized images as uint8 (rounded); the export, predict()
+    and the TFLite path must see the same pixels, or a served image of another size gets
+    slightly different answers from the ones the metrics were computed on."""
+    import tensorflow as tf
+
+    from kerasft.data.pipeline import make_pipeline
+    from kerasft.data.splits import Split
+
+    ft = _trained_image_finetuner(image_arrays, tmp_path)
+    path = ft.export(verify=False)
+    rng = np.random.default_rng(3)
+    odd = rng.integers(0, 256, size=(6, 23, 21, 3), dtype=np.uint8)  # fractional resize weights
+    split = Split(dataset=tf.data.Dataset.from_tensor_slices((odd, np.zeros(6, np.int32))),
+                  labels=np.zeros(6, np.int32), size=6)
+    ds = make_pipeline(split, batch_size=4, training=False, seed=0,
+                       preprocess=ft.backbone.preprocess, image_size=ft.backbone.image_size)
+    evaluated = np.asarray(ft.model.predict(ds, verbose=0))
+    with SessionModel(str(path)) as served:
+        out = served.run("serving_default", image=odd.astype("float32"))
+        pngs = np.array([tf.io.encode_png(img).numpy() for img in odd], dtype=object)
+        by_bytes = served.run("serving_bytes", image_bytes=pngs)
+    np.testing.assert_allclose(out["probabilities"], evaluated, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(by_bytes["probabilities"], evaluated, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ft.predict(odd), evaluated, rtol=0, atol=1e-6)

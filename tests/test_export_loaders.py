@@ -265,6 +265,7 @@ def test_every_keras_applications_family_serves_under_the_session_loader(name, t
     import tensorflow as tf
 
     # An eager call: tracing ft.predict's tf.function would double the cost for large graphs.
-    expected = ft.model(ft.backbone.preprocess(tf.image.resize(images, (size, size))),
-                        training=False)
+    # Resized and rounded to whole pixel values, as the training cache (uint8) holds them.
+    resized = tf.clip_by_value(tf.round(tf.image.resize(images, (size, size))), 0.0, 255.0)
+    expected = ft.model(ft.backbone.preprocess(resized), training=False)
     np.testing.assert_allclose(out["probabilities"], np.asarray(expected), atol=1e-5)

@@ -28,9 +28,13 @@ _EPOCH_GRAPH_SEED = 87654321  # see epoch_batches
 
 
 def resize_images(images: Any, size: Sequence[int]) -> tf.Tensor:
-    """kerasft's one image resize (bilinear, float32 out): training pipelines, exports, TFLite and
-    predictions all go through it, so a served image is resized as the training images were."""
-    return tf.image.resize(tf.cast(images, tf.float32), (int(size[0]), int(size[1])))
+    """kerasft's one image resize (bilinear, float32 out, rounded to whole 0..255 values):
+    training pipelines, exports, TFLite and predictions all go through it, so a served image is
+    resized as the training images were. The rounding is the training cache's (uint8): without
+    it a served image of another size would get slightly different answers from the ones the
+    metrics were computed on."""
+    resized = tf.image.resize(tf.cast(images, tf.float32), (int(size[0]), int(size[1])))
+    return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
 def make_pipeline(
