@@ -319,24 +319,23 @@ def _fit_data(use_cache: bool, cached_features: Any, features_stale: bool, cfg: 
               strategy_info: StrategyInfo) -> dict[str, Any]:
     """``fit``'s data arguments for a stage starting at `epoch`."""
     if use_cache:
-        from kerasft.training.distribution import (
-            even_batches,
-            pad_to_full_batches,
-            sharding_policy,
-        )
+        from kerasft.training.distribution import distribute_pipeline, sharding_policy
         from kerasft.training.distribution import steps_per_epoch as count_steps
 
         features = cached_features(refresh=features_stale)
         size, batch, replicas = len(features["y"]), cfg.data.batch_size, strategy_info.replicas
         x, val = _feature_batches(features, cfg, epoch), features.get("val")
-        if replicas > 1 and sharding_policy(strategy_info.kind) is None:
-            # mirrored: the same even pieces as the input pipelines (distribute_pipeline)
+        kind = strategy_info.kind
+        if replicas > 1 and sharding_policy(kind) is None:
+            # mirrored: the same even pieces as the input pipelines
             import tensorflow as tf
 
-            x = even_batches(x, replicas)
+            x = distribute_pipeline(x, kind, size=size, global_batch=batch, training=True,
+                                    replicas=replicas)
             if val is not None:
-                val = pad_to_full_batches(tf.data.Dataset.from_tensor_slices(val).batch(batch),
-                                          len(val[1]), batch)
+                val = distribute_pipeline(tf.data.Dataset.from_tensor_slices(val).batch(batch),
+                                          kind, size=len(val[1]), global_batch=batch,
+                                          training=False, replicas=replicas)
         return {"x": x, "steps_per_epoch": count_steps(size, batch, False, replicas),
                 "validation_data": val, "shuffle": False}
     if callable(train_ds):  # epoch-keyed, endless (data.pipeline.epoch_batches)
