@@ -17,7 +17,6 @@ but no per-epoch run state), cached head features, multi-worker training, TFLite
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict
@@ -176,6 +175,8 @@ class TokenTagger:
     def _dataset(self, split: Any, training: bool) -> Any:
         import tensorflow as tf
 
+        from kerasft.training.distribution import distribute_pipeline, sharding_policy
+
         a = self.align(split.words, split.tags)
         inputs = {k: v for k, v in a.inputs.items() if k in self.backbone.inputs}
         ds = tf.data.Dataset.from_tensor_slices((inputs, a.labels, a.weights))
@@ -185,6 +186,11 @@ class TokenTagger:
         if self.config.data.bucket_by_length:
             multiple = self.config.data.bucket_multiple
             ds = ds.map(lambda x, y, w: _trim(x, y, w, multiple))
+        kind, replicas = self.strategy_info.kind, self.strategy_info.replicas
+        if sharding_policy(kind) is None:  # mirrored: the classifier's replica rule
+            ds = distribute_pipeline(ds, kind, size=split.size,
+                                     global_batch=self.config.data.batch_size,
+                                     training=training, replicas=replicas)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     # -- training ----------------------------------------------------------------------------
@@ -194,6 +200,7 @@ class TokenTagger:
             **unused: Any) -> dict[str, Any]:
         """Runs every stage on ``config.data``; returns a summary (stages, metrics, run folder)."""
         from kerasft.models.weights import save_model_weights
+        from kerasft.training.distribution import check_replica_examples, steps_per_epoch
         from kerasft.training.loop import run_stages
         from kerasft.training.run_folder import open_run_folder, resolve_run_id
         from kerasft.training.stages import check_stages
@@ -209,6 +216,7 @@ class TokenTagger:
         data = self.data = self.data or self.load_data()
         model = self.model
         check_stages(self.backbone, self.config)
+        check_replica_examples(data.train.size, self.strategy_info.replicas)
         where = placement(self.strategy_info.kind, os.environ)
         folder = open_run_folder(output_dir or self.config.output_dir, self.config.name,
                                  resolve_run_id(run_id, os.environ), where,
@@ -229,7 +237,8 @@ class TokenTagger:
         log(self.precision.line())
         train_ds = self._dataset(data.train, training=True)
         val_ds = self._dataset(data.validation, training=False) if data.validation else None
-        steps = max(1, math.ceil(data.train.size / self.config.data.batch_size))
+        steps = steps_per_epoch(data.train.size, self.config.data.batch_size, False,
+                                self.strategy_info.replicas)
         self.stage_results = run_stages(
             model, self.backbone, self.config, train_ds, val_ds, steps, self.run_dir,
             self.strategy_info, len(self.class_names), log)

@@ -248,3 +248,36 @@ def test_server_answers_print_as_tagged_words():
            "entity_text": ["john", "new york"], "entity_start": [0, 2], "entity_end": [1, 4]}
     assert format_rows(["john visited new york"], [row]) == [
         "john/B-PER visited/O new/B-LOC york/I-LOC\tPER: john; LOC: new york"]
+
+
+@pytest.mark.slow
+def test_tagger_under_mirrored_strategy_with_uneven_batches(tmp_path):
+    """31 sentences at batch 8 (uneven last training batches) and 5 test sentences (one uneven
+    batch) over 2 replicas: the tagger's pipelines go through the same replica rule as the
+    classifier's (training batches cut to a multiple of the replicas, evaluation padded with
+    weight-0 rows), so fit and its entity scores run (Keras's fit failed on unequal pieces)."""
+    from kerasft import build_finetuner
+    from tests.bert_fixtures import DEFAULT_VOCAB, write_tiny_bert_preset
+
+    vocab = [*DEFAULT_VOCAB, "paris", "london", "john", "mary", "visited", "likes"]
+    preset = write_tiny_bert_preset(tmp_path / "preset", vocab=vocab, sequence_length=16)
+    for name, rows in (("train", (SENTENCES * 7)[:31]), ("test", SENTENCES)):
+        with open(tmp_path / f"{name}.txt", "w", encoding="utf-8") as f:
+            for text, tags in rows:
+                f.writelines(f"{w} {t}\n" for w, t in zip(text.split(), tags.split()))
+                f.write("\n")
+    tagger = build_finetuner({
+        "name": "tagger", "seed": 1,
+        "backbone": {"name": "bert", "preset": preset, "sequence_length": 16},
+        "head": {"task": "token_classification", "dropout": 0.0},
+        "data": {"source": "conll", "train": str(tmp_path / "train.txt"),
+                 "test": str(tmp_path / "test.txt"), "validation_split": 0.1,
+                 "batch_size": 8},
+        "stages": [{"name": "head", "trainable": "head", "epochs": 4, "learning_rate": 0.1}],
+        "training": {"strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"],
+                     "tensorboard": False, "verbose": "silent"},
+        "output_dir": str(tmp_path / "runs")}, log=lambda line: None)
+    summary = tagger.fit()
+    assert tagger.strategy_info.replicas == 2
+    assert np.isfinite(summary["stages"][-1]["final_logs"]["loss"])
+    assert summary["metrics"]["entities"] == 8

@@ -164,14 +164,15 @@ def even_batches(ds: Any, replicas: int) -> Any:
 
 
 def pad_to_full_batches(ds: Any, size: int, global_batch: int) -> Any:
-    """``(x, y)`` batches -> ``(x, y, w)`` batches of exactly `global_batch` rows (see
-    :func:`distribute_pipeline`)."""
+    """``(x, y)`` or ``(x, y, w)`` batches -> ``(x, y, w)`` batches of exactly `global_batch`
+    rows (see :func:`distribute_pipeline`); given weights (the tagger's per-token masks) are
+    scaled like the implicit ones of 1."""
     import tensorflow as tf
 
     padded = max(1, math.ceil(size / global_batch)) * global_batch
     weight = padded / max(size, 1)
 
-    def pad(x: Any, y: Any) -> tuple[Any, Any, Any]:
+    def pad(x: Any, y: Any, w: Any = None) -> tuple[Any, Any, Any]:
         count = tf.shape(y)[0]
         missing = global_batch - count
 
@@ -179,9 +180,10 @@ def pad_to_full_batches(ds: Any, size: int, global_batch: int) -> Any:
             t = tf.concat([t, tf.repeat(t[:1], missing, axis=0)], axis=0)
             return tf.ensure_shape(t, [global_batch, *t.shape[1:]])
 
-        w = tf.concat([tf.fill([count], tf.constant(weight, tf.float32)),
-                       tf.zeros([missing], tf.float32)], axis=0)
+        w = tf.ones([count], tf.float32) if w is None else tf.cast(w, tf.float32)
+        zeros = tf.zeros(tf.concat([[missing], tf.shape(w)[1:]], axis=0), tf.float32)
+        w = tf.concat([w * weight, zeros], axis=0)
         return (tf.nest.map_structure(fill, x), fill(y),
-                tf.ensure_shape(w, [global_batch]))
+                tf.ensure_shape(w, [global_batch, *w.shape[1:]]))
 
     return ds.map(pad)
