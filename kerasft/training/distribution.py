@@ -128,12 +128,19 @@ def distribute_pipeline(ds: Any, kind: str, *, size: int, global_batch: int,
     most ``replicas - 1`` examples of the last partial batch sit out an epoch, other ones each
     epoch, while trimmed, length-grouped text batches keep working). One replica: unchanged.
     """
+    import tensorflow as tf
+
     if sharding_policy(kind) is None:
         if replicas <= 1:
             return ds
-        return even_batches(ds, replicas) if training else pad_to_full_batches(
-            ds, size, global_batch)
-    import tensorflow as tf
+        if not training:
+            return pad_to_full_batches(ds, size, global_batch)
+        finite = int(ds.cardinality()) >= 0
+        ds = even_batches(ds, replicas)
+        if finite:  # else Keras warns "Your input ran out of data" after the first epoch
+            ds = ds.apply(tf.data.experimental.assert_cardinality(
+                steps_per_epoch(size, global_batch, False, replicas)))
+        return ds
 
     if training:  # full batches (drop_remainder): make the batch dimension static too
         def static(*element: Any) -> Any:
