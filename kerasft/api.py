@@ -1144,11 +1144,10 @@ class FineTuner:
         the export may quantize) or when the training policy is another.
 
         A mixed-precision model computes in 16 bits; served in float32, the export answers within
-        1e-5 of a float32 reference under both loaders. bfloat16 serving is opt-in: on the
-        quickstart model it serves a batch of 32 in 0.68 of the time but a single text no faster
-        and changes a label in 256 (docs/BENCHMARKS.md). The copy is rebuilt by the same
-        builders (so the variables come in the same order) and takes the trained weights, which
-        are float32 under every policy.
+        1e-5 of a float32 reference under both loaders. bfloat16 serving is opt-in: faster for
+        batches only, and its answers move (docs/BENCHMARKS.md, "Serving in bfloat16"). The copy
+        is rebuilt by the same builders (so the variables come in the same order) and takes the
+        trained weights, which are float32 under every policy.
         """
         import keras
 
